@@ -1,0 +1,113 @@
+package closure
+
+import (
+	"os"
+	"path/filepath"
+	"slices"
+	"testing"
+)
+
+func TestClosestSuggestsNearNames(t *testing.T) {
+	names := []string{"python3", "python311", "python3Packages", "nodejs", "ripgrep", "git"}
+	if got := closest("pyhton3", names, 3); len(got) == 0 || got[0] != "python3" {
+		t.Fatalf("closest(pyhton3) = %v", got)
+	}
+	if got := closest("ripgrpe", names, 3); !slices.Contains(got, "ripgrep") {
+		t.Fatalf("closest(ripgrpe) = %v", got)
+	}
+	if got := closest("zzzzzzzz", names, 3); len(got) != 0 {
+		t.Fatalf("closest(zzzzzzzz) = %v, want nothing", got)
+	}
+}
+
+func TestLastError(t *testing.T) {
+	tail := []string{"building...", "error: first", "       … while evaluating", "error: the real one", ""}
+	if got := lastError(tail); got != "the real one" {
+		t.Fatalf("lastError = %q", got)
+	}
+}
+
+func TestMarkerPayload(t *testing.T) {
+	tail := []string{"error: claude-sandbox:unknown-packages:[[\"pyhton3\"],[\"a\",\"b\"]]"}
+	got, ok := markerPayload(tail, unknownMarker)
+	if !ok || len(got) != 2 || got[1][1] != "b" {
+		t.Fatalf("markerPayload = %v %v", got, ok)
+	}
+}
+
+// A damaged index entry reads as a miss, never as an error or a hit.
+func TestDamagedEntriesAreMisses(t *testing.T) {
+	dirs := Dirs{Cache: t.TempDir(), State: t.TempDir()}
+	key := "k"
+	for name, content := range map[string]string{
+		"empty":     "",
+		"truncated": `{"schema":1,"key":"k","outPa`,
+		"other key": `{"schema":1,"key":"other","outPath":"/nix/store/x"}`,
+		"not store": `{"schema":1,"key":"k","outPath":"/etc"}`,
+		"gone":      `{"schema":1,"key":"k","outPath":"/nix/store/00000000000000000000000000000000-gone"}`,
+	} {
+		os.MkdirAll(dirs.index(), 0o755)
+		os.WriteFile(dirs.entryFile(key), []byte(content), 0o644)
+		if e, err := readEntry(dirs, key); err == nil {
+			t.Errorf("%s: read as a hit: %+v", name, e)
+		}
+	}
+}
+
+func TestWriteFileAtomicLeavesNoTemporaries(t *testing.T) {
+	dir := t.TempDir()
+	p := filepath.Join(dir, "sub", "f.json")
+	if err := writeFileAtomic(p, []byte("one"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := writeFileAtomic(p, []byte("two"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	data, _ := os.ReadFile(p)
+	entries, _ := os.ReadDir(filepath.Dir(p))
+	if string(data) != "two" || len(entries) != 1 {
+		t.Fatalf("content %q, %d files", data, len(entries))
+	}
+}
+
+func TestChooseNixpkgsPrecedence(t *testing.T) {
+	env := map[string]string{"CLAUDE_SANDBOX_NIXPKGS": "/from/env", "NIX_PATH": "nixpkgs=/from/nixpath"}
+	get := func(k string) string { return env[k] }
+	if c := ChooseNixpkgs("/flag", get); c.Ref != "/flag" {
+		t.Errorf("flag lost: %+v", c)
+	}
+	if c := ChooseNixpkgs("", get); c.Ref != "/from/env" {
+		t.Errorf("env lost: %+v", c)
+	}
+	old := CompiledNixpkgs
+	CompiledNixpkgs = "/nix/store/pinned"
+	delete(env, "CLAUDE_SANDBOX_NIXPKGS")
+	if c := ChooseNixpkgs("", get); c.Ref != "/nix/store/pinned" {
+		t.Errorf("compiled-in lost: %+v", c)
+	}
+	CompiledNixpkgs = old
+	if c := ChooseNixpkgs("", get); c.Ref != "/from/nixpath" {
+		t.Errorf("NIX_PATH lost: %+v", c)
+	}
+	delete(env, "NIX_PATH")
+	if c := ChooseNixpkgs("", get); c.Ref != "flake:nixpkgs" {
+		t.Errorf("registry fallback lost: %+v", c)
+	}
+}
+
+func TestResolvePathIdentityFollowsContent(t *testing.T) {
+	dir := t.TempDir()
+	os.WriteFile(filepath.Join(dir, "default.nix"), []byte("{}: {}"), 0o644)
+	a, err := resolvePath(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	os.WriteFile(filepath.Join(dir, "default.nix"), []byte("{ ... }: { x = 1; }"), 0o644)
+	b, _ := resolvePath(dir)
+	if a.Identity == b.Identity {
+		t.Fatal("editing a local nixpkgs kept its identity: the old closure would be reused")
+	}
+	if _, err := resolvePath(filepath.Join(dir, "missing")); err == nil {
+		t.Fatal("missing nixpkgs accepted")
+	}
+}

@@ -1,0 +1,99 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+
+	"github.com/claude-sandbox/claude-sandbox/closure"
+	"github.com/claude-sandbox/claude-sandbox/launch"
+	"github.com/claude-sandbox/claude-sandbox/nixgen"
+)
+
+// Exit codes, one per kind of failure a user can act on. Once the sandbox
+// starts, its own exit status is passed through unchanged instead.
+const (
+	exitOK             = 0
+	exitFailure        = 1
+	exitUsage          = 64
+	exitInvalidPackage = 65
+	exitProject        = 66
+	exitUnknownPackage = 67
+	exitNixpkgs        = 68
+	exitNixMissing     = 69
+	exitBuild          = 70
+	exitUserNamespaces = 72
+	exitSandboxStart   = 73
+	exitNoDaemon       = 74
+	exitInterrupted    = 130
+)
+
+type usageError struct{ msg, hint string }
+
+func (e *usageError) Error() string { return e.msg }
+func (e *usageError) Hint() string  { return e.hint }
+
+// exitCode is the one place errors become exit codes.
+func exitCode(err error) int {
+	var (
+		invalid   *nixgen.InvalidPackageError
+		backend   *nixgen.UnknownBackendError
+		unknown   *closure.UnknownPackagesError
+		nixpkgs   *closure.NixpkgsError
+		missing   *closure.NixMissingError
+		daemon    *closure.NoDaemonError
+		build     *closure.BuildError
+		project   *launch.ProjectError
+		userns    *launch.UserNamespaceError
+		envName   *launch.EnvNameError
+		usage     *usageError
+		sandboxUp *sandboxStartError
+	)
+	switch {
+	case err == nil:
+		return exitOK
+	case errors.As(err, &usage), errors.As(err, &backend), errors.As(err, &envName):
+		return exitUsage
+	case errors.As(err, &invalid):
+		return exitInvalidPackage
+	case errors.As(err, &project):
+		return exitProject
+	case errors.As(err, &unknown):
+		return exitUnknownPackage
+	case errors.As(err, &nixpkgs):
+		return exitNixpkgs
+	case errors.As(err, &missing):
+		return exitNixMissing
+	case errors.As(err, &daemon):
+		return exitNoDaemon
+	case errors.As(err, &build):
+		return exitBuild
+	case errors.As(err, &userns):
+		return exitUserNamespaces
+	case errors.As(err, &sandboxUp):
+		return exitSandboxStart
+	case errors.Is(err, context.Canceled):
+		return exitInterrupted
+	}
+	return exitFailure
+}
+
+// printError writes the error on one line and, where there is one, a hint.
+func printError(w io.Writer, err error) {
+	msg := strings.ReplaceAll(err.Error(), "\n", " ")
+	fmt.Fprintf(w, "claude-sandbox: %s\n", msg)
+	var h interface{ Hint() string }
+	if errors.As(err, &h) && h.Hint() != "" {
+		fmt.Fprintf(w, "  hint: %s\n", h.Hint())
+	}
+}
+
+type sandboxStartError struct{ err error }
+
+func (e *sandboxStartError) Error() string { return e.err.Error() }
+func (e *sandboxStartError) Unwrap() error { return e.err }
+func (e *sandboxStartError) Hint() string {
+	return "the closure may be damaged: retry with --rebuild"
+}

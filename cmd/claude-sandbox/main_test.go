@@ -1,0 +1,83 @@
+package main
+
+import (
+	"bytes"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// runCaptured runs the CLI in-process with an empty PATH: none of these
+// failures may need (or reach) Nix.
+func runCaptured(t *testing.T, args ...string) (int, string, string) {
+	t.Helper()
+	t.Setenv("PATH", t.TempDir())
+	t.Setenv("XDG_CACHE_HOME", t.TempDir())
+	t.Setenv("XDG_STATE_HOME", t.TempDir())
+	t.Setenv("CLAUDE_SANDBOX_NIXPKGS", t.TempDir())
+	var stdout, stderr bytes.Buffer
+	a := &app{stdout: &stdout, stderr: &stderr, getenv: func(string) string { return "" }}
+	root := a.newRootCmd()
+	root.SetArgs(args)
+	err := root.Execute()
+	if err != nil {
+		printError(&stderr, err)
+	}
+	return exitCode(err), stdout.String(), stderr.String()
+}
+
+func TestFailuresBeforeNixHaveDistinctCodes(t *testing.T) {
+	project := t.TempDir()
+	cases := []struct {
+		name string
+		args []string
+		code int
+		says string
+	}{
+		{"unknown flag", []string{"--bogus"}, exitUsage, "unknown flag"},
+		{"bad log format", []string{"--log-format", "xml", "version"}, exitUsage, "log-format"},
+		{"exec without command", []string{"exec", project}, exitUsage, "needs a project and a command"},
+		{"two projects", []string{"exec", project, "extra", "--", "true"}, exitUsage, "unexpected argument"},
+		{"code as a package", []string{"build", "--with", "python3; builtins.readFile /etc/shadow"}, exitInvalidPackage, "invalid package name"},
+		{"interpolation", []string{"build", "--with", "${builtins.currentTime}"}, exitInvalidPackage, "invalid package name"},
+		{"path as a package", []string{"build", "--with", "../etc"}, exitInvalidPackage, "invalid package name"},
+		{"missing project", []string{"exec", "/nonexistent/project", "--", "true"}, exitProject, "does not exist"},
+		{"project is root", []string{"exec", "/", "--", "true"}, exitProject, "root directory"},
+		{"unknown backend", []string{"build", "--backend", "docker"}, exitUsage, "unknown backend"},
+		{"nixpkgs not a tree", []string{"build", "--nixpkgs", "/nonexistent"}, exitNixpkgs, "nixpkgs"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			code, _, stderr := runCaptured(t, c.args...)
+			if code != c.code {
+				t.Errorf("exit %d, want %d; stderr:\n%s", code, c.code, stderr)
+			}
+			if !strings.Contains(stderr, c.says) {
+				t.Errorf("stderr does not say %q:\n%s", c.says, stderr)
+			}
+			lines := strings.Split(strings.TrimSpace(stderr), "\n")
+			if len(lines) > 2 || !strings.HasPrefix(lines[0], "claude-sandbox: ") {
+				t.Errorf("want one error line and at most one hint, got:\n%s", stderr)
+			}
+		})
+	}
+}
+
+// A cold build with no Nix on PATH says so (with the install hint), and a
+// named nixpkgs that is not a nixpkgs tree is refused before Nix is needed.
+func TestNoNixIsAClearError(t *testing.T) {
+	nixpkgs := t.TempDir()
+	os.WriteFile(filepath.Join(nixpkgs, "default.nix"), []byte("{ ... }: { }"), 0o644)
+	code, _, stderr := runCaptured(t, "build", "--nixpkgs", nixpkgs)
+	if code != exitNixMissing || !strings.Contains(stderr, "nix-instantiate not found") || !strings.Contains(stderr, "hint:") {
+		t.Fatalf("exit %d, want %d:\n%s", code, exitNixMissing, stderr)
+	}
+}
+
+func TestVersion(t *testing.T) {
+	code, stdout, _ := runCaptured(t, "version")
+	if code != 0 || !strings.HasPrefix(stdout, "claude-sandbox ") {
+		t.Fatalf("version: %d %q", code, stdout)
+	}
+}

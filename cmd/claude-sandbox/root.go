@@ -1,0 +1,153 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/rs/zerolog"
+	"github.com/spf13/cobra"
+	"golang.org/x/sys/unix"
+)
+
+// globalOptions are the flags every command shares.
+type globalOptions struct {
+	With      []string
+	NoNetwork bool
+	Nixpkgs   string
+	Rebuild   bool
+	Verbose   int
+	LogFormat string
+	Backend   string
+	Env       []string
+	Force     bool
+	DryRun    bool
+}
+
+// app carries what commands need from the outside world, so tests can
+// replace it.
+type app struct {
+	stdout, stderr io.Writer
+	getenv         func(string) string
+	opts           globalOptions
+	log            zerolog.Logger
+}
+
+func run(args []string) int {
+	a := &app{stdout: os.Stdout, stderr: os.Stderr, getenv: os.Getenv}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	root := a.newRootCmd()
+	root.SetArgs(args)
+	err := root.ExecuteContext(ctx)
+	if err != nil {
+		if a.opts.LogFormat == "json" {
+			a.log.Error().Err(err).Int("exit", exitCode(err)).Msg("failed")
+		} else {
+			printError(a.stderr, err)
+		}
+	}
+	return exitCode(err)
+}
+
+func (a *app) newRootCmd() *cobra.Command {
+	var shell bool
+	root := &cobra.Command{
+		Use:   "claude-sandbox [flags] [PROJECT] [-- CLAUDE-ARGS...]",
+		Short: "Run Claude Code in a sandbox whose userland comes from nixpkgs",
+		Long: `Run Claude Code (or a shell, or one command) in a bubblewrap sandbox built from
+nixpkgs. The project directory is the only host directory it can write.
+The first launch of a configuration builds it with Nix; later ones start at once.`,
+		Example: `  claude-sandbox ./project
+  claude-sandbox --shell ./project
+  claude-sandbox --with python3,nodejs ./project -- --model opus
+  claude-sandbox exec ./project -- python3 -c 'print(1)'
+  claude-sandbox build --with python3`,
+		Args:          cobra.ArbitraryArgs,
+		SilenceUsage:  true,
+		SilenceErrors: true,
+		PersistentPreRunE: func(cmd *cobra.Command, _ []string) error {
+			return a.setupLogging()
+		},
+		RunE: func(cmd *cobra.Command, args []string) error {
+			project, rest, err := splitAtDash(cmd, args, 1)
+			if err != nil {
+				return err
+			}
+			p := "."
+			if len(project) == 1 {
+				p = project[0]
+			}
+			if shell && len(rest) > 0 {
+				return &usageError{msg: "--shell takes no arguments after --", hint: "use `claude-sandbox exec PROJECT -- CMD` to run one command"}
+			}
+			return a.launch(cmd.Context(), p, launchMode{shell: shell, claudeArgs: rest})
+		},
+	}
+	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error {
+		return &usageError{msg: err.Error(), hint: "see claude-sandbox --help"}
+	})
+	f := root.PersistentFlags()
+	f.StringSliceVar(&a.opts.With, "with", nil, "extra nixpkgs packages, comma-separated or repeated (e.g. python3,nodejs)")
+	f.BoolVar(&a.opts.NoNetwork, "no-network", false, "no network inside the sandbox")
+	f.StringVar(&a.opts.Nixpkgs, "nixpkgs", "", "nixpkgs to build from: a path or a flake reference (default: $CLAUDE_SANDBOX_NIXPKGS, the pinned one, <nixpkgs>)")
+	f.BoolVar(&a.opts.Rebuild, "rebuild", false, "ignore the cache: evaluate and build again")
+	f.CountVarP(&a.opts.Verbose, "verbose", "v", "more logging (-vv for debug, with every Nix call)")
+	f.StringVar(&a.opts.LogFormat, "log-format", "text", "log format: text or json")
+	f.StringVar(&a.opts.Backend, "backend", "bubblewrap", "sandbox backend")
+	f.StringArrayVar(&a.opts.Env, "env", nil, "pass this host environment variable into the sandbox (repeatable; name only)")
+	f.BoolVar(&a.opts.Force, "force", false, "allow a project directory that is or contains your home directory")
+	f.BoolVar(&a.opts.DryRun, "dry-run", false, "print the sandbox invocation as JSON instead of starting it")
+	root.Flags().BoolVar(&shell, "shell", false, "start bash instead of Claude Code")
+
+	root.AddCommand(a.newBuildCmd(), a.newExecCmd(), a.newVersionCmd())
+	return root
+}
+
+func (a *app) setupLogging() error {
+	level := zerolog.WarnLevel
+	switch {
+	case a.opts.Verbose == 1:
+		level = zerolog.InfoLevel
+	case a.opts.Verbose >= 2:
+		level = zerolog.DebugLevel
+	}
+	switch a.opts.LogFormat {
+	case "json":
+		a.log = zerolog.New(a.stderr).Level(level).With().Timestamp().Logger()
+	case "text":
+		w := zerolog.ConsoleWriter{Out: a.stderr, NoColor: !isTerminal(a.stderr)}
+		a.log = zerolog.New(w).Level(level).With().Timestamp().Logger()
+	default:
+		return &usageError{msg: fmt.Sprintf("--log-format %q: unknown", a.opts.LogFormat), hint: "use text or json"}
+	}
+	return nil
+}
+
+// splitAtDash separates the positional arguments before `--` (at most
+// maxBefore) from those after it.
+func splitAtDash(cmd *cobra.Command, args []string, maxBefore int) (before, after []string, err error) {
+	before = args
+	if dash := cmd.ArgsLenAtDash(); dash >= 0 {
+		before, after = args[:dash], args[dash:]
+	}
+	if len(before) > maxBefore {
+		return nil, nil, &usageError{
+			msg:  fmt.Sprintf("unexpected argument %q", before[maxBefore]),
+			hint: "put the command or Claude's arguments after --",
+		}
+	}
+	return before, after, nil
+}
+
+func isTerminal(w io.Writer) bool {
+	f, ok := w.(*os.File)
+	if !ok {
+		return false
+	}
+	_, err := unix.IoctlGetTermios(int(f.Fd()), unix.TCGETS)
+	return err == nil
+}

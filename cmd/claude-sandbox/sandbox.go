@@ -1,0 +1,121 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"os"
+	"runtime"
+	"strings"
+
+	"github.com/claude-sandbox/claude-sandbox/closure"
+	"github.com/claude-sandbox/claude-sandbox/launch"
+	"github.com/claude-sandbox/claude-sandbox/nixgen"
+)
+
+// builderAndRequest turns the global flags into a closure request. It runs
+// no Nix unless the nixpkgs choice is a flake reference never resolved before.
+func (a *app) builderAndRequest(ctx context.Context) (*closure.Builder, closure.Request, error) {
+	dirs, err := closure.DefaultDirs()
+	if err != nil {
+		return nil, closure.Request{}, err
+	}
+	b := &closure.Builder{Dirs: dirs, Log: a.log}
+	if a.opts.Verbose > 0 {
+		b.Progress = a.stderr
+	}
+	if a.opts.LogFormat != "json" {
+		b.Notice = a.stderr
+	}
+	canon, err := nixgen.Canonicalize(nixgen.Options{
+		Backend:  a.opts.Backend,
+		Packages: a.opts.With,
+		Network:  !a.opts.NoNetwork,
+	})
+	if err != nil {
+		return nil, closure.Request{}, err
+	}
+	choice := closure.ChooseNixpkgs(a.opts.Nixpkgs, a.getenv)
+	a.log.Debug().Str("ref", choice.Ref).Str("from", choice.Source).Msg("nixpkgs")
+	np, err := b.ResolveNixpkgs(ctx, choice, a.opts.Rebuild)
+	if err != nil {
+		return nil, closure.Request{}, err
+	}
+	return b, closure.Request{Options: canon, Nixpkgs: np, System: nixSystem(), Rebuild: a.opts.Rebuild}, nil
+}
+
+func nixSystem() string {
+	arch := map[string]string{"amd64": "x86_64", "arm64": "aarch64"}[runtime.GOARCH]
+	if arch == "" {
+		arch = runtime.GOARCH
+	}
+	return arch + "-" + runtime.GOOS
+}
+
+type launchMode struct {
+	shell      bool
+	claudeArgs []string
+	command    []string
+}
+
+// launch ensures the closure and replaces this process with the sandbox.
+func (a *app) launch(ctx context.Context, projectArg string, mode launchMode) error {
+	project, err := launch.ResolveProject(projectArg, a.opts.Force)
+	if err != nil {
+		return err
+	}
+	b, req, err := a.builderAndRequest(ctx)
+	if err != nil {
+		return err
+	}
+	c, err := b.Ensure(ctx, req)
+	if err != nil {
+		return err
+	}
+	rt := &launch.Runtime{
+		Project:  project,
+		Shell:    mode.shell,
+		Network:  !a.opts.NoNetwork,
+		ExtraEnv: a.opts.Env,
+	}
+	rt.HostIdentity()
+	if len(mode.command) > 0 {
+		rt.Command = mode.command
+	} else if !mode.shell {
+		rt.Command = append([]string{c.Manifest.Claude}, mode.claudeArgs...)
+	}
+	inv, err := launch.Bubblewrap(c.Manifest, rt)
+	if err != nil {
+		return err
+	}
+	if a.opts.DryRun {
+		return a.printInvocation(inv)
+	}
+	if err := launch.CheckUserNamespaces(os.Geteuid()); err != nil {
+		return err
+	}
+	a.log.Debug().Str("key", c.Key).Str("out", c.OutPath).Bool("cached", c.Cached).Msg("launching")
+	return &sandboxStartError{launch.Exec(inv)}
+}
+
+// shownEnv are the variables whose values --dry-run may print; the rest
+// (API keys, --env opt-ins) show as <redacted>.
+var shownEnv = map[string]bool{
+	"PATH": true, "HOME": true, "USER": true, "LOGNAME": true, "SHELL": true, "TERM": true, "COLORTERM": true,
+	"LANG": true, "LANGUAGE": true, "LC_ALL": true, "TZ": true, "NIX_LD": true, "NIX_LD_LIBRARY_PATH": true,
+	"CLAUDE_SANDBOX": true, "CLAUDE_SANDBOX_BACKEND": true,
+}
+
+func (a *app) printInvocation(inv *launch.Invocation) error {
+	shown := *inv
+	shown.Env = nil
+	for _, kv := range inv.Env {
+		name, _, _ := strings.Cut(kv, "=")
+		if !shownEnv[name] {
+			kv = name + "=<redacted>"
+		}
+		shown.Env = append(shown.Env, kv)
+	}
+	enc := json.NewEncoder(a.stdout)
+	enc.SetIndent("", "  ")
+	return enc.Encode(shown)
+}

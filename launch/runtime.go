@@ -1,0 +1,56 @@
+package launch
+
+import (
+	"os"
+	"os/user"
+	"path/filepath"
+	"strconv"
+)
+
+// Runtime holds this run's choices: nothing here changes the closure.
+type Runtime struct {
+	Project  string   // resolved by ResolveProject
+	Command  []string // what to run inside; empty means Claude Code
+	Shell    bool     // bash instead of Claude Code
+	Network  bool
+	ExtraEnv []string // --env NAMEs
+	Home     string   // $HOME inside (the host's path, on an empty tmpfs)
+	User     string
+	// LookupEnv reads the host environment (os.LookupEnv when nil).
+	LookupEnv func(string) (string, bool)
+}
+
+func (rt *Runtime) lookupEnv(name string) (string, bool) {
+	if rt.LookupEnv != nil {
+		return rt.LookupEnv(name)
+	}
+	return os.LookupEnv(name)
+}
+
+// HostIdentity fills Home and User from the calling user. The environment
+// is asked first: a user database lookup can go through NSS and be slow.
+func (rt *Runtime) HostIdentity() {
+	if rt.User == "" {
+		rt.User = os.Getenv("USER")
+	}
+	if rt.Home == "" {
+		rt.Home = os.Getenv("HOME")
+	}
+	if rt.User == "" || rt.Home == "" {
+		if u, err := user.LookupId(strconv.Itoa(os.Getuid())); err == nil {
+			if rt.User == "" {
+				rt.User = u.Username
+			}
+			if rt.Home == "" {
+				rt.Home = u.HomeDir
+			}
+		}
+	}
+	if rt.User == "" {
+		rt.User = "user"
+	}
+	if !filepath.IsAbs(rt.Home) || filepath.Clean(rt.Home) == "/" {
+		rt.Home = filepath.Join("/home", rt.User)
+	}
+	rt.Home = filepath.Clean(rt.Home)
+}

@@ -1,0 +1,111 @@
+// Package manifest reads the launch manifest every sandbox closure carries
+// (share/claude-sandbox/manifest.json). It is the whole contract between what
+// Nix built and what the launcher runs: launch never evaluates Nix, so every
+// store path it needs must be named here, and is checked before use.
+package manifest
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+)
+
+// Schema is the manifest version this binary understands.
+const Schema = 1
+
+// RelPath is where a closure keeps its manifest.
+const RelPath = "share/claude-sandbox/manifest.json"
+
+const maxSize = 1 << 20
+
+// Manifest is what the templates write. Paths are store paths.
+type Manifest struct {
+	Schema    int      `json:"schema"`
+	Backend   string   `json:"backend"`
+	Bwrap     string   `json:"bwrap"`
+	Env       string   `json:"env"`
+	Path      []string `json:"path"`
+	Shell     string   `json:"shell"`
+	UsrBinEnv string   `json:"usrBinEnv"`
+	Claude    string   `json:"claude"`
+	NixLd     NixLd    `json:"nixLd"`
+	HostEtc   []string `json:"hostEtc"`
+	Packages  []string `json:"packages"`
+}
+
+// NixLd describes the loader shim that lets prebuilt binaries run.
+type NixLd struct {
+	Loader          string `json:"loader"`
+	NixLd           string `json:"NIX_LD"`
+	NixLdLibraryDir string `json:"NIX_LD_LIBRARY_PATH"`
+}
+
+// Of returns the manifest path inside a closure.
+func Of(outPath string) string { return filepath.Join(outPath, RelPath) }
+
+// Load reads and validates the manifest of a closure.
+func Load(outPath string) (*Manifest, error) {
+	f, err := os.Open(Of(outPath))
+	if err != nil {
+		return nil, fmt.Errorf("reading sandbox manifest: %w", err)
+	}
+	defer f.Close()
+	var m Manifest
+	dec := json.NewDecoder(io.LimitReader(f, maxSize))
+	if err := dec.Decode(&m); err != nil {
+		return nil, fmt.Errorf("parsing sandbox manifest %s: %w", Of(outPath), err)
+	}
+	if err := m.Validate(); err != nil {
+		return nil, fmt.Errorf("sandbox manifest %s: %w", Of(outPath), err)
+	}
+	return &m, nil
+}
+
+// Validate checks the schema and that every path is a store path, so a
+// damaged manifest cannot make the launcher bind or run a host file.
+func (m *Manifest) Validate() error {
+	if m.Schema != Schema {
+		return fmt.Errorf("schema %d, this claude-sandbox reads schema %d", m.Schema, Schema)
+	}
+	if m.Backend == "" {
+		return fmt.Errorf("no backend")
+	}
+	required := map[string]string{
+		"bwrap": m.Bwrap, "env": m.Env, "shell": m.Shell, "usrBinEnv": m.UsrBinEnv,
+		"claude": m.Claude, "nixLd.loader": m.NixLd.Loader, "nixLd.NIX_LD": m.NixLd.NixLd,
+		"nixLd.NIX_LD_LIBRARY_PATH": m.NixLd.NixLdLibraryDir,
+	}
+	for field, p := range required {
+		if err := storePath(p); err != nil {
+			return fmt.Errorf("%s: %w", field, err)
+		}
+	}
+	for _, p := range m.Path {
+		if err := storePath(p); err != nil {
+			return fmt.Errorf("path: %w", err)
+		}
+	}
+	for _, name := range m.HostEtc {
+		if name == "" || strings.Contains(name, "/") || name == "." || name == ".." {
+			return fmt.Errorf("hostEtc: %q is not a plain /etc entry name", name)
+		}
+	}
+	return nil
+}
+
+// StoreDir is where Nix keeps its store. A non-default store is not supported.
+const StoreDir = "/nix/store"
+
+func storePath(p string) error {
+	if p == "" {
+		return fmt.Errorf("missing")
+	}
+	clean := filepath.Clean(p)
+	if clean != p || !strings.HasPrefix(p, StoreDir+"/") || strings.Contains(p, "/../") {
+		return fmt.Errorf("%q is not a store path", p)
+	}
+	return nil
+}

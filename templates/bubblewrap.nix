@@ -1,0 +1,48 @@
+# The bubblewrap backend: one environment of every sandbox package, plus the
+# manifest that tells the Go launcher which store paths to mount and run.
+# Run-time choices (network, project, host sockets) are not made here.
+{ pkgs, spec, extraPackages ? [ ], network ? true, ... }:
+let
+  inherit (pkgs) lib;
+
+  env = pkgs.buildEnv {
+    name = "claude-sandbox-env";
+    # Extra packages first: on a file collision the first path wins, so a
+    # user's `--with` choice overrides the default set.
+    paths = extraPackages ++ spec.packages;
+    pathsToLink = [ "/bin" "/share" "/lib" "/libexec" "/etc" ];
+    ignoreCollisions = true;
+  };
+
+  # Laid out as the NixOS nix-ld module does it (nixos/modules/programs/nix-ld.nix).
+  nixLdLibraries = pkgs.buildEnv {
+    name = "claude-sandbox-nix-ld-libraries";
+    paths = map lib.getLib spec.nixLdLibraries;
+    pathsToLink = [ "/lib" ];
+    extraPrefix = "/share/nix-ld";
+    ignoreCollisions = true;
+    postBuild = "ln -s ${pkgs.stdenv.cc.bintools.dynamicLinker} $out/share/nix-ld/lib/ld.so";
+  };
+
+  manifest = {
+    schema = 1;
+    backend = "bubblewrap";
+    bwrap = "${pkgs.bubblewrap}/bin/bwrap";
+    env = "${env}";
+    path = [ "${env}/bin" ];
+    shell = "${pkgs.bashInteractive}/bin/bash";
+    usrBinEnv = "${pkgs.coreutils}/bin/env";
+    claude = "${pkgs.claude-code}/bin/claude";
+    nixLd = {
+      loader = "${pkgs.nix-ld}/libexec/nix-ld";
+      NIX_LD = "${nixLdLibraries}/share/nix-ld/lib/ld.so";
+      NIX_LD_LIBRARY_PATH = "${nixLdLibraries}/share/nix-ld/lib";
+    };
+    hostEtc = spec.hostEtc;
+    packages = spec.packageNames;
+  };
+in
+pkgs.runCommand "claude-sandbox-bubblewrap" { } ''
+  mkdir -p $out/share/claude-sandbox
+  cp ${pkgs.writeText "manifest.json" (builtins.toJSON manifest)} $out/share/claude-sandbox/manifest.json
+''

@@ -1,0 +1,37 @@
+# What every sandbox contains, whatever the backend: the default package set
+# (nixpkgs attribute names) and the host /etc files a sandbox may see.
+{ pkgs, lib }:
+let
+  # Attribute paths, so the manifest can say by name what is inside.
+  packageNames = [
+    "claude-code" "chromium"
+    "git" "gh" "openssh"
+    "nodejs" "bun" "uv"
+    "tmux" "bashInteractive" "nix"
+    "coreutils" "gnugrep" "gnused" "gawk" "findutils" "diffutils" "gnupatch"
+    "ripgrep" "fd" "jq" "yq-go" "less" "file" "which"
+    "gnutar" "gzip" "bzip2" "xz" "zstd" "zip" "unzip"
+    "curl" "wget" "rsync"
+    "gnumake" "gcc" "binutils" "pkg-config"
+    "procps" "lsof" "strace" "util-linux"
+    "vim" "nano" "shellcheck" "gnupg" "openssl" "sqlite" "xclip"
+  ];
+in
+{
+  inherit packageNames;
+
+  packages =
+    map (name: lib.getAttrFromPath [ name ] pkgs) packageNames
+    # python3 alone has no pip; withPackages is how nixpkgs adds it.
+    ++ [ (pkgs.python3.withPackages (ps: [ ps.pip ])) ];
+
+  # Libraries that prebuilt binaries (npm native modules, pip wheels) expect,
+  # served through nix-ld. A subset of the NixOS nix-ld module's defaults.
+  nixLdLibraries = with pkgs; [ stdenv.cc.cc zlib zstd openssl curl bzip2 xz ];
+
+  # Host /etc entries a sandbox may see, read-only, each only when present.
+  hostEtc = [
+    "resolv.conf" "hosts" "ssl" "ca-certificates" "pki" "fonts"
+    "localtime" "zoneinfo" "locale.conf" "nix" "static" "nsswitch.conf"
+  ];
+}
