@@ -149,7 +149,7 @@ func (b *Builder) build(ctx context.Context, req Request) (*Closure, error) {
 	}
 	// --add-root outside the store's gcroots directory makes an indirect root:
 	// the symlink lives in our state dir and Nix follows it from gcroots/auto.
-	if _, err := run.run(ctx, "nix-store", "--realise", drvPath, "--add-root", root); err != nil {
+	if err := b.realise(ctx, run, drvPath, root); err != nil {
 		var be *BuildError
 		if errors.As(err, &be) {
 			be.Stage, be.Expr = "build", exprPath
@@ -179,6 +179,27 @@ func (b *Builder) build(ctx context.Context, req Request) (*Closure, error) {
 	}
 	b.Log.Info().Str("key", gen.Key).Str("out", outPath).Dur("took", time.Since(start)).Msg("built")
 	return &Closure{Key: gen.Key, OutPath: outPath, DrvPath: drvPath, Manifest: m}, nil
+}
+
+// spuriousKill is how Nix reports a builder it killed itself after seeing
+// its output close a moment before it exited (NixOS/nix#2176). Short
+// builders (writeText, buildEnv, runCommand: most of what we build) hit it
+// now and then on older Nix; the same build run again succeeds.
+var spuriousKill = "failed due to signal 9 (Killed)"
+
+const realiseAttempts = 3
+
+func (b *Builder) realise(ctx context.Context, run nixRunner, drvPath, root string) error {
+	var err error
+	for attempt := 1; attempt <= realiseAttempts; attempt++ {
+		_, err = run.run(ctx, "nix-store", "--realise", drvPath, "--add-root", root)
+		var be *BuildError
+		if err == nil || !errors.As(err, &be) || !strings.Contains(be.Message, spuriousKill) {
+			return err
+		}
+		b.Log.Warn().Str("error", be.Message).Int("attempt", attempt).Msg("Nix killed a builder (NixOS/nix#2176); retrying")
+	}
+	return err
 }
 
 const (

@@ -79,7 +79,7 @@ func (r nixRunner) run(ctx context.Context, program string, args ...string) (nix
 	return res, nil
 }
 
-var daemonFailure = regexp.MustCompile(`cannot connect to socket at '[^']*daemon-socket[^']*'|cannot connect to daemon|daemon-socket/socket': Permission denied|Nix daemon disconnected`)
+var daemonFailure = regexp.MustCompile(`cannot connect to socket at '[^']*'|cannot connect to daemon|daemon-socket/socket': Permission denied|Nix daemon disconnected`)
 
 // classify turns a failed Nix run into a typed error; the caller adds context.
 func classify(tail []string, err error) error {
@@ -94,8 +94,16 @@ func classify(tail []string, err error) error {
 	return err
 }
 
-// lastError picks the line a person should read: the last "error:" line.
+// lastError picks the line a person should read: the failing builder if
+// one failed (Nix's last line then only counts failed dependencies), else
+// the last "error:" line.
 func lastError(tail []string) string {
+	for _, line := range tail {
+		line = strings.TrimSpace(line)
+		if rest, ok := strings.CutPrefix(line, "error: builder for "); ok {
+			return strings.TrimSuffix("builder for "+rest, ";")
+		}
+	}
 	for i := len(tail) - 1; i >= 0; i-- {
 		line := strings.TrimSpace(tail[i])
 		if rest, ok := strings.CutPrefix(line, "error:"); ok && strings.TrimSpace(rest) != "" {

@@ -1,0 +1,78 @@
+package tests
+
+import (
+	"encoding/json"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"testing"
+	"time"
+)
+
+// BenchmarkLaunch times, side by side in one run, the three ways to start
+// `true` in the sandbox: a warm claude-sandbox launch, a bare bwrap with the
+// very same arguments (the floor), and evaluating with nix-build then
+// exec'ing bwrap (what a tool without a cache pays every time).
+//
+//	go test ./tests -run '^$' -bench Launch -benchtime 30x
+func BenchmarkLaunch(b *testing.B) {
+	requireSandboxHost(b)
+	p := project(b)
+	buildJSON(b, runOpts{})
+	env := []string{"PATH=" + os.Getenv("PATH"), "HOME=" + os.Getenv("HOME"), "USER=" + os.Getenv("USER"),
+		"XDG_CACHE_HOME=" + sharedDirs().cache, "XDG_STATE_HOME=" + sharedDirs().state, "CLAUDE_SANDBOX_NIXPKGS=" + fixture}
+
+	dry := run(b, runOpts{}, "exec", "--dry-run", p, "--", "true")
+	var inv struct {
+		Path string   `json:"path"`
+		Args []string `json:"args"`
+		Env  []string `json:"env"`
+	}
+	if dry.code != 0 || json.Unmarshal([]byte(dry.stdout), &inv) != nil {
+		b.Fatalf("--dry-run: %s", dry)
+	}
+	expr := filepath.Join(b.TempDir(), "sandbox.nix")
+	printed := run(b, runOpts{}, "build", "--print-expr")
+	os.WriteFile(expr, []byte(printed.stdout), 0o644)
+
+	timeIt := func(env []string, name string, args ...string) time.Duration {
+		cmd := exec.Command(name, args...)
+		cmd.Env = env
+		start := time.Now()
+		if out, err := cmd.CombinedOutput(); err != nil {
+			b.Fatalf("%s: %v\n%s", name, err, out)
+		}
+		return time.Since(start)
+	}
+	warmLaunch := func() time.Duration { return timeIt(env, binary, "exec", p, "--", "true") }
+	bareBwrap := func() time.Duration { return timeIt(inv.Env, inv.Path, inv.Args[1:]...) }
+	evalThenExec := func() time.Duration {
+		start := time.Now()
+		if out, err := exec.Command("nix-build", "--no-out-link", expr).CombinedOutput(); err != nil {
+			b.Fatalf("nix-build: %v\n%s", err, out)
+		}
+		return time.Since(start) + bareBwrap()
+	}
+
+	warmLaunch() // first touches of page cache are not what a user repeats
+	bareBwrap()
+	var warm, bare, eval time.Duration
+	evals := 0
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		warm += warmLaunch()
+		bare += bareBwrap()
+		if i < 5 { // nix-build costs seconds; a few samples are enough
+			eval += evalThenExec()
+			evals++
+		}
+	}
+	b.StopTimer()
+	ms := func(d time.Duration, n int) float64 { return float64(d.Microseconds()) / 1000 / float64(n) }
+	b.ReportMetric(ms(warm, b.N), "warm-ms")
+	b.ReportMetric(ms(bare, b.N), "bare-bwrap-ms")
+	b.ReportMetric(ms(eval, evals), "eval-then-exec-ms")
+	b.ReportMetric(ms(warm, b.N)/ms(bare, b.N), "warm/bare")
+	b.ReportMetric(ms(eval, evals)/ms(warm, b.N), "eval/warm")
+	b.ReportMetric(0, "ns/op")
+}
