@@ -110,8 +110,8 @@ func (c *Client) SetEventFunc(f EventFunc) {
 	c.mu.Unlock()
 }
 
-// Close closes the connection. It does not wait for a call in progress,
-// which then fails.
+// Close closes the connection. A call in progress fails; Close returns
+// once it has.
 func (c *Client) Close() error {
 	err := c.conn.Close()
 	c.mu.Lock()

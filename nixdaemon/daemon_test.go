@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -65,6 +66,11 @@ func dialReal(t *testing.T, opts ...Option) *Client {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	c, err := Dial(ctx, path, opts...)
+	var oe *net.OpError
+	if errors.As(err, &oe) && oe.Op == "dial" && os.Getenv("CI") == "" {
+		// A socket we may not use (not in nix-users) or a dead daemon.
+		t.Skipf("cannot connect to the Nix daemon (%v); set CI to make this a failure", err)
+	}
 	if err != nil {
 		t.Fatalf("Dial(%s): %v", path, err)
 	}

@@ -70,7 +70,7 @@ func (e *VersionError) Error() string {
 	if e.Daemon.Major() != 1 {
 		return fmt.Sprintf("nixdaemon: daemon speaks worker protocol %s; only major version 1 is supported", e.Daemon)
 	}
-	return fmt.Sprintf("nixdaemon: daemon speaks worker protocol %s, older than the minimum %s (Nix 2.1); upgrade Nix", e.Daemon, e.Min)
+	return fmt.Sprintf("nixdaemon: daemon speaks worker protocol %s, older than the minimum %s; upgrade the Nix daemon", e.Daemon, e.Min)
 }
 
 // UnsupportedError is returned by an operation the negotiated protocol

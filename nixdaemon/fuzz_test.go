@@ -98,33 +98,64 @@ func (c *bytesConn) SetDeadline(time.Time) error      { return nil }
 func (c *bytesConn) SetReadDeadline(time.Time) error  { return nil }
 func (c *bytesConn) SetWriteDeadline(time.Time) error { return nil }
 
+// conversation is a well-formed daemon side of: handshake, SetOptions
+// (with log frames), IsValidPath, QueryPathInfo, QueryMissing, BuildPaths.
+func conversation(v ProtocolVersion) []byte {
+	const hash = "f1ed0dca9b59f1cb45e1bb4e9ca3a10f2d5c2aec7d8e6f1d9bd1e9c5e8a7f6b1"
+	q := hello(v)
+	q.Write(seedLogFrames()[0]) // SetOptions
+	q.last().u64(1)             // IsValidPath
+	q.last().u64(1).str("").str(hash).strs([]string{"/nix/store/a-x"}).u64(1).u64(2).bool(false).strs(nil).str("")
+	q.last().strs([]string{"/nix/store/a.drv"}).strs(nil).strs(nil).u64(0).u64(0) // QueryMissing
+	q.last().u64(1)                                                               // BuildPaths
+	return q.Bytes()
+}
+
+func playConversation(ctx context.Context, data []byte) []error {
+	c, err := NewClient(ctx, &bytesConn{r: bytes.NewReader(data)})
+	if err != nil {
+		return []error{err}
+	}
+	p := DerivationOutputs("/nix/store/a.drv")
+	var errs []error
+	errs = append(errs, c.SetOptions(ctx, DefaultSettings()))
+	_, err = c.IsValidPath(ctx, "/nix/store/a-x")
+	errs = append(errs, err)
+	_, err = c.QueryPathInfo(ctx, "/nix/store/a-x")
+	errs = append(errs, err)
+	_, err = c.QueryMissing(ctx, p)
+	errs = append(errs, err)
+	errs = append(errs, c.BuildPaths(ctx, p))
+	// Past the script: these must fail cleanly.
+	_, err = c.BuildPathsWithResults(ctx, p)
+	errs = append(errs, err)
+	errs = append(errs, c.AddTempRoot(ctx, "/nix/store/a-x"), c.AddIndirectRoot(ctx, "/tmp/link"))
+	return errs
+}
+
+func TestConversationSeeds(t *testing.T) {
+	for _, v := range []ProtocolVersion{proto(21), proto(34), proto(35), proto(38)} {
+		errs := playConversation(context.Background(), conversation(v))
+		for i, err := range errs[:5] {
+			if err != nil {
+				t.Errorf("%s: step %d: %v", v, i, err)
+			}
+		}
+		for _, err := range errs[5:] {
+			if err == nil {
+				t.Errorf("%s: a call past the end of the script succeeded", v)
+			}
+		}
+	}
+}
+
 // FuzzClient plays arbitrary bytes as a whole daemon conversation:
 // handshake, then every operation in turn until the client gives up.
 func FuzzClient(f *testing.F) {
-	hash := "f1ed0dca9b59f1cb45e1bb4e9ca3a10f2d5c2aec7d8e6f1d9bd1e9c5e8a7f6b1"
 	for _, v := range []ProtocolVersion{proto(21), proto(34), proto(35), proto(38)} {
-		q := hello(v)
-		q.Write(seedLogFrames()[0]) // SetOptions
-		q.last().u64(1)             // IsValidPath
-		q.last().u64(1).str("").str(hash).strs([]string{"/nix/store/a-x"}).u64(1).u64(2).bool(false).strs(nil).str("")
-		q.last().strs([]string{"/nix/store/a.drv"}).strs(nil).strs(nil).u64(0).u64(0) // QueryMissing
-		q.last().u64(1)                                                               // BuildPaths
-		f.Add(q.Bytes())
+		f.Add(conversation(v))
 	}
 	f.Fuzz(func(t *testing.T, data []byte) {
-		ctx := context.Background()
-		c, err := NewClient(ctx, &bytesConn{r: bytes.NewReader(data)})
-		if err != nil {
-			return
-		}
-		p := DerivationOutputs("/nix/store/a.drv")
-		_ = c.SetOptions(ctx, DefaultSettings())
-		_, _ = c.IsValidPath(ctx, "/nix/store/a-x")
-		_, _ = c.QueryPathInfo(ctx, "/nix/store/a-x")
-		_, _ = c.QueryMissing(ctx, p)
-		_ = c.BuildPaths(ctx, p)
-		_, _ = c.BuildPathsWithResults(ctx, p)
-		_ = c.AddTempRoot(ctx, "/nix/store/a-x")
-		_ = c.AddIndirectRoot(ctx, "/tmp/link")
+		playConversation(context.Background(), data)
 	})
 }

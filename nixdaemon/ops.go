@@ -32,7 +32,7 @@ func (c *Client) SetOptions(ctx context.Context, s Settings) error {
 			bool(s.TryFallback).
 			u64(uint64(s.Verbosity)).
 			u64(s.MaxBuildJobs).
-			u64(uint64(s.MaxSilentTime / time.Second)).
+			u64(uint64(max(s.MaxSilentTime, 0) / time.Second)).
 			bool(true). // obsolete useBuildHook
 			u64(uint64(verbose)).
 			u64(0). // obsolete logType

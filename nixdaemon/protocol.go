@@ -59,12 +59,13 @@ const (
 	// one (Nix 2.8: 1.34, Lix: 1.35) down to its own.
 	ClientVersion = ProtocolVersion(1<<8 | 38)
 
-	// MinDaemonVersion is the oldest daemon accepted: 1.21, the protocol of
-	// Nix 2.1–2.3 (still shipped by Debian 11). Below 1.20 the daemon sends
-	// no activity messages at all (TunnelLogger drops them), so a progress
-	// display would be blind; 1.21 keeps every format difference this
-	// package handles (string errors before 1.26, path-with-outputs before
-	// 1.30, no BuildResult keys before 1.28/1.29) small and tested.
+	// MinDaemonVersion is the oldest daemon accepted: 1.21 (0x115), the
+	// protocol of Nix 2.3, which Debian 11 still ships. Below 1.20 the
+	// daemon sends no activity messages at all (TunnelLogger drops them), so
+	// a progress display would be blind. From 1.21 on, the format
+	// differences are few and each is handled and tested here: string
+	// errors before 1.26, path-with-outputs strings before 1.30, shorter
+	// BuildResults before 1.28/1.29, no daemon version before 1.33.
 	MinDaemonVersion = ProtocolVersion(1<<8 | 21)
 )
 

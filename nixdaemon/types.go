@@ -27,7 +27,7 @@ func OpaquePath(path string) DerivedPath { return DerivedPath{Path: path} }
 // named, all of them.
 func DerivationOutputs(drv string, outputs ...string) DerivedPath {
 	if len(outputs) == 0 {
-		outputs = AllOutputs
+		outputs = []string{"*"} // a copy of AllOutputs, safe to append to
 	}
 	return DerivedPath{Path: drv, Outputs: outputs}
 }
