@@ -18,6 +18,15 @@ type Runtime struct {
 	User     string
 	// LookupEnv reads the host environment (os.LookupEnv when nil).
 	LookupEnv func(string) (string, bool)
+	// EUID is the effective uid to check privileges against (os.Geteuid when nil).
+	EUID func() int
+}
+
+func (rt *Runtime) euid() int {
+	if rt.EUID != nil {
+		return rt.EUID()
+	}
+	return os.Geteuid()
 }
 
 func (rt *Runtime) lookupEnv(name string) (string, bool) {

@@ -21,19 +21,26 @@ const RelPath = "share/claude-sandbox/manifest.json"
 
 const maxSize = 1 << 20
 
-// Manifest is what the templates write. Paths are store paths.
+// Manifest is what the templates write. Paths are store paths. The common
+// fields serve every backend; each backend adds what only it needs (the
+// bubblewrap fields inline for schema 1, Container and VM as sections).
 type Manifest struct {
 	Schema    int      `json:"schema"`
 	Backend   string   `json:"backend"`
-	Bwrap     string   `json:"bwrap"`
 	Env       string   `json:"env"`
 	Path      []string `json:"path"`
 	Shell     string   `json:"shell"`
 	UsrBinEnv string   `json:"usrBinEnv"`
 	Claude    string   `json:"claude"`
-	NixLd     NixLd    `json:"nixLd"`
 	HostEtc   []string `json:"hostEtc"`
 	Packages  []string `json:"packages"`
+
+	// bubblewrap
+	Bwrap string `json:"bwrap,omitempty"`
+	NixLd NixLd  `json:"nixLd"`
+
+	Container *Container `json:"container,omitempty"`
+	VM        *VM        `json:"vm,omitempty"`
 }
 
 // NixLd describes the loader shim that lets prebuilt binaries run.
@@ -70,18 +77,10 @@ func (m *Manifest) Validate() error {
 	if m.Schema != Schema {
 		return fmt.Errorf("schema %d, this claude-sandbox reads schema %d", m.Schema, Schema)
 	}
-	if m.Backend == "" {
-		return fmt.Errorf("no backend")
-	}
-	required := map[string]string{
-		"bwrap": m.Bwrap, "env": m.Env, "shell": m.Shell, "usrBinEnv": m.UsrBinEnv,
-		"claude": m.Claude, "nixLd.loader": m.NixLd.Loader, "nixLd.NIX_LD": m.NixLd.NixLd,
-		"nixLd.NIX_LD_LIBRARY_PATH": m.NixLd.NixLdLibraryDir,
-	}
-	for field, p := range required {
-		if err := storePath(p); err != nil {
-			return fmt.Errorf("%s: %w", field, err)
-		}
+	if err := storePaths(map[string]string{
+		"env": m.Env, "shell": m.Shell, "usrBinEnv": m.UsrBinEnv, "claude": m.Claude,
+	}); err != nil {
+		return err
 	}
 	for _, p := range m.Path {
 		if err := storePath(p); err != nil {
@@ -91,6 +90,40 @@ func (m *Manifest) Validate() error {
 	for _, name := range m.HostEtc {
 		if name == "" || strings.Contains(name, "/") || name == "." || name == ".." {
 			return fmt.Errorf("hostEtc: %q is not a plain /etc entry name", name)
+		}
+	}
+	switch m.Backend {
+	case "bubblewrap":
+		return m.validateBubblewrap()
+	case "container":
+		if m.Container == nil {
+			return fmt.Errorf("container backend without a container section")
+		}
+		return m.Container.validate()
+	case "vm":
+		if m.VM == nil {
+			return fmt.Errorf("vm backend without a vm section")
+		}
+		return m.VM.validate()
+	case "":
+		return fmt.Errorf("no backend")
+	default:
+		return fmt.Errorf("unknown backend %q", m.Backend)
+	}
+}
+
+func (m *Manifest) validateBubblewrap() error {
+	return storePaths(map[string]string{
+		"bwrap": m.Bwrap, "nixLd.loader": m.NixLd.Loader, "nixLd.NIX_LD": m.NixLd.NixLd,
+		"nixLd.NIX_LD_LIBRARY_PATH": m.NixLd.NixLdLibraryDir,
+	})
+}
+
+// storePaths checks named required store paths.
+func storePaths(fields map[string]string) error {
+	for field, p := range fields {
+		if err := storePath(p); err != nil {
+			return fmt.Errorf("%s: %w", field, err)
 		}
 	}
 	return nil

@@ -16,12 +16,13 @@ import (
 const SchemaVersion = 1
 
 // Backends that can be built.
-var Backends = []string{"bubblewrap"}
+var Backends = []string{"bubblewrap", "container", "vm"}
 
 // Options are the build-time choices of a user: they change the closure.
 type Options struct {
 	Backend  string
 	Packages []string // nixpkgs attribute paths, as typed: "python3", "python3Packages.numpy"
+	Modules  []Module // extra NixOS modules (container, vm), from LoadModules
 	Network  bool
 }
 
@@ -38,6 +39,8 @@ type Nixpkgs struct {
 type Canonical struct {
 	Backend  string     `json:"backend"`
 	Packages [][]string `json:"packages"`
+	// Modules keep their order: NixOS merges some options in module order.
+	Modules []Module `json:"modules,omitempty"`
 	// Nil for backends where the network is a run-time switch: toggling it
 	// must not rebuild their closure.
 	Network *bool `json:"network,omitempty"`
@@ -72,7 +75,10 @@ func Canonicalize(opts Options) (Canonical, error) {
 		}
 	}
 	sort.Strings(names)
-	c := Canonical{Backend: backend, Packages: make([][]string, 0, len(names))}
+	if len(opts.Modules) > 0 && backend == "bubblewrap" {
+		return Canonical{}, &ModuleError{Path: opts.Modules[0].Path, Reason: "NixOS modules apply to the container and vm backends, not bubblewrap"}
+	}
+	c := Canonical{Backend: backend, Packages: make([][]string, 0, len(names)), Modules: opts.Modules}
 	for _, name := range names {
 		parts, _ := ParseAttrPath(name)
 		c.Packages = append(c.Packages, parts)

@@ -5,7 +5,9 @@
 #     schema    = 1;
 #     nixpkgs   = "/nix/store/…-source";   # where to import nixpkgs from
 #     system    = "x86_64-linux";
-#     options   = { backend = "bubblewrap"; packages = [ [ "python3" ] … ]; network = true; };
+#     options   = { backend = "bubblewrap"; packages = [ [ "python3" ] … ];
+#                   modules = [ { path = "/abs/file.nix"; sha256 = "…"; } … ];  # container, vm
+#                   network = true; };                                          # vm only
 #   }
 request:
 let
@@ -21,8 +23,13 @@ let
   notPackages = builtins.filter (path: !(isPackage (lib.getAttrFromPath path pkgs))) options.packages;
 
   spec = import ./spec.nix { inherit pkgs lib; };
+  # The user's own NixOS module files (--module): code by the user's choice.
+  extraModules = map (module: /. + module.path) (options.modules or [ ]);
+
   backends = {
     bubblewrap = ./bubblewrap.nix;
+    container = ./container.nix;
+    vm = ./vm.nix;
   };
 in
 if missing != [ ] then
@@ -31,6 +38,8 @@ else if notPackages != [ ] then
   throw "claude-sandbox:not-packages:${builtins.toJSON notPackages}"
 else
   import backends.${options.backend} {
-    inherit pkgs spec extraPackages;
+    inherit pkgs spec extraPackages extraModules;
     network = options.network or true;
+    # NixOS evaluation of this very nixpkgs, for the container and vm backends.
+    evalConfig = import (pkgs.path + "/nixos/lib/eval-config.nix");
   }

@@ -16,7 +16,7 @@ export PATH="/usr/local/go/bin:$PATH"
 # Host packages: the tools claude-sandbox drives, and the host programs the
 # offline package set (tests/fixtures/nixpkgs) wraps.
 mapfile -t fixture_pkgs < <(grep -Ev '^\s*(#|$)' tests/fixtures/host-packages.txt)
-wanted=(nix-bin bubblewrap busybox-static patchelf util-linux npm "${fixture_pkgs[@]}")
+wanted=(nix-bin bubblewrap busybox-static patchelf util-linux "${fixture_pkgs[@]}")
 missing=()
 for p in "${wanted[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
@@ -25,6 +25,11 @@ if [ ${#missing[@]} -gt 0 ]; then
   echo "== installing: ${missing[*]}"
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# npm: the machine's own Node.js usually brings it; Debian's only if not.
+if ! command -v npm >/dev/null; then
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends npm >/dev/null
 fi
 
 # The real Claude Code, from npm; the fixture's claude-code package wraps it.

@@ -49,12 +49,16 @@ func exitCode(err error) int {
 		userns    *launch.UserNamespaceError
 		envName   *launch.EnvNameError
 		usage     *usageError
-		sandboxUp *sandboxStartError
+		sandboxUp *launch.StartError
+		status    *launch.ExitStatusError
+		module    *nixgen.ModuleError
 	)
 	switch {
 	case err == nil:
 		return exitOK
-	case errors.As(err, &usage), errors.As(err, &backend), errors.As(err, &envName):
+	case errors.As(err, &status):
+		return status.Code
+	case errors.As(err, &usage), errors.As(err, &backend), errors.As(err, &envName), errors.As(err, &module):
 		return exitUsage
 	case errors.As(err, &invalid):
 		return exitInvalidPackage
@@ -88,12 +92,4 @@ func printError(w io.Writer, err error) {
 	if errors.As(err, &h) && h.Hint() != "" {
 		fmt.Fprintf(w, "  hint: %s\n", h.Hint())
 	}
-}
-
-type sandboxStartError struct{ err error }
-
-func (e *sandboxStartError) Error() string { return e.err.Error() }
-func (e *sandboxStartError) Unwrap() error { return e.err }
-func (e *sandboxStartError) Hint() string {
-	return "the closure may be damaged: retry with --rebuild"
 }

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -9,6 +10,8 @@ import (
 	"syscall"
 
 	"github.com/rs/zerolog"
+
+	"github.com/claude-sandbox/claude-sandbox/launch"
 	"github.com/spf13/cobra"
 	"golang.org/x/sys/unix"
 )
@@ -23,6 +26,7 @@ type globalOptions struct {
 	LogFormat string
 	Backend   string
 	Env       []string
+	Modules   []string
 	Force     bool
 	DryRun    bool
 }
@@ -43,7 +47,8 @@ func run(args []string) int {
 	root := a.newRootCmd()
 	root.SetArgs(args)
 	err := root.ExecuteContext(ctx)
-	if err != nil {
+	var status *launch.ExitStatusError
+	if err != nil && !errors.As(err, &status) { // a sandboxed command's own failure is not ours to report
 		if a.opts.LogFormat == "json" {
 			a.log.Error().Err(err).Int("exit", exitCode(err)).Msg("failed")
 		} else {
@@ -99,6 +104,7 @@ The first launch of a configuration builds it with Nix; later ones start at once
 	f.StringVar(&a.opts.LogFormat, "log-format", "text", "log format: text or json")
 	f.StringVar(&a.opts.Backend, "backend", "bubblewrap", "sandbox backend")
 	f.StringArrayVar(&a.opts.Env, "env", nil, "pass this host environment variable into the sandbox (repeatable; name only)")
+	f.StringArrayVar(&a.opts.Modules, "module", nil, "extra NixOS module file for the container and vm backends (repeatable)")
 	f.BoolVar(&a.opts.Force, "force", false, "allow a project directory that is or contains your home directory")
 	f.BoolVar(&a.opts.DryRun, "dry-run", false, "print the sandbox invocation as JSON instead of starting it")
 	root.Flags().BoolVar(&shell, "shell", false, "start bash instead of Claude Code")

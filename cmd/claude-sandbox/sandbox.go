@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"encoding/json"
-	"os"
 	"runtime"
 	"strings"
 
@@ -26,9 +25,14 @@ func (a *app) builderAndRequest(ctx context.Context) (*closure.Builder, closure.
 	if a.opts.LogFormat != "json" {
 		b.Notice = a.stderr
 	}
+	modules, err := nixgen.LoadModules(a.opts.Modules)
+	if err != nil {
+		return nil, closure.Request{}, err
+	}
 	canon, err := nixgen.Canonicalize(nixgen.Options{
 		Backend:  a.opts.Backend,
 		Packages: a.opts.With,
+		Modules:  modules,
 		Network:  !a.opts.NoNetwork,
 	})
 	if err != nil {
@@ -83,18 +87,15 @@ func (a *app) launch(ctx context.Context, projectArg string, mode launchMode) er
 	} else if !mode.shell {
 		rt.Command = append([]string{c.Manifest.Claude}, mode.claudeArgs...)
 	}
-	inv, err := launch.Bubblewrap(c.Manifest, rt)
-	if err != nil {
-		return err
-	}
 	if a.opts.DryRun {
+		inv, err := launch.Plan(c.Manifest, rt)
+		if err != nil {
+			return err
+		}
 		return a.printInvocation(inv)
 	}
-	if err := launch.CheckUserNamespaces(os.Geteuid()); err != nil {
-		return err
-	}
 	a.log.Debug().Str("key", c.Key).Str("out", c.OutPath).Bool("cached", c.Cached).Msg("launching")
-	return &sandboxStartError{launch.Exec(inv)}
+	return launch.Start(ctx, c.Manifest, rt)
 }
 
 // shownEnv are the variables whose values --dry-run may print; the rest
