@@ -25,6 +25,14 @@ type Builder struct {
 	Progress io.Writer
 	// Notice receives one line when a build starts (nil: silent).
 	Notice io.Writer
+	// Events receives progress events during a build (nil: none).
+	Events func(Event)
+}
+
+func (b *Builder) emit(ev Event) {
+	if b.Events != nil {
+		b.Events(ev)
+	}
 }
 
 // Request names a closure.
@@ -134,6 +142,7 @@ func (b *Builder) build(ctx context.Context, req Request) (*Closure, error) {
 	start := time.Now()
 	run := b.runner()
 
+	b.emit(Event{Kind: EventEvaluating})
 	inst, err := run.run(ctx, "nix-instantiate", exprPath)
 	if err != nil {
 		return nil, b.evaluationError(ctx, req, exprPath, inst.tail, err)
@@ -147,18 +156,15 @@ func (b *Builder) build(ctx context.Context, req Request) (*Closure, error) {
 	if err := os.MkdirAll(b.Dirs.gcroots(), 0o755); err != nil {
 		return nil, fmt.Errorf("creating GC root directory: %w", err)
 	}
-	// --add-root outside the store's gcroots directory makes an indirect root:
-	// the symlink lives in our state dir and Nix follows it from gcroots/auto.
-	if err := b.realise(ctx, run, drvPath, root); err != nil {
+	// An indirect root: the symlink lives in our state dir and Nix follows it
+	// from gcroots/auto, so removing the symlink is all `gc` needs to do.
+	outPath, err := b.realise(ctx, drvPath, root)
+	if err != nil {
 		var be *BuildError
 		if errors.As(err, &be) {
 			be.Stage, be.Expr = "build", exprPath
 		}
 		return nil, err
-	}
-	outPath, err := os.Readlink(root)
-	if err != nil || !isStorePath(outPath) {
-		return nil, &BuildError{Stage: "build", Message: "nix-store did not create the GC root " + root, Expr: exprPath}
 	}
 	m, err := manifest.Load(outPath)
 	if err != nil {
@@ -179,27 +185,6 @@ func (b *Builder) build(ctx context.Context, req Request) (*Closure, error) {
 	}
 	b.Log.Info().Str("key", gen.Key).Str("out", outPath).Dur("took", time.Since(start)).Msg("built")
 	return &Closure{Key: gen.Key, OutPath: outPath, DrvPath: drvPath, Manifest: m}, nil
-}
-
-// spuriousKill is how Nix reports a builder it killed itself after seeing
-// its output close a moment before it exited (NixOS/nix#2176). Short
-// builders (writeText, buildEnv, runCommand: most of what we build) hit it
-// now and then on older Nix; the same build run again succeeds.
-var spuriousKill = "failed due to signal 9 (Killed)"
-
-const realiseAttempts = 3
-
-func (b *Builder) realise(ctx context.Context, run nixRunner, drvPath, root string) error {
-	var err error
-	for attempt := 1; attempt <= realiseAttempts; attempt++ {
-		_, err = run.run(ctx, "nix-store", "--realise", drvPath, "--add-root", root)
-		var be *BuildError
-		if err == nil || !errors.As(err, &be) || !strings.Contains(be.Message, spuriousKill) {
-			return err
-		}
-		b.Log.Warn().Str("error", be.Message).Int("attempt", attempt).Msg("Nix killed a builder (NixOS/nix#2176); retrying")
-	}
-	return err
 }
 
 const (

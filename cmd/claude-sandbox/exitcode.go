@@ -86,6 +86,13 @@ func exitCode(err error) int {
 
 // printError writes the error on one line and, where there is one, a hint.
 func printError(w io.Writer, err error) {
+	var build *closure.BuildError
+	if errors.As(err, &build) && len(build.Log) > 0 {
+		fmt.Fprintln(w, "last lines of the failing build's log:")
+		for _, line := range build.Log {
+			fmt.Fprintf(w, "  > %s\n", line)
+		}
+	}
 	msg := strings.ReplaceAll(err.Error(), "\n", " ")
 	fmt.Fprintf(w, "claude-sandbox: %s\n", msg)
 	var h interface{ Hint() string }

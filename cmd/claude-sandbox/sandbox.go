@@ -9,6 +9,7 @@ import (
 	"github.com/claude-sandbox/claude-sandbox/closure"
 	"github.com/claude-sandbox/claude-sandbox/launch"
 	"github.com/claude-sandbox/claude-sandbox/nixgen"
+	"github.com/claude-sandbox/claude-sandbox/progress"
 )
 
 // builderAndRequest turns the global flags into a closure request. It runs
@@ -22,9 +23,17 @@ func (a *app) builderAndRequest(ctx context.Context) (*closure.Builder, closure.
 	if a.opts.Verbose > 0 {
 		b.Progress = a.stderr
 	}
-	if a.opts.LogFormat != "json" {
+	mode := progress.Plain
+	switch {
+	case a.opts.LogFormat == "json":
+		mode = progress.JSON
+	case isTerminal(a.stderr):
+		mode = progress.Terminal
+	}
+	if mode != progress.JSON {
 		b.Notice = a.stderr
 	}
+	b.Events = progress.New(a.stderr, mode, a.opts.Verbose > 0).Handle
 	modules, err := nixgen.LoadModules(a.opts.Modules)
 	if err != nil {
 		return nil, closure.Request{}, err

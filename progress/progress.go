@@ -1,0 +1,187 @@
+// Package progress shows a build to a person or a program: a live bar on a
+// terminal, plain stable lines in a pipe or CI, one JSON object per event
+// with --log-format json. It only renders closure.Events; it decides nothing
+// about building.
+package progress
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"sort"
+	"strings"
+	"sync"
+
+	"github.com/schollz/progressbar/v3"
+
+	"github.com/claude-sandbox/claude-sandbox/closure"
+)
+
+// Mode chooses the rendering.
+type Mode int
+
+const (
+	Plain    Mode = iota // stable lines: pipes, CI, log files
+	Terminal             // a live bar
+	JSON                 // one event per line
+)
+
+// Renderer turns events into output. Handle is safe for concurrent use.
+type Renderer struct {
+	mu      sync.Mutex
+	w       io.Writer
+	mode    Mode
+	verbose bool // show build log lines too
+	enc     *json.Encoder
+	bar     *progressbar.ProgressBar
+	planned int
+	started int
+	done    int
+	current map[string]string // drv name → phase
+}
+
+// New returns a renderer writing to w.
+func New(w io.Writer, mode Mode, verbose bool) *Renderer {
+	r := &Renderer{w: w, mode: mode, verbose: verbose, current: map[string]string{}}
+	if mode == JSON {
+		r.enc = json.NewEncoder(w)
+	}
+	return r
+}
+
+// Handle renders one event.
+func (r *Renderer) Handle(ev closure.Event) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.mode == JSON {
+		if ev.Kind != closure.EventBuildLog || r.verbose {
+			_ = r.enc.Encode(ev)
+		}
+		return
+	}
+	switch ev.Kind {
+	case closure.EventEvaluating:
+		r.line("evaluating the sandbox configuration")
+	case closure.EventPlan:
+		r.planned = len(ev.WillBuild)
+		r.line(planSummary(ev))
+		if r.mode == Terminal && r.planned > 0 {
+			r.bar = progressbar.NewOptions(r.planned,
+				progressbar.OptionSetWriter(r.w),
+				progressbar.OptionSetWidth(24),
+				progressbar.OptionShowCount(),
+				progressbar.OptionSetElapsedTime(true),
+				progressbar.OptionSetPredictTime(false),
+				progressbar.OptionSetDescription("building"),
+				progressbar.OptionSetRenderBlankState(true),
+			)
+		}
+	case closure.EventBuildStart:
+		r.started++
+		r.current[ev.Name] = ""
+		if r.mode == Plain {
+			r.line(fmt.Sprintf("building %s (%d/%s)", ev.Name, r.started, r.total()))
+		}
+		r.describe()
+	case closure.EventBuildPhase:
+		r.current[ev.Name] = ev.Phase
+		r.describe()
+	case closure.EventBuildLog:
+		if r.verbose {
+			r.line(ev.Name + "> " + ev.Line)
+		}
+	case closure.EventBuildDone:
+		delete(r.current, ev.Name)
+		r.done++
+		if r.bar != nil {
+			_ = r.bar.Set(r.done)
+		}
+		if r.mode == Plain {
+			r.line(fmt.Sprintf("finished %s (%d/%s)", ev.Name, r.done, r.total()))
+		}
+		r.describe()
+	case closure.EventFetch:
+		r.line("fetching " + ev.Name)
+	case closure.EventDone:
+		if r.bar != nil {
+			_ = r.bar.Finish()
+			r.bar = nil
+			fmt.Fprintln(r.w)
+		}
+		if r.done > 0 {
+			r.line(fmt.Sprintf("built %d derivation%s", r.done, plural(r.done)))
+		}
+	}
+}
+
+func (r *Renderer) total() string {
+	if r.planned == 0 {
+		return "?"
+	}
+	return fmt.Sprint(r.planned)
+}
+
+// describe puts the running builds and their phases in the bar's label.
+func (r *Renderer) describe() {
+	if r.bar == nil {
+		return
+	}
+	var names []string
+	for name, phase := range r.current {
+		if phase != "" {
+			name += " (" + phase + ")"
+		}
+		names = append(names, name)
+	}
+	sort.Strings(names)
+	label := "building"
+	if len(names) > 0 {
+		label += " " + strings.Join(names, ", ")
+	}
+	if len(label) > 60 {
+		label = label[:57] + "..."
+	}
+	r.bar.Describe(label)
+}
+
+// line prints a whole line, above the bar when there is one.
+func (r *Renderer) line(s string) {
+	if r.bar != nil {
+		_ = r.bar.Clear()
+	}
+	fmt.Fprintln(r.w, s)
+	if r.bar != nil {
+		_ = r.bar.RenderBlank()
+	}
+}
+
+func planSummary(ev closure.Event) string {
+	var parts []string
+	if n := len(ev.WillBuild); n > 0 {
+		names := make([]string, 0, n)
+		for _, d := range ev.WillBuild {
+			names = append(names, closure.DrvName(d))
+		}
+		sort.Strings(names)
+		shown := names
+		if len(shown) > 8 {
+			shown = append(shown[:8:8], fmt.Sprintf("and %d more", n-8))
+		}
+		parts = append(parts, fmt.Sprintf("%d derivation%s to build: %s", n, plural(n), strings.Join(shown, ", ")))
+	}
+	if n := len(ev.WillFetch); n > 0 {
+		parts = append(parts, fmt.Sprintf("%d path%s to fetch (%.1f MiB download, %.1f MiB unpacked)", n, plural(n),
+			float64(ev.Download)/(1<<20), float64(ev.Unpacked)/(1<<20)))
+	}
+	if len(parts) == 0 {
+		return "nothing to build: every path is in the store"
+	}
+	return strings.Join(parts, "; ")
+}
+
+func plural(n int) string {
+	if n == 1 {
+		return ""
+	}
+	return "s"
+}
