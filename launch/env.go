@@ -2,6 +2,7 @@ package launch
 
 import (
 	"fmt"
+	"path/filepath"
 	"regexp"
 	"sort"
 	"strings"
@@ -13,9 +14,15 @@ import (
 // else (tokens, cloud credentials, the user's shell setup) stays outside
 // unless named with --env.
 var passedThrough = []string{
-	"TERM", "COLORTERM", "LANG", "LANGUAGE", "LC_ALL", "TZ",
+	"TERM", "COLORTERM", "LANG", "LANGUAGE", "TZ",
+	"LC_ALL", "LC_CTYPE", "LC_NUMERIC", "LC_TIME", "LC_COLLATE", "LC_MONETARY", "LC_MESSAGES",
+	"LC_PAPER", "LC_NAME", "LC_ADDRESS", "LC_TELEPHONE", "LC_MEASUREMENT", "LC_IDENTIFICATION",
 	"ANTHROPIC_API_KEY",
 }
+
+// ghTokens cross only with --gh-token: a token in the environment is
+// usually there for the user's own tools, not for the agent.
+var ghTokens = []string{"GH_TOKEN", "GITHUB_TOKEN"}
 
 var envName = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
 
@@ -32,7 +39,7 @@ func (e *EnvNameError) Hint() string {
 // reserved are set by the sandbox itself; --env cannot replace them.
 var reserved = map[string]bool{
 	"PATH": true, "HOME": true, "USER": true, "LOGNAME": true, "SHELL": true,
-	"NIX_LD": true, "NIX_LD_LIBRARY_PATH": true,
+	"NIX_LD": true, "NIX_LD_LIBRARY_PATH": true, "NIX_REMOTE": true, "XDG_RUNTIME_DIR": true,
 	"CLAUDE_SANDBOX": true, "CLAUDE_SANDBOX_BACKEND": true,
 }
 
@@ -44,6 +51,21 @@ func SandboxEnv(m *manifest.Manifest, rt *Runtime) ([]string, error) {
 	for _, name := range passedThrough {
 		if v, ok := rt.lookupEnv(name); ok {
 			env[name] = v
+		}
+	}
+	if rt.GHToken {
+		for _, name := range ghTokens {
+			if v, ok := rt.lookupEnv(name); ok {
+				env[name] = v
+			}
+		}
+	}
+	// glibc finds locales through LOCALE_ARCHIVE on NixOS, where it names
+	// /run/current-system/…, absent inside: the store path it resolves to
+	// is what the sandbox can open.
+	if v, ok := rt.lookupEnv("LOCALE_ARCHIVE"); ok {
+		if real, err := filepath.EvalSymlinks(v); err == nil && strings.HasPrefix(real, manifest.StoreDir+"/") {
+			env["LOCALE_ARCHIVE"] = real
 		}
 	}
 	for _, name := range rt.ExtraEnv {

@@ -20,6 +20,18 @@ type Runtime struct {
 	LookupEnv func(string) (string, bool)
 	// EUID is the effective uid to check privileges against (os.Geteuid when nil).
 	EUID func() int
+
+	// What the sandbox is given beyond the project (bubblewrap; see bwrap.go).
+	StateDir   string  // ProjectStateDir(Project): persistent ~/.local, /tmp, browser profile, tmux socket
+	GHToken    bool    // --gh-token: pass GH_TOKEN and GITHUB_TOKEN
+	ProtectGit bool    // --protect-git: .git/config and .git/hooks read-only, .git not replaceable
+	NixDaemon  bool    // forward the Nix daemon socket with NIX_REMOTE=daemon (--no-nix-daemon clears it)
+	NoDesktop  bool    // --no-desktop: no X11, Wayland, D-Bus, audio, keyring or GPU from the host
+	Tmux       bool    // --tmux: Claude Code inside tmux, its socket in StateDir so the host can attach
+	Record     *Record // this sandbox's registry entry, when it was registered before starting
+	// vm only: --accel (auto, kvm, tcg) and --fs for the project share (9p, virtiofs).
+	Accel string
+	FS    string
 }
 
 func (rt *Runtime) euid() int {

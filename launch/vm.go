@@ -3,26 +3,436 @@ package launch
 import (
 	"context"
 	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/claude-sandbox/claude-sandbox/manifest"
 )
 
-// The vm (QEMU) backend. Owned by the vm work.
+// The vm backend: a NixOS guest (templates/vm.nix) booted by QEMU straight
+// from the closure's kernel and initrd, supervised by this process. Host
+// directories reach the guest as 9p (or virtiofs) shares its fstab declares;
+// the command, its environment and its terminal size reach it through a
+// read-only metadata share; its output comes back on the serial console,
+// framed by the guest agent's markers, and the status in the end marker.
 
-var errVMNotImplemented = errors.New("the vm backend is not implemented yet")
+var (
+	// bootWatchdog: how long a KVM guest may stay silent before it is
+	// declared stuck. A working KVM guest prints its first kernel line in
+	// well under a second.
+	bootWatchdog = 20 * time.Second
+	// afterExit: how long the guest may take to power off once the command
+	// has reported its status, before QEMU is told to quit.
+	afterExit = 10 * time.Second
+	// stopGrace: how long a graceful power-down may take before QEMU is
+	// killed (`stop`, or a signal to the supervisor).
+	stopGrace = 30 * time.Second
+)
 
 func planVM(m *manifest.Manifest, rt *Runtime) (*Invocation, error) {
-	return nil, errVMNotImplemented
+	p, err := planVMRun(m, rt)
+	if err != nil {
+		return nil, err
+	}
+	return &Invocation{Path: p.QEMU, Args: p.Args, Env: qemuEnv()}, nil
 }
+
+// qemuEnv is QEMU's whole environment: it needs nothing from the user's,
+// and the sandbox's (API key included) goes through the metadata share.
+func qemuEnv() []string { return []string{"PATH=/usr/bin:/bin", "LC_ALL=C"} }
 
 func startVM(ctx context.Context, m *manifest.Manifest, rt *Runtime) error {
-	return errVMNotImplemented
+	p, err := planVMRun(m, rt)
+	if err != nil {
+		return err
+	}
+	sv := &vmSupervisor{plan: p, m: m, rt: rt, term: openTerminal(os.Stdin, os.Stdout), stderr: os.Stderr}
+	return sv.run(ctx)
 }
 
-func enterVM(ctx context.Context, rec *Record, rt *Runtime) error {
-	return errVMNotImplemented
+// vmSupervisor runs one VM from start to power-off.
+type vmSupervisor struct {
+	plan   *vmPlan
+	m      *manifest.Manifest
+	rt     *Runtime
+	term   *terminal
+	stderr *os.File
+
+	nonce   string
+	lock    *os.File
+	cmd     *exec.Cmd
+	exited  chan error // QEMU's Wait result
+	qemuIn     *os.File // QEMU's stdin: the console's input
+	consoleOut *os.File // QEMU's stdout: the console's output
+	bootLog    *os.File
+	vfsd    *exec.Cmd
+}
+
+func (sv *vmSupervisor) run(ctx context.Context) (err error) {
+	p := sv.plan
+	sweepRunDirs(p.StateDir)
+	if err := sv.prepare(); err != nil {
+		sv.cleanup()
+		return err
+	}
+	defer sv.cleanup()
+	if p.FS == FSVirtiofs {
+		if err := sv.startVirtiofsd(ctx); err != nil {
+			return err
+		}
+	}
+	if err := sv.startQEMU(); err != nil {
+		return err
+	}
+	rec := &Record{
+		ID: p.ID, Project: sv.rt.Project, Backend: "vm", PID: sv.cmd.Process.Pid, Started: time.Now(),
+		Closure: sv.m.VM.Toplevel,
+		Console: filepath.Join(p.RunDir, vmConsoleSock), QMP: filepath.Join(p.RunDir, vmQMPSock),
+	}
+	rec.PIDStart, _ = processStart(rec.PID)
+	if err := Register(p.StateDir, rec); err != nil {
+		sv.kill()
+		return &VMStartError{Reason: "registering the VM: " + err.Error()}
+	}
+	defer Unregister(p.StateDir, p.ID)
+	return sv.supervise(ctx)
+}
+
+// prepare creates the run directory and the metadata share.
+func (sv *vmSupervisor) prepare() error {
+	p := sv.plan
+	for _, d := range []string{filepath.Dir(p.RunDir), p.RunDir, filepath.Join(p.RunDir, vmEmptyDir), filepath.Join(p.StateDir, "guest")} {
+		if err := os.Mkdir(d, 0o700); err != nil && !errors.Is(err, os.ErrExist) {
+			return &VMStartError{Reason: err.Error()}
+		}
+	}
+	lock, err := os.OpenFile(filepath.Join(p.RunDir, vmLock), os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return &VMStartError{Reason: err.Error()}
+	}
+	if err := unix.Flock(int(lock.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+		lock.Close()
+		return &VMStartError{Reason: "run directory " + p.RunDir + " is in use"}
+	}
+	sv.lock = lock
+
+	user, uid, gid, home := guestIdentity(sv.rt)
+	env, err := guestEnv(sv.m, sv.rt, home, user)
+	if err != nil {
+		return err
+	}
+	sv.nonce = newNonce()
+	t := sv.term
+	meta := &vmMeta{
+		Run: map[string]string{
+			"nonce": sv.nonce, "user": user, "uid": strconv.Itoa(uid), "gid": strconv.Itoa(gid),
+			"home": home, "project": sv.rt.Project, "shell": sv.m.Shell,
+			"tty": boolString(t.isTTY), "outTty": boolString(t.outTTY),
+			"rows": strconv.Itoa(t.rows), "cols": strconv.Itoa(t.cols),
+			"fs": p.FS, "vfsTag": p.VFSTag,
+		},
+		Argv:  sv.rt.command(sv.m),
+		Env:   env,
+		Files: map[string][]byte{},
+	}
+	for source, ok := range p.Present {
+		meta.Run["has-"+source] = boolString(ok)
+	}
+	for name, host := range map[string]string{"claude.json": ".claude.json", "gitconfig": ".gitconfig"} {
+		data, ok, err := copyIfPresent(filepath.Join(sv.rt.Home, host))
+		if err != nil {
+			return &VMStartError{Reason: err.Error()}
+		}
+		if ok {
+			meta.Files[name] = data
+		}
+	}
+	if err := meta.write(filepath.Join(p.RunDir, vmMetaDir)); err != nil {
+		return &VMStartError{Reason: "writing the metadata share: " + err.Error()}
+	}
+	return nil
+}
+
+func (sv *vmSupervisor) startVirtiofsd(ctx context.Context) error {
+	p := sv.plan
+	cmd := exec.Command(p.Virtiofs, "--socket-path="+vmVirtiofsd, "-o", "source="+sv.rt.Project, "-o", "cache=auto")
+	cmd.Dir = p.RunDir
+	cmd.Env = qemuEnv()
+	log, err := os.OpenFile(filepath.Join(p.RunDir, "virtiofsd.log"), os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	if err != nil {
+		return &VMStartError{Reason: err.Error()}
+	}
+	defer log.Close()
+	cmd.Stdout, cmd.Stderr = log, log
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGTERM}
+	if err := cmd.Start(); err != nil {
+		return &VMStartError{Reason: "starting virtiofsd: " + err.Error(), hint: "use --fs 9p"}
+	}
+	sv.vfsd = cmd
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	sock := filepath.Join(p.RunDir, vmVirtiofsd)
+	deadline := time.After(10 * time.Second)
+	for {
+		if _, err := os.Stat(sock); err == nil {
+			return nil
+		}
+		select {
+		case err := <-done:
+			msg := strings.TrimSpace(lastLines(filepath.Join(p.RunDir, "virtiofsd.log"), 1))
+			if msg == "" && err != nil {
+				msg = err.Error()
+			}
+			return &VMStartError{Reason: "virtiofsd failed: " + msg, hint: "virtiofsd usually needs root; use --fs 9p"}
+		case <-deadline:
+			return &VMStartError{Reason: "virtiofsd did not create its socket within 10s", hint: "use --fs 9p"}
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+}
+
+func (sv *vmSupervisor) startQEMU() error {
+	p := sv.plan
+	inR, inW, err := os.Pipe()
+	if err != nil {
+		return err
+	}
+	outR, outW, err := os.Pipe()
+	if err != nil {
+		inR.Close()
+		inW.Close()
+		return err
+	}
+	qlog, err := os.OpenFile(filepath.Join(p.RunDir, vmQEMULog), os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	if err != nil {
+		return &VMStartError{Reason: err.Error()}
+	}
+	defer qlog.Close()
+	sv.bootLog, err = os.OpenFile(filepath.Join(p.RunDir, vmBootLog), os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	if err != nil {
+		return &VMStartError{Reason: err.Error()}
+	}
+	cmd := &exec.Cmd{Path: p.QEMU, Args: p.Args, Env: qemuEnv(), Dir: p.RunDir, Stdin: inR, Stdout: outW, Stderr: qlog}
+	// Its own process group: a Ctrl-C on a terminal that is not in raw mode
+	// reaches only this supervisor, which then powers the guest down
+	// cleanly; and QEMU dies with its supervisor rather than lingering
+	// without a console.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGTERM}
+	err = cmd.Start()
+	inR.Close()
+	outW.Close()
+	if err != nil {
+		inW.Close()
+		outR.Close()
+		return &VMStartError{Reason: "starting " + p.QEMU + ": " + err.Error()}
+	}
+	sv.cmd, sv.qemuIn = cmd, inW
+	sv.exited = make(chan error, 1)
+	go func() { sv.exited <- cmd.Wait() }()
+	sv.consoleOut = outR
+	return nil
+}
+
+// cleanup removes everything of this run from the host: sockets, metadata
+// (the API key) and logs. A failed boot's log is kept beside the run
+// directories for the error's hint.
+func (sv *vmSupervisor) cleanup() {
+	if sv.cmd != nil && sv.cmd.ProcessState == nil {
+		sv.kill()
+	}
+	if sv.vfsd != nil && sv.vfsd.Process != nil {
+		_ = sv.vfsd.Process.Kill()
+	}
+	if sv.qemuIn != nil {
+		sv.qemuIn.Close()
+	}
+	if sv.bootLog != nil {
+		sv.bootLog.Close()
+	}
+	if sv.plan.RunDir != "" {
+		_ = os.RemoveAll(sv.plan.RunDir)
+	}
+	if sv.lock != nil {
+		sv.lock.Close()
+	}
+}
+
+// kill ends QEMU at once and waits for it.
+func (sv *vmSupervisor) kill() {
+	if sv.cmd == nil || sv.cmd.Process == nil {
+		return
+	}
+	_ = sv.cmd.Process.Kill()
+	if sv.exited != nil {
+		select {
+		case err := <-sv.exited:
+			sv.exited <- err // keep it for whoever reads next
+		case <-time.After(5 * time.Second):
+		}
+	}
+}
+
+// powerdown asks the guest to shut down over QMP and waits up to grace for
+// QEMU to exit; then quits QEMU, then kills it.
+func (sv *vmSupervisor) powerdown(grace time.Duration) {
+	qmpPath := filepath.Join(sv.plan.RunDir, vmQMPSock)
+	ctx := context.Background()
+	if c, err := dialQMP(ctx, qmpPath); err == nil {
+		_ = c.Powerdown(ctx)
+		c.Close()
+		select {
+		case err := <-sv.exited:
+			sv.exited <- err
+			return
+		case <-time.After(grace):
+		}
+	}
+	sv.quit()
+}
+
+// quit tells QEMU to exit now (no guest shutdown), killing it if QMP fails.
+func (sv *vmSupervisor) quit() {
+	ctx := context.Background()
+	if c, err := dialQMP(ctx, filepath.Join(sv.plan.RunDir, vmQMPSock)); err == nil {
+		_ = c.Quit(ctx)
+		c.Close()
+		select {
+		case err := <-sv.exited:
+			sv.exited <- err
+			return
+		case <-time.After(3 * time.Second):
+		}
+	}
+	sv.kill()
+}
+
+// lastLines returns up to n last non-empty lines of a (small) log file.
+func lastLines(path string, n int) string {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return ""
+	}
+	lines := strings.Split(strings.TrimRight(string(data), "\n"), "\n")
+	var out []string
+	for i := len(lines) - 1; i >= 0 && len(out) < n; i-- {
+		if l := strings.TrimSpace(lines[i]); l != "" {
+			out = append([]string{l}, out...)
+		}
+	}
+	return strings.Join(out, "\n")
+}
+
+// sweepRunDirs removes run directories of VMs that are gone: a supervisor
+// holds its run directory's lock for its whole life, and the kernel drops
+// it when the process dies however it dies, so a directory whose lock can
+// be taken (and that no live record names) is a leftover — its sockets
+// must not make the next launch trip.
+func sweepRunDirs(stateDir string) {
+	live := map[string]bool{}
+	if recs, err := Running(stateDir); err == nil {
+		for _, r := range recs {
+			live[r.ID] = true
+		}
+	}
+	root := filepath.Join(stateDir, "vm")
+	entries, err := os.ReadDir(root)
+	if err != nil {
+		return
+	}
+	for _, e := range entries {
+		if !e.IsDir() || live[e.Name()] {
+			continue
+		}
+		dir := filepath.Join(root, e.Name())
+		f, err := os.OpenFile(filepath.Join(dir, vmLock), os.O_RDWR, 0)
+		if err != nil {
+			// No lock yet: maybe a run being set up this instant. Old ones go.
+			if info, err := e.Info(); err == nil && time.Since(info.ModTime()) > time.Minute {
+				_ = os.RemoveAll(dir)
+			}
+			continue
+		}
+		if unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB) == nil {
+			_ = os.RemoveAll(dir)
+		}
+		f.Close()
+	}
+}
+
+// vmRunDir is the run directory of a recorded VM.
+func vmRunDir(rec *Record) (string, error) {
+	if rec.Console == "" {
+		return "", errors.New("no console socket recorded for this VM")
+	}
+	return filepath.Dir(rec.Console), nil
 }
 
 func stopVM(ctx context.Context, rec *Record) error {
-	return errVMNotImplemented
+	if !rec.Alive() {
+		return nil
+	}
+	if c, err := dialQMP(ctx, rec.QMP); err == nil {
+		err := c.Powerdown(ctx)
+		c.Close()
+		if err == nil && waitGone(ctx, rec, stopGrace) {
+			return nil
+		}
+		if c, err := dialQMP(ctx, rec.QMP); err == nil {
+			_ = c.Quit(ctx)
+			c.Close()
+			if waitGone(ctx, rec, 3*time.Second) {
+				return nil
+			}
+		}
+	}
+	// No answer on QMP: end the process itself (the pid is checked against
+	// its start time, so a recycled pid is never signalled).
+	if rec.Alive() {
+		_ = unix.Kill(rec.PID, unix.SIGTERM)
+		if waitGone(ctx, rec, 3*time.Second) {
+			return nil
+		}
+	}
+	if rec.Alive() {
+		_ = unix.Kill(rec.PID, unix.SIGKILL)
+		if !waitGone(ctx, rec, 3*time.Second) {
+			return fmt.Errorf("QEMU (pid %d) did not exit", rec.PID)
+		}
+	}
+	return nil
+}
+
+// waitGone polls until the recorded process has exited.
+func waitGone(ctx context.Context, rec *Record, limit time.Duration) bool {
+	deadline := time.Now().Add(limit)
+	for rec.Alive() {
+		if time.Now().After(deadline) || ctx.Err() != nil {
+			return !rec.Alive()
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	return true
+}
+
+// vmStatusLine writes a transient status line on a terminal.
+func vmStatusLine(w io.Writer, isTTY bool, msg string) {
+	if !isTTY {
+		return
+	}
+	if msg == "" {
+		fmt.Fprint(w, "\r\x1b[K")
+		return
+	}
+	fmt.Fprint(w, "\r\x1b[K"+msg)
 }

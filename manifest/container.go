@@ -1,12 +1,33 @@
 package manifest
 
+import (
+	"fmt"
+	"regexp"
+)
+
 // Container is what the container (systemd-nspawn) backend needs beyond the
-// common fields. Owned by the container backend; extend it with the
-// template (templates/container.nix).
+// common fields (templates/container.nix writes it). systemd-nspawn itself
+// is not here: it is the host's, because it must speak to the host's
+// systemd and systemd-machined.
 type Container struct {
-	Toplevel string `json:"toplevel"` // the NixOS system: $toplevel/init, $toplevel/sw/bin
+	Toplevel string `json:"toplevel"` // the NixOS system: $toplevel/init, $toplevel/sw/bin, $toplevel/etc
+	Root     string `json:"root"`     // the tree nspawn mounts at /usr (usr/bin/{sh,bash,env}, usr/lib64/<loader>)
+	HostName string `json:"hostName"` // networking.hostName, given to the container
+	Nsenter  string `json:"nsenter"`  // util-linux's nsenter, to join a running container
 }
 
+// A host name as NixOS accepts it (networking.hostName) and as nspawn
+// passes it to sethostname(2).
+var hostName = regexp.MustCompile(`^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$`)
+
 func (c *Container) validate() error {
-	return storePaths(map[string]string{"container.toplevel": c.Toplevel})
+	if err := storePaths(map[string]string{
+		"container.toplevel": c.Toplevel, "container.root": c.Root, "container.nsenter": c.Nsenter,
+	}); err != nil {
+		return err
+	}
+	if !hostName.MatchString(c.HostName) {
+		return fmt.Errorf("container.hostName: %q is not a host name", c.HostName)
+	}
+	return nil
 }

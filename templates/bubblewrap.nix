@@ -5,11 +5,27 @@
 let
   inherit (pkgs) lib;
 
+  # Chromium as the sandbox runs it, as the original project did: with the
+  # per-project profile the launcher binds at ~/.config/chromium, and off the
+  # session bus, where a second sandbox's Chromium would find the first one's
+  # and hand its windows over to it. It shadows chromium's own bin/chromium.
+  chromium = pkgs.writeShellScriptBin "chromium" ''
+    export DBUS_SESSION_BUS_ADDRESS=disabled:
+    exec ${pkgs.chromium}/bin/chromium --user-data-dir="$HOME/.config/chromium" "$@"
+  '';
+
+  # The managed policy (the Claude extension, force-installed). Chromium
+  # reads /etc/chromium/policies/managed/*.json; the launcher binds this
+  # directory of the environment there (the directory the NixOS module
+  # writes its policies to: nixos/modules/programs/chromium.nix).
+  chromiumPolicy = pkgs.writeTextDir "etc/chromium/policies/managed/claude-sandbox.json"
+    (builtins.toJSON spec.chromiumPolicy);
+
   env = pkgs.buildEnv {
     name = "claude-sandbox-env";
-    # Extra packages first: on a file collision the first path wins, so a
-    # user's `--with` choice overrides the default set.
-    paths = extraPackages ++ spec.packages;
+    # On a file collision the first path wins: the Chromium wrapper beats
+    # chromium's own binary, and a user's `--with` choice beats the default set.
+    paths = [ chromium chromiumPolicy ] ++ extraPackages ++ spec.packages;
     pathsToLink = [ "/bin" "/share" "/lib" "/libexec" "/etc" ];
     ignoreCollisions = true;
   };

@@ -29,6 +29,13 @@ in
   # served through nix-ld. A subset of the NixOS nix-ld module's defaults.
   nixLdLibraries = with pkgs; [ stdenv.cc.cc zlib zstd openssl curl bzip2 xz ];
 
+  # Chromium's managed policy in every sandbox: the Claude browser extension
+  # (Chrome Web Store id), force-installed. The NixOS backends can pass it
+  # as programs.chromium.extraOpts.
+  chromiumPolicy = {
+    ExtensionInstallForcelist = [ "fcoeoabgfenejglbffodgkkbkcdhcgfn;https://clients2.google.com/service/update2/crx" ];
+  };
+
   # Host /etc entries a sandbox may see, read-only, each only when present.
   hostEtc = [
     "resolv.conf" "hosts" "ssl" "ca-certificates" "pki" "fonts"

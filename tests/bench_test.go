@@ -1,12 +1,15 @@
 package tests
 
 import (
+	"context"
 	"encoding/json"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"testing"
 	"time"
+
+	"github.com/claude-sandbox/claude-sandbox/nixdaemon"
 )
 
 // BenchmarkLaunch times, side by side in one run, the three ways to start
@@ -74,5 +77,95 @@ func BenchmarkLaunch(b *testing.B) {
 	b.ReportMetric(ms(eval, evals), "eval-then-exec-ms")
 	b.ReportMetric(ms(warm, b.N)/ms(bare, b.N), "warm/bare")
 	b.ReportMetric(ms(eval, evals)/ms(warm, b.N), "eval/warm")
+	b.ReportMetric(0, "ns/op")
+}
+
+// BenchmarkCacheHitCheck compares, side by side, three ways to confirm a
+// cached closure is still in the store: the file checks a launch makes, the
+// daemon's validity query (what `build` adds), and a nix-store subprocess.
+//
+//	go test ./tests -run '^$' -bench CacheHitCheck -benchtime 50x
+func BenchmarkCacheHitCheck(b *testing.B) {
+	requireSandboxHost(b)
+	built := buildJSON(b, runOpts{})
+	manifestPath := filepath.Join(built.OutPath, "share/claude-sandbox/manifest.json")
+	socket := "/nix/var/nix/daemon-socket/socket"
+	if _, err := os.Stat(socket); err != nil {
+		b.Skip("skipped: no daemon socket")
+	}
+	stat := func() time.Duration {
+		start := time.Now()
+		if _, err := os.Stat(manifestPath); err != nil {
+			b.Fatal(err)
+		}
+		return time.Since(start)
+	}
+	daemon := func() time.Duration {
+		start := time.Now()
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		c, err := nixdaemon.Dial(ctx, socket)
+		if err != nil {
+			b.Fatal(err)
+		}
+		ok, err := c.IsValidPath(ctx, built.OutPath)
+		c.Close()
+		if err != nil || !ok {
+			b.Fatalf("valid=%v err=%v", ok, err)
+		}
+		return time.Since(start)
+	}
+	subprocess := func() time.Duration {
+		start := time.Now()
+		if out, err := exec.Command("nix-store", "--check-validity", built.OutPath).CombinedOutput(); err != nil {
+			b.Fatalf("%v: %s", err, out)
+		}
+		return time.Since(start)
+	}
+	var tStat, tDaemon, tSub time.Duration
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		tStat += stat()
+		tDaemon += daemon()
+		tSub += subprocess()
+	}
+	n := float64(b.N)
+	b.ReportMetric(float64(tStat.Microseconds())/n, "stat-us")
+	b.ReportMetric(float64(tDaemon.Microseconds())/n, "daemon-us")
+	b.ReportMetric(float64(tSub.Microseconds())/n, "nix-store-us")
+	b.ReportMetric(float64(tSub)/float64(tDaemon), "nix-store/daemon")
+	b.ReportMetric(0, "ns/op")
+}
+
+// BenchmarkNoopBuild: `build` of an already built configuration (index
+// lookup plus the daemon validity check) beside `version` (process start
+// alone). Target: under 2×.
+//
+//	go test ./tests -run '^$' -bench NoopBuild -benchtime 30x
+func BenchmarkNoopBuild(b *testing.B) {
+	requireSandboxHost(b)
+	buildJSON(b, runOpts{})
+	env := []string{"PATH=" + os.Getenv("PATH"), "HOME=" + os.Getenv("HOME"), "XDG_CACHE_HOME=" + sharedDirs().cache,
+		"XDG_STATE_HOME=" + sharedDirs().state, "CLAUDE_SANDBOX_NIXPKGS=" + fixture}
+	timeIt := func(args ...string) time.Duration {
+		cmd := exec.Command(binary, args...)
+		cmd.Env = env
+		start := time.Now()
+		if out, err := cmd.CombinedOutput(); err != nil {
+			b.Fatalf("%v: %v\n%s", args, err, out)
+		}
+		return time.Since(start)
+	}
+	timeIt("build")
+	var tBuild, tVersion time.Duration
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		tBuild += timeIt("build")
+		tVersion += timeIt("version")
+	}
+	ms := func(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 / float64(b.N) }
+	b.ReportMetric(ms(tBuild), "noop-build-ms")
+	b.ReportMetric(ms(tVersion), "version-ms")
+	b.ReportMetric(ms(tBuild)/ms(tVersion), "build/version")
 	b.ReportMetric(0, "ns/op")
 }

@@ -3,41 +3,140 @@ package main
 import (
 	"encoding/json"
 	"fmt"
+	"strings"
 
 	"github.com/spf13/cobra"
 )
 
+// variant is one closure `build --all` makes.
+type variant struct {
+	backend string
+	network bool
+}
+
+// allVariants covers the original project's six packages: the network is a
+// run-time switch for bubblewrap and container, so one closure serves both
+// settings there; the vm guest's configuration differs with it.
+var allVariants = []variant{{"bubblewrap", true}, {"container", true}, {"vm", true}, {"vm", false}}
+
+type buildResult struct {
+	Backend     string `json:"backend"`
+	Network     bool   `json:"network"`
+	Key         string `json:"key"`
+	OutPath     string `json:"outPath"`
+	DrvPath     string `json:"drvPath"`
+	Cached      bool   `json:"cached"`
+	ClosureSize uint64 `json:"closureSize,omitempty"`
+}
+
 func (a *app) newBuildCmd() *cobra.Command {
-	var asJSON, printExpr bool
+	var asJSON, printExpr, all bool
+	var push string
 	cmd := &cobra.Command{
-		Use:   "build",
+		Use:   "build [BACKEND]",
 		Short: "Build (or find in the cache) the sandbox closure and print its store path",
-		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			b, req, err := a.builderAndRequest(cmd.Context())
-			if err != nil {
-				return err
+		Example: `  claude-sandbox build --with python3
+  claude-sandbox build vm --json
+  claude-sandbox build --all --push file:///srv/nix-cache`,
+		Args: cobra.MaximumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if len(args) == 1 {
+				if cmd.Flags().Changed("backend") && a.opts.Backend != args[0] {
+					return &usageError{msg: fmt.Sprintf("build %s --backend %s: two different backends", args[0], a.opts.Backend), hint: "name the backend once"}
+				}
+				a.opts.Backend = args[0]
+			}
+			if push != "" && !strings.Contains(push, "://") {
+				return &usageError{msg: fmt.Sprintf("--push %q: not a store URL", push), hint: "e.g. file:///srv/nix-cache or s3://bucket"}
+			}
+			variants := []variant{{a.opts.Backend, !a.opts.NoNetwork}}
+			if all {
+				if len(args) == 1 || cmd.Flags().Changed("backend") {
+					return &usageError{msg: "--all builds every backend", hint: "drop the backend, or drop --all"}
+				}
+				variants = allVariants
 			}
 			if printExpr {
-				path, gen, err := b.Expr(req)
+				for _, v := range variants {
+					b, req, err := a.builderAndRequestFor(cmd.Context(), v.backend, v.network)
+					if err != nil {
+						return err
+					}
+					path, gen, err := b.Expr(req)
+					if err != nil {
+						return err
+					}
+					fmt.Fprintf(a.stdout, "# %s\n%s", path, gen.Expr)
+				}
+				return nil
+			}
+			var results []buildResult
+			var outPaths []string
+			for _, v := range variants {
+				r, err := a.buildOne(cmd, v, asJSON)
 				if err != nil {
 					return err
 				}
-				fmt.Fprintf(a.stdout, "# %s\n%s", path, gen.Expr)
-				return nil
+				results = append(results, r)
+				outPaths = append(outPaths, r.OutPath)
 			}
-			c, err := b.Ensure(cmd.Context(), req)
-			if err != nil {
-				return err
+			if push != "" {
+				b, _, err := a.builderAndRequest(cmd.Context())
+				if err != nil {
+					return err
+				}
+				if err := b.Push(cmd.Context(), push, outPaths...); err != nil {
+					return err
+				}
 			}
-			if asJSON {
-				return json.NewEncoder(a.stdout).Encode(c)
+			switch {
+			case asJSON && all:
+				return json.NewEncoder(a.stdout).Encode(results)
+			case asJSON:
+				return json.NewEncoder(a.stdout).Encode(results[0])
 			}
-			fmt.Fprintln(a.stdout, c.OutPath)
+			for _, r := range results {
+				fmt.Fprintln(a.stdout, r.OutPath)
+			}
 			return nil
 		},
 	}
-	cmd.Flags().BoolVar(&asJSON, "json", false, "print {key, outPath, drvPath, cached} as JSON")
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print {key, outPath, drvPath, cached, closureSize} as JSON")
 	cmd.Flags().BoolVar(&printExpr, "print-expr", false, "print the generated Nix expression instead of building it")
+	cmd.Flags().BoolVar(&all, "all", false, "build every backend and network variant (the original's six packages)")
+	cmd.Flags().StringVar(&push, "push", "", "copy the built closures to this binary cache (a nix copy --to URL)")
 	return cmd
+}
+
+// buildOne ensures one variant. An explicit build checks a cache hit with
+// the store itself, which a launch skips for speed.
+func (a *app) buildOne(cmd *cobra.Command, v variant, withSize bool) (buildResult, error) {
+	ctx := cmd.Context()
+	b, req, err := a.builderAndRequestFor(ctx, v.backend, v.network)
+	if err != nil {
+		return buildResult{}, err
+	}
+	c, err := b.Ensure(ctx, req)
+	if err != nil {
+		return buildResult{}, err
+	}
+	if c.Cached {
+		valid, err := b.Verify(ctx, c)
+		if err != nil {
+			return buildResult{}, err
+		}
+		if !valid {
+			req.Rebuild = true
+			if c, err = b.Ensure(ctx, req); err != nil {
+				return buildResult{}, err
+			}
+		}
+	}
+	r := buildResult{Backend: req.Options.Backend, Network: v.network, Key: c.Key, OutPath: c.OutPath, DrvPath: c.DrvPath, Cached: c.Cached}
+	if withSize {
+		if r.ClosureSize, err = b.ClosureSize(ctx, c.OutPath); err != nil {
+			return buildResult{}, err
+		}
+	}
+	return r, nil
 }

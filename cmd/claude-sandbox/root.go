@@ -29,6 +29,7 @@ type globalOptions struct {
 	Modules   []string
 	Force     bool
 	DryRun    bool
+	Prebuilt  string // closures a Nix package realised (prebuilt.go)
 }
 
 // app carries what commands need from the outside world, so tests can
@@ -108,8 +109,11 @@ The first launch of a configuration builds it with Nix; later ones start at once
 	f.BoolVar(&a.opts.Force, "force", false, "allow a project directory that is or contains your home directory")
 	f.BoolVar(&a.opts.DryRun, "dry-run", false, "print the sandbox invocation as JSON instead of starting it")
 	root.Flags().BoolVar(&shell, "shell", false, "start bash instead of Claude Code")
+	f.StringVar(&a.opts.Prebuilt, "prebuilt", "", "closures built with this package (set by its wrapper scripts)")
+	_ = f.MarkHidden("prebuilt")
 
-	root.AddCommand(a.newBuildCmd(), a.newExecCmd(), a.newVersionCmd())
+	root.AddCommand(a.newBuildCmd(), a.newExecCmd(), a.newVersionCmd(), a.newCacheCmd(), a.newGCCmd())
+	root.AddCommand(a.newManCmd())
 	return root
 }
 

@@ -15,6 +15,12 @@ import (
 // builderAndRequest turns the global flags into a closure request. It runs
 // no Nix unless the nixpkgs choice is a flake reference never resolved before.
 func (a *app) builderAndRequest(ctx context.Context) (*closure.Builder, closure.Request, error) {
+	return a.builderAndRequestFor(ctx, a.opts.Backend, !a.opts.NoNetwork)
+}
+
+// builderAndRequestFor is builderAndRequest for another backend or network
+// setting than the flags say (build --all).
+func (a *app) builderAndRequestFor(ctx context.Context, backend string, network bool) (*closure.Builder, closure.Request, error) {
 	dirs, err := closure.DefaultDirs()
 	if err != nil {
 		return nil, closure.Request{}, err
@@ -39,10 +45,10 @@ func (a *app) builderAndRequest(ctx context.Context) (*closure.Builder, closure.
 		return nil, closure.Request{}, err
 	}
 	canon, err := nixgen.Canonicalize(nixgen.Options{
-		Backend:  a.opts.Backend,
+		Backend:  backend,
 		Packages: a.opts.With,
 		Modules:  modules,
-		Network:  !a.opts.NoNetwork,
+		Network:  network,
 	})
 	if err != nil {
 		return nil, closure.Request{}, err
@@ -80,7 +86,7 @@ func (a *app) launch(ctx context.Context, projectArg string, mode launchMode) er
 	if err != nil {
 		return err
 	}
-	c, err := b.Ensure(ctx, req)
+	c, err := a.ensureClosure(ctx, b, req)
 	if err != nil {
 		return err
 	}

@@ -1,0 +1,371 @@
+package launch
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"runtime"
+	"syscall"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+)
+
+// Entering a running bubblewrap sandbox's namespaces, like nsenter(1).
+//
+// Two kernel rules shape this. setns(2) into a user namespace refuses a
+// multithreaded caller, and every Go process is multithreaded from its
+// first instruction (runc and podman enter namespaces from C that runs
+// before the Go runtime starts). And after setns(CLONE_NEWPID) a process may
+// no longer create threads (kernel/fork.c: CLONE_THREAD needs
+// pid_ns_for_children to be the caller's own), so no Go program, this one
+// re-exec'd included, can run there: the Go runtime starts threads at once.
+//
+// So this forks the way the syscall package forks for os/exec: a clone(2)
+// whose child runs only raw system calls prepared beforehand. The child
+// joins the namespaces, installs the sandbox's seccomp filter, changes
+// directory (after setns(CLONE_NEWNS) the working directory is the
+// namespace's root; the equivalent of nsenter --wd would leave getcwd(2)
+// failing with ENOENT, which breaks Claude Code), and forks the command
+// with CLONE_PARENT, so that it is this process's child and the
+// intermediate exits at once. The command, the only process left, is a
+// member of the sandbox's pid namespace and execs like execvp(3) would.
+
+// nsTypes are joined in this order: the user namespace first, which grants
+// the capabilities the others require.
+var nsTypes = []struct {
+	name string
+	flag int
+}{
+	{"user", unix.CLONE_NEWUSER},
+	{"mnt", unix.CLONE_NEWNS},
+	{"ipc", unix.CLONE_NEWIPC},
+	{"uts", unix.CLONE_NEWUTS},
+	{"net", unix.CLONE_NEWNET},
+	{"cgroup", unix.CLONE_NEWCGROUP},
+	{"pid", unix.CLONE_NEWPID},
+}
+
+const maxCandidates = 64
+
+// nsEnter is everything the forked children need; after the fork they may
+// only read this and make raw system calls.
+type nsEnter struct {
+	nsFD   [8]uintptr
+	nsFlag [8]uintptr
+	nsName [8]string // for error messages, read by the parent only
+	nns    int
+
+	dirs  [3]*byte // working directory candidates: the project, $HOME, /
+	cands [maxCandidates]*byte
+	ncand int
+	argv  **byte
+	envv  **byte
+	fprog *unix.SockFprog // nil: no filter
+
+	pipe    uintptr       // write end: reports to the parent
+	mask    unix.Sigset_t // the signal mask to exec with
+	dfl     [4]uint64     // a zero struct sigaction: SIG_DFL, no flags, empty mask
+	message [3]uint32
+}
+
+// Messages on the pipe: {step, errno, 0} for a failure, {msgForked, pid,
+// directory index} when the command was forked.
+const (
+	stepNoNewPrivs = 100
+	stepSeccomp    = 101
+	stepChdir      = 102
+	stepFork       = 103
+	stepExec       = 104
+	msgForked      = 200
+)
+
+// forkEnter forks the intermediate child. In the children it runs without
+// a Go runtime behind it: no allocation, no stack growth, no calls but raw
+// system calls and these nosplit functions.
+//
+//go:norace
+//go:nocheckptr
+//go:nosplit
+func forkEnter(j *nsEnter) (pid uintptr, errno syscall.Errno) {
+	r1, _, e := syscall.RawSyscall6(syscall.SYS_CLONE, uintptr(syscall.SIGCHLD), 0, 0, 0, 0, 0)
+	if e != 0 || r1 != 0 {
+		return r1, e
+	}
+	// The intermediate child.
+	for i := 0; i < j.nns; i++ {
+		if _, _, e = syscall.RawSyscall(unix.SYS_SETNS, j.nsFD[i], j.nsFlag[i], 0); e != 0 {
+			report(j, uint32(i), uint32(e), 0)
+		}
+	}
+	if j.fprog != nil {
+		if _, _, e = syscall.RawSyscall6(syscall.SYS_PRCTL, unix.PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0, 0); e != 0 {
+			report(j, stepNoNewPrivs, uint32(e), 0)
+		}
+		if _, _, e = syscall.RawSyscall(unix.SYS_SECCOMP, unix.SECCOMP_SET_MODE_FILTER, 0, uintptr(unsafe.Pointer(j.fprog))); e != 0 {
+			report(j, stepSeccomp, uint32(e), 0)
+		}
+	}
+	dir := 0
+	for ; dir < len(j.dirs); dir++ {
+		if _, _, e = syscall.RawSyscall(syscall.SYS_CHDIR, uintptr(unsafe.Pointer(j.dirs[dir])), 0, 0); e == 0 {
+			break
+		}
+	}
+	if dir == len(j.dirs) {
+		report(j, stepChdir, uint32(e), 0)
+	}
+	r1, _, e = syscall.RawSyscall6(syscall.SYS_CLONE, uintptr(unix.CLONE_PARENT|syscall.SIGCHLD), 0, 0, 0, 0, 0)
+	if e != 0 {
+		report(j, stepFork, uint32(e), 0)
+	}
+	if r1 != 0 {
+		report(j, msgForked, uint32(r1), uint32(dir))
+	}
+	// The command: a member of the sandbox's pid namespace. Handlers are
+	// the Go runtime's, copied: back to the defaults before any signal
+	// can be delivered again.
+	for sig := uintptr(1); sig <= 64; sig++ {
+		if sig != uintptr(syscall.SIGKILL) && sig != uintptr(syscall.SIGSTOP) {
+			syscall.RawSyscall6(syscall.SYS_RT_SIGACTION, sig, uintptr(unsafe.Pointer(&j.dfl[0])), 0, 8, 0, 0)
+		}
+	}
+	syscall.RawSyscall6(syscall.SYS_RT_SIGPROCMASK, unix.SIG_SETMASK, uintptr(unsafe.Pointer(&j.mask)), 0, 8, 0, 0)
+	e = syscall.ENOENT
+	for i := 0; i < j.ncand; i++ {
+		_, _, err := syscall.RawSyscall(syscall.SYS_EXECVE, uintptr(unsafe.Pointer(j.cands[i])),
+			uintptr(unsafe.Pointer(j.argv)), uintptr(unsafe.Pointer(j.envv)))
+		// Like execvp: a missing or unusable candidate means try the next.
+		if err != syscall.ENOENT && err != syscall.EACCES && err != syscall.ENOTDIR {
+			e = err
+			break
+		}
+		if err == syscall.EACCES {
+			e = err
+		}
+	}
+	report(j, stepExec, uint32(e), 0)
+	return 0, 0 // not reached
+}
+
+// report writes a message to the parent and exits.
+//
+//go:norace
+//go:nocheckptr
+//go:nosplit
+func report(j *nsEnter, a, b, c uint32) {
+	j.message[0], j.message[1], j.message[2] = a, b, c
+	syscall.RawSyscall(syscall.SYS_WRITE, j.pipe, uintptr(unsafe.Pointer(&j.message[0])), unsafe.Sizeof(j.message))
+	code := uintptr(127)
+	if a == msgForked {
+		code = 0
+	}
+	for {
+		syscall.RawSyscall(syscall.SYS_EXIT_GROUP, code, 0, 0)
+	}
+}
+
+// EnterError: joining a running sandbox failed at one step.
+type EnterError struct {
+	Step string
+	Err  error
+}
+
+func (e *EnterError) Error() string {
+	return fmt.Sprintf("entering the running sandbox: %s: %v", e.Step, e.Err)
+}
+func (e *EnterError) Unwrap() error { return e.Err }
+func (e *EnterError) Hint() string {
+	if errors.Is(e.Err, syscall.ENOENT) && e.Step == "starting the command" {
+		return "the command is not installed in that sandbox (add it with --with when starting one)"
+	}
+	return "the sandbox may have just ended (see claude-sandbox ps); --new starts a separate one"
+}
+
+// entered is a command started inside a sandbox.
+type entered struct {
+	pid    int
+	cwdIdx int // 0: the directory asked for; 1: $HOME; 2: /
+}
+
+// startInNamespaces starts argv inside the namespaces of process target,
+// with environment env, the seccomp filter prog, and working directory cwd
+// (else home, else /). path is the sandbox's PATH, searched as execvp does.
+func startInNamespaces(target int, argv, env []string, path string, cwd, home string, prog []unix.SockFilter) (*entered, error) {
+	if len(argv) == 0 {
+		return nil, &EnterError{Step: "starting the command", Err: errors.New("no command")}
+	}
+	j := &nsEnter{}
+	var files []*os.File
+	defer func() {
+		for _, f := range files {
+			f.Close()
+		}
+	}()
+	for _, ns := range nsTypes {
+		theirs := fmt.Sprintf("/proc/%d/ns/%s", target, ns.name)
+		same, err := sameFile(theirs, "/proc/self/ns/"+ns.name)
+		if errors.Is(err, os.ErrNotExist) && ns.name == "cgroup" {
+			continue // a kernel without cgroup namespaces
+		}
+		if err != nil {
+			return nil, &EnterError{Step: "reading its " + ns.name + " namespace", Err: err}
+		}
+		if same {
+			// bwrap run by root makes no user namespace, and joining one's
+			// own namespace fails with EINVAL.
+			continue
+		}
+		f, err := os.Open(theirs)
+		if err != nil {
+			return nil, &EnterError{Step: "opening its " + ns.name + " namespace", Err: err}
+		}
+		files = append(files, f)
+		j.nsFD[j.nns], j.nsFlag[j.nns], j.nsName[j.nns] = f.Fd(), uintptr(ns.flag), ns.name
+		j.nns++
+	}
+
+	var keep [][]byte
+	cstr := func(s string) *byte {
+		b := append([]byte(s), 0)
+		keep = append(keep, b)
+		return &b[0]
+	}
+	for i, d := range []string{cwd, home, "/"} {
+		if d == "" {
+			d = "/"
+		}
+		j.dirs[i] = cstr(d)
+	}
+	for _, c := range commandCandidates(argv[0], path) {
+		if j.ncand == maxCandidates {
+			break
+		}
+		j.cands[j.ncand] = cstr(c)
+		j.ncand++
+	}
+	argvp, err := syscall.SlicePtrFromStrings(argv)
+	if err != nil {
+		return nil, &EnterError{Step: "arguments", Err: err}
+	}
+	envp, err := syscall.SlicePtrFromStrings(env)
+	if err != nil {
+		return nil, &EnterError{Step: "environment", Err: err}
+	}
+	j.argv, j.envv = &argvp[0], &envp[0]
+	if len(prog) > 0 {
+		j.fprog = &unix.SockFprog{Len: uint16(len(prog)), Filter: &prog[0]}
+	}
+	var p [2]int
+	if err := unix.Pipe2(p[:], unix.O_CLOEXEC); err != nil {
+		return nil, &EnterError{Step: "pipe", Err: err}
+	}
+	rd, wr := os.NewFile(uintptr(p[0]), "enter-reports"), os.NewFile(uintptr(p[1]), "enter-reports")
+	defer rd.Close()
+	j.pipe = wr.Fd()
+
+	// Every signal is blocked around the fork: a handler must not run in
+	// the children, which have no Go runtime behind them.
+	runtime.LockOSThread()
+	var all unix.Sigset_t
+	for i := range all.Val {
+		all.Val[i] = ^uint64(0)
+	}
+	syscall.ForkLock.Lock()
+	_ = unix.PthreadSigmask(unix.SIG_SETMASK, &all, &j.mask)
+	pid, errno := forkEnter(j)
+	_ = unix.PthreadSigmask(unix.SIG_SETMASK, &j.mask, nil)
+	syscall.ForkLock.Unlock()
+	runtime.UnlockOSThread()
+	wr.Close()
+	runtime.KeepAlive(j)
+	runtime.KeepAlive(keep)
+	runtime.KeepAlive(argvp)
+	runtime.KeepAlive(envp)
+	runtime.KeepAlive(prog)
+	runtime.KeepAlive(files)
+	if errno != 0 {
+		return nil, &EnterError{Step: "fork", Err: errno}
+	}
+	var ws unix.WaitStatus
+	_, _ = unix.Wait4(int(pid), &ws, 0, nil) // the intermediate exits at once
+
+	// Read until every writer is gone: the intermediate's report, then EOF
+	// when the command's exec closed its copy, or the command's failure.
+	var got *entered
+	var failure error
+	buf := make([]byte, 12)
+	for {
+		n, err := io.ReadFull(rd, buf)
+		if n == 0 || err != nil {
+			break
+		}
+		a := *(*uint32)(unsafe.Pointer(&buf[0]))
+		b := *(*uint32)(unsafe.Pointer(&buf[4]))
+		c := *(*uint32)(unsafe.Pointer(&buf[8]))
+		switch {
+		case a == msgForked:
+			got = &entered{pid: int(b), cwdIdx: int(c)}
+		case int(a) < j.nns:
+			failure = &EnterError{Step: "joining its " + j.nsName[a] + " namespace", Err: syscall.Errno(b)}
+		case a == stepNoNewPrivs, a == stepSeccomp:
+			failure = &EnterError{Step: "installing its seccomp filter", Err: syscall.Errno(b)}
+		case a == stepChdir:
+			failure = &EnterError{Step: "changing directory", Err: syscall.Errno(b)}
+		case a == stepFork:
+			failure = &EnterError{Step: "fork", Err: syscall.Errno(b)}
+		case a == stepExec:
+			failure = &EnterError{Step: "starting the command", Err: fmt.Errorf("%s: %w", argv[0], syscall.Errno(b))}
+		}
+	}
+	if failure != nil {
+		if got != nil {
+			_, _ = unix.Wait4(got.pid, &ws, 0, nil)
+		}
+		return nil, failure
+	}
+	if got == nil {
+		return nil, &EnterError{Step: "fork", Err: fmt.Errorf("the helper process ended with %v", ws)}
+	}
+	return got, nil
+}
+
+// commandCandidates lists where execvp would look for name.
+func commandCandidates(name, path string) []string {
+	if name == "" {
+		return nil
+	}
+	for i := 0; i < len(name); i++ {
+		if name[i] == '/' {
+			return []string{name}
+		}
+	}
+	var out []string
+	start := 0
+	for i := 0; i <= len(path); i++ {
+		if i == len(path) || path[i] == ':' {
+			dir := path[start:i]
+			if dir == "" {
+				dir = "."
+			}
+			out = append(out, dir+"/"+name)
+			start = i + 1
+		}
+	}
+	return out
+}
+
+// sameFile says whether two paths are the same inode (two namespace links
+// naming one namespace).
+func sameFile(a, b string) (bool, error) {
+	sa, err := os.Stat(a)
+	if err != nil {
+		return false, err
+	}
+	sb, err := os.Stat(b)
+	if err != nil {
+		return false, err
+	}
+	return os.SameFile(sa, sb), nil
+}

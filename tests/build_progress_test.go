@@ -1,0 +1,235 @@
+package tests
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nix-community/go-nix/pkg/narinfo"
+
+	"github.com/claude-sandbox/claude-sandbox/internal/testenv"
+)
+
+// overlayNixpkgs makes a nixpkgs that is the fixture plus packages of the
+// test's own, given as name → build script: a user's --nixpkgs can be any
+// such tree. The nonce makes every derivation new to the store.
+func overlayNixpkgs(t *testing.T, scripts map[string]string) string {
+	t.Helper()
+	dir := t.TempDir()
+	nonce := fmt.Sprint(time.Now().UnixNano())
+	var b strings.Builder
+	fmt.Fprintf(&b, "args: import %s (args // { overlays = [ (self: super: {\n", fixture)
+	for name, script := range scripts {
+		// Scripts end in a shell builtin: see NixOS/nix#2176 in closure/realise.go.
+		fmt.Fprintf(&b, "  %s = super.runCommand %q { } ''\n    mkdir -p $out\n    %s\n    true\n  '';\n", name, name+"-"+nonce, script)
+	}
+	b.WriteString("}) ]; })\n")
+	os.WriteFile(filepath.Join(dir, "default.nix"), []byte(b.String()), 0o644)
+	os.Chmod(dir, 0o755)
+	return dir
+}
+
+func TestBuildFailureShowsTheFailingLog(t *testing.T) {
+	requireSandboxHost(t)
+	np := overlayNixpkgs(t, map[string]string{"doomed": "echo compiling the thing; echo the-real-reason >&2; exit 3"})
+	r := run(t, runOpts{dirs: freshDirs(t)}, "build", "--nixpkgs", np, "--with", "doomed")
+	if r.code != 70 {
+		t.Fatalf("a failing build: %s", r)
+	}
+	if !strings.Contains(r.stderr, "the-real-reason") || !strings.Contains(r.stderr, "builder for") || !strings.Contains(r.stderr, "doomed-") {
+		t.Fatalf("the error does not name the failing derivation and its last log lines: %s", r)
+	}
+}
+
+func TestBuildProgressPlainAndJSON(t *testing.T) {
+	requireSandboxHost(t)
+	np := overlayNixpkgs(t, map[string]string{"stepone": "echo one", "steptwo": "echo two"})
+	r := run(t, runOpts{dirs: freshDirs(t)}, "build", "--nixpkgs", np, "--with", "stepone,steptwo")
+	if r.code != 0 {
+		t.Fatalf("build: %s", r)
+	}
+	for _, want := range []string{"derivations to build:", "stepone-", "steptwo-", "finished stepone-", "built "} {
+		if !strings.Contains(r.stderr, want) {
+			t.Errorf("plain progress lacks %q:\n%s", want, r.stderr)
+		}
+	}
+	np = overlayNixpkgs(t, map[string]string{"stepthree": "echo three"})
+	r = run(t, runOpts{dirs: freshDirs(t)}, "build", "--nixpkgs", np, "--with", "stepthree", "--log-format", "json")
+	if r.code != 0 {
+		t.Fatalf("build: %s", r)
+	}
+	kinds := map[string]bool{}
+	for _, line := range strings.Split(strings.TrimSpace(r.stderr), "\n") {
+		var ev map[string]any
+		if err := json.Unmarshal([]byte(line), &ev); err != nil {
+			t.Fatalf("--log-format json printed a non-JSON line %q", line)
+		}
+		kinds[fmt.Sprint(ev["event"])] = true
+	}
+	for _, k := range []string{"evaluating", "plan", "build-start", "build-done", "done"} {
+		if !kinds[k] {
+			t.Errorf("no %q event in %v", k, kinds)
+		}
+	}
+}
+
+// The live display, read off a real terminal: tmux runs the build, and the
+// captured pane must show the counts and the derivation names.
+func TestBuildProgressOnATerminal(t *testing.T) {
+	requireSandboxHost(t)
+	tmux := testenv.RequireProgram(t, "tmux")
+	np := overlayNixpkgs(t, map[string]string{
+		"slowalpha": "sleep 2", "slowbeta": "sleep 2", "slowgamma": "sleep 2",
+	})
+	d := freshDirs(t)
+	session := fmt.Sprintf("csb-progress-%d", time.Now().UnixNano())
+	script := fmt.Sprintf("XDG_CACHE_HOME=%s XDG_STATE_HOME=%s %s build --nixpkgs %s --with slowalpha,slowbeta,slowgamma; echo BUILD-EXIT=$?; sleep 600",
+		d.cache, d.state, binary, np)
+	if out, err := exec.Command(tmux, "-L", session, "new-session", "-d", "-s", session, "-x", "160", "-y", "40", script).CombinedOutput(); err != nil {
+		t.Fatalf("tmux: %v\n%s", err, out)
+	}
+	defer exec.Command(tmux, "-L", session, "kill-server").Run()
+	capture := func() string {
+		out, _ := exec.Command(tmux, "-L", session, "capture-pane", "-p", "-t", session).Output()
+		return string(out)
+	}
+	var sawLive bool
+	var screen string
+	deadline := time.Now().Add(3 * time.Minute)
+	for time.Now().Before(deadline) {
+		screen = capture()
+		if strings.Contains(screen, "building slow") && strings.Contains(screen, "/6") {
+			sawLive = true
+		}
+		if strings.Contains(screen, "BUILD-EXIT=") {
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if !strings.Contains(screen, "BUILD-EXIT=0") {
+		t.Fatalf("the build did not finish successfully:\n%s", screen)
+	}
+	if !sawLive {
+		t.Errorf("never saw a live line with a running derivation and a count out of 6:\n%s", screen)
+	}
+	for _, want := range []string{"6 derivations to build", "slowalpha-", "slowbeta-", "slowgamma-", "built 6 derivations"} {
+		if !strings.Contains(screen, want) {
+			t.Errorf("the terminal does not show %q:\n%s", want, screen)
+		}
+	}
+}
+
+func TestRealiseWithoutDaemonUsesTheCLI(t *testing.T) {
+	requireSandboxHost(t)
+	testenv.RequireRoot(t) // only root can use the store without the daemon
+	np := overlayNixpkgs(t, map[string]string{"nodaemon": "echo local"})
+	r := run(t, runOpts{dirs: freshDirs(t), env: []string{"NIX_REMOTE=local"}}, "build", "--json", "--nixpkgs", np, "--with", "nodaemon")
+	if r.code != 0 || !strings.Contains(r.stderr, "finished nodaemon-") {
+		t.Fatalf("a build through the nix-store CLI (no daemon): %s", r)
+	}
+}
+
+// A pushed cache holds the whole closure: every path has a .narinfo whose
+// NAR hash is the one the local store records.
+func TestPushToABinaryCache(t *testing.T) {
+	requireSandboxHost(t)
+	testenv.RequireProgram(t, "nix")
+	cache := t.TempDir()
+	o := runOpts{dirs: freshDirs(t)}
+	// Uncompressed: xz over a 600 MiB closure would take minutes.
+	r := run(t, o, "build", "--json", "--push", "file://"+cache+"?compression=none")
+	if r.code != 0 {
+		t.Fatalf("build --push: %s", r)
+	}
+	var b struct {
+		OutPath     string `json:"outPath"`
+		ClosureSize uint64 `json:"closureSize"`
+	}
+	json.Unmarshal([]byte(r.stdout), &b)
+	if b.ClosureSize == 0 {
+		t.Errorf("no closure size in %s", r.stdout)
+	}
+	req, err := exec.Command("nix-store", "--query", "--requisites", b.OutPath).Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	paths := strings.Fields(string(req))
+	if len(paths) < 10 {
+		t.Fatalf("closure of %d paths: suspiciously small", len(paths))
+	}
+	for _, p := range paths {
+		hashPart := strings.SplitN(filepath.Base(p), "-", 2)[0]
+		f, err := os.Open(filepath.Join(cache, hashPart+".narinfo"))
+		if err != nil {
+			t.Errorf("%s is not in the pushed cache", p)
+			continue
+		}
+		ni, err := narinfo.Parse(f)
+		f.Close()
+		if err != nil {
+			t.Errorf("%s.narinfo: %v", hashPart, err)
+			continue
+		}
+		local, err := exec.Command("nix-store", "--query", "--hash", p).Output()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if ni.StorePath != p || ni.NarHash.String() != strings.TrimSpace(string(local)) {
+			t.Errorf("%s: narinfo says %s %s, the store says %s", p, ni.StorePath, ni.NarHash, local)
+		}
+	}
+	if bad := run(t, o, "build", "--push", "/not/a/url"); bad.code != 64 {
+		t.Errorf("--push without a URL scheme: %s", bad)
+	}
+}
+
+func TestCacheListAndGC(t *testing.T) {
+	requireSandboxHost(t)
+	o := runOpts{dirs: freshDirs(t)}
+	first := buildJSON(t, o)
+	second := buildJSON(t, o, "--with", "jq")
+	ls := run(t, o, "cache", "ls", "--json")
+	var rows []struct {
+		Key         string   `json:"key"`
+		Backend     string   `json:"backend"`
+		Packages    []string `json:"packages"`
+		ClosureSize uint64   `json:"closureSize"`
+	}
+	if ls.code != 0 || json.Unmarshal([]byte(ls.stdout), &rows) != nil || len(rows) != 2 {
+		t.Fatalf("cache ls --json: %s", ls)
+	}
+	for _, row := range rows {
+		if row.ClosureSize == 0 || row.Backend != "bubblewrap" {
+			t.Errorf("row %+v", row)
+		}
+	}
+	human := run(t, o, "cache", "ls")
+	if !strings.Contains(human.stdout, first.Key[:12]) || !strings.Contains(human.stdout, "jq") {
+		t.Errorf("cache ls: %s", human)
+	}
+	if r := run(t, o, "gc"); r.code != 64 {
+		t.Errorf("gc without a limit must refuse: %s", r)
+	}
+	// Make the first entry the least recently used, then keep one.
+	old := time.Now().Add(-48 * time.Hour)
+	os.Chtimes(filepath.Join(o.dirs.cache, "claude-sandbox", "index", first.Key+".json"), old, old)
+	gc := run(t, o, "gc", "--older-than", "1d")
+	if gc.code != 0 || !strings.Contains(gc.stdout, first.Key[:12]) || strings.Contains(gc.stdout, second.Key[:12]) || !strings.Contains(gc.stdout, "nix-collect-garbage") {
+		t.Fatalf("gc --older-than 1d: %s", gc)
+	}
+	if _, err := os.Lstat(filepath.Join(o.dirs.state, "claude-sandbox", "gcroots", first.Key)); err == nil {
+		t.Error("the GC root of a dropped entry is still there")
+	}
+	if again := buildJSON(t, o); again.Cached {
+		t.Error("a dropped entry was still a cache hit")
+	}
+	gc = run(t, o, "gc", "--keep", "0")
+	if gc.code != 0 || !strings.Contains(gc.stdout, "2 cached sandboxes dropped") {
+		t.Fatalf("gc --keep 0: %s", gc)
+	}
+}
