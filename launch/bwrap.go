@@ -68,7 +68,7 @@ const (
 )
 
 // The per-project state directory's layout (see ProjectStateDir).
-var stateSubdirs = []string{"tmp", "local/bin", "local/lib", "local/share", "chromium", "tmux"}
+var stateSubdirs = []string{"tmp", "local", "chromium", "tmux"}
 
 // Bubblewrap builds the bwrap invocation. Mount order matters to bwrap:
 // every tmpfs or directory comes before the binds placed inside it, so a
@@ -87,7 +87,7 @@ func Bubblewrap(m *manifest.Manifest, rt *Runtime) (inv *Invocation, err error) 
 	var a []string
 	// addFile passes data as a descriptor, named by the argument after flag.
 	addFile := func(flag, what, source string, data []byte, secret bool) error {
-		f, err := memFile(what, data)
+		f, err := bwrapMemFile(what, data)
 		if err != nil {
 			return err
 		}
@@ -119,7 +119,7 @@ func Bubblewrap(m *manifest.Manifest, rt *Runtime) (inv *Invocation, err error) 
 	// /tmp: the project's own, kept between runs, when there is a state
 	// directory (there always is, but for unit tests and --dry-run plans).
 	if rt.StateDir != "" {
-		if err := prepareState(rt.StateDir); err != nil {
+		if err := prepareProjectState(rt.StateDir); err != nil {
 			return nil, err
 		}
 		a = append(a, "--bind", filepath.Join(rt.StateDir, "tmp"), "/tmp")
@@ -157,14 +157,18 @@ func Bubblewrap(m *manifest.Manifest, rt *Runtime) (inv *Invocation, err error) 
 
 	// The user's Claude Code state and tools' configuration.
 	home := func(rel string) string { return filepath.Join(rt.Home, rel) }
-	if err := os.MkdirAll(home(".claude"), 0o700); err != nil {
-		return nil, fmt.Errorf("creating ~/.claude: %w", err)
+	// ~/.claude holds the login: made on the host if missing, so a login
+	// inside the sandbox outlives it.
+	if st, err := os.Stat(rt.Home); err == nil && st.IsDir() {
+		if err := os.Mkdir(home(".claude"), 0o700); err != nil && !errors.Is(err, fs.ErrExist) {
+			return nil, fmt.Errorf("creating ~/.claude: %w", err)
+		}
+		a = append(a, "--bind", home(".claude"), home(".claude"))
 	}
-	a = append(a, "--bind", home(".claude"), home(".claude"))
 	// ~/.claude.json is copied, never bound: Claude Code replaces it by
 	// rename, which fails on a mount point, and a shared file would race
 	// with a Claude Code running on the host.
-	if data, err := snapshot(home(".claude.json")); err == nil {
+	if data, err := snapshotFile(home(".claude.json")); err == nil {
 		a = append(a, "--perms", "0600")
 		if err := addFile("--file", "~/.claude.json", home(".claude.json"), data, true); err != nil {
 			return nil, err
@@ -175,9 +179,7 @@ func Bubblewrap(m *manifest.Manifest, rt *Runtime) (inv *Invocation, err error) 
 		a = append(a, "--ro-bind-try", home(rel), home(rel))
 	}
 	if rt.StateDir != "" {
-		for _, d := range []string{"bin", "lib", "share"} {
-			a = append(a, "--bind", filepath.Join(rt.StateDir, "local", d), home(".local/"+d))
-		}
+		a = append(a, "--bind", filepath.Join(rt.StateDir, "local"), home(".local"))
 		a = append(a, "--bind", filepath.Join(rt.StateDir, "chromium"), home(".config/chromium"))
 		a = append(a, "--bind", filepath.Join(rt.StateDir, "tmux"), sandboxTmuxDir)
 	}
@@ -193,9 +195,9 @@ func Bubblewrap(m *manifest.Manifest, rt *Runtime) (inv *Invocation, err error) 
 	return inv, nil
 }
 
-// prepareState creates the state directory's subdirectories the sandbox
+// prepareProjectState creates the state directory's subdirectories the sandbox
 // binds (bwrap needs its bind sources to exist).
-func prepareState(dir string) error {
+func prepareProjectState(dir string) error {
 	for _, sub := range stateSubdirs {
 		if err := os.MkdirAll(filepath.Join(dir, sub), 0o700); err != nil {
 			return fmt.Errorf("preparing the project state directory: %w", err)
@@ -241,7 +243,7 @@ func protectGit(project string) []string {
 // snapshot reads a file whole, checking that it did not change while being
 // read (a writer rewriting it in place would otherwise give a torn copy;
 // one replacing it by rename does not affect the open descriptor).
-func snapshot(path string) ([]byte, error) {
+func snapshotFile(path string) ([]byte, error) {
 	for attempt := 0; ; attempt++ {
 		f, err := os.Open(path)
 		if err != nil {
@@ -330,14 +332,14 @@ func (inv *Invocation) Portable() *Invocation {
 // started by hand from a Portable invocation.
 func (f *ExtraFile) Open() (*os.File, error) {
 	if f.Data != nil {
-		return memFile(f.What, f.Data)
+		return bwrapMemFile(f.What, f.Data)
 	}
 	if f.Source != "" {
-		data, err := snapshot(f.Source)
+		data, err := snapshotFile(f.Source)
 		if err != nil {
 			return nil, err
 		}
-		return memFile(f.What, data)
+		return bwrapMemFile(f.What, data)
 	}
 	return nil, fmt.Errorf("descriptor %d (%s) has no content to reproduce", f.FD, f.What)
 }

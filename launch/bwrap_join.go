@@ -38,10 +38,10 @@ func (e *NotRunningError) Hint() string {
 }
 
 // children reads the direct children of a process.
-func children(pid int) []int {
+func bwrapChildren(pid int) []int {
 	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/children", pid, pid))
 	if err != nil {
-		return childrenByScan(pid)
+		return bwrapChildrenByScan(pid)
 	}
 	var out []int
 	for _, f := range strings.Fields(string(data)) {
@@ -52,8 +52,8 @@ func children(pid int) []int {
 	return out
 }
 
-// childrenByScan is children for kernels without CONFIG_PROC_CHILDREN.
-func childrenByScan(parent int) []int {
+// bwrapChildrenByScan is children for kernels without CONFIG_PROC_CHILDREN.
+func bwrapChildrenByScan(parent int) []int {
 	entries, _ := os.ReadDir("/proc")
 	var out []int
 	for _, e := range entries {
@@ -74,18 +74,18 @@ func childrenByScan(parent int) []int {
 	return out
 }
 
-// sandboxPayload finds the sandboxed program of a running bubblewrap
+// bwrapPayload finds the sandboxed program of a running bubblewrap
 // sandbox, waiting (up to the context's deadline, or 10 s) for a sandbox
 // registered a moment ago to get that far.
-func sandboxPayload(ctx context.Context, rec *Record) (int, error) {
+func bwrapPayload(ctx context.Context, rec *Record) (int, error) {
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	for {
 		if !rec.Alive() {
 			return 0, &NotRunningError{Project: rec.Project}
 		}
-		for _, init := range children(rec.PID) {
-			if kids := children(init); len(kids) > 0 {
+		for _, init := range bwrapChildren(rec.PID) {
+			if kids := bwrapChildren(init); len(kids) > 0 {
 				return kids[0], nil
 			}
 		}
@@ -97,8 +97,8 @@ func sandboxPayload(ctx context.Context, rec *Record) (int, error) {
 	}
 }
 
-// processEnv reads a process's initial environment.
-func processEnv(pid int) ([]string, error) {
+// bwrapProcessEnv reads a process's initial environment.
+func bwrapProcessEnv(pid int) ([]string, error) {
 	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/environ", pid))
 	if err != nil {
 		return nil, err
@@ -112,7 +112,7 @@ func processEnv(pid int) ([]string, error) {
 	return env, nil
 }
 
-func envValue(env []string, name string) string {
+func bwrapEnvValue(env []string, name string) string {
 	for _, kv := range env {
 		if k, v, ok := strings.Cut(kv, "="); ok && k == name {
 			return v
@@ -121,9 +121,9 @@ func envValue(env []string, name string) string {
 	return ""
 }
 
-// joinCommand is what a join runs when rt names no command: Claude Code or
+// bwrapJoinCommand is what a join runs when rt names no command: Claude Code or
 // a login shell, from the running sandbox's closure.
-func joinCommand(rec *Record, rt *Runtime) []string {
+func bwrapJoinCommand(rec *Record, rt *Runtime) []string {
 	if len(rt.Command) > 0 {
 		return rt.Command
 	}
@@ -143,11 +143,11 @@ func joinCommand(rec *Record, rt *Runtime) []string {
 // for a second launch) inside a running sandbox and returns its exit status
 // as an *ExitStatusError when it is not zero.
 func enterBubblewrap(ctx context.Context, rec *Record, rt *Runtime) error {
-	payload, err := sandboxPayload(ctx, rec)
+	payload, err := bwrapPayload(ctx, rec)
 	if err != nil {
 		return err
 	}
-	env, err := processEnv(payload)
+	env, err := bwrapProcessEnv(payload)
 	if err != nil {
 		return &EnterError{Step: "reading its environment", Err: err}
 	}
@@ -163,7 +163,7 @@ func enterBubblewrap(ctx context.Context, rec *Record, rt *Runtime) error {
 		}
 	}
 	env = mergeEnv(env, over)
-	argv := joinCommand(rec, rt)
+	argv := bwrapJoinCommand(rec, rt)
 
 	// Signals: Ctrl-C and Ctrl-\ reach the command from the terminal
 	// directly; what is sent to this process alone is passed on.
@@ -171,7 +171,7 @@ func enterBubblewrap(ctx context.Context, rec *Record, rt *Runtime) error {
 	signal.Notify(sigs, syscall.SIGINT, syscall.SIGQUIT, syscall.SIGTERM, syscall.SIGHUP)
 	defer signal.Stop(sigs)
 
-	e, err := startInNamespaces(payload, argv, env, envValue(env, "PATH"), cwd, envValue(env, "HOME"), TerminalFilter())
+	e, err := startInNamespaces(payload, argv, env, bwrapEnvValue(env, "PATH"), cwd, bwrapEnvValue(env, "HOME"), TerminalFilter())
 	if err != nil {
 		return err
 	}
@@ -222,32 +222,32 @@ func stopBubblewrap(ctx context.Context, rec *Record) error {
 		return nil // already gone
 	}
 	defer unix.Close(pidfd)
-	inits := children(rec.PID)
+	inits := bwrapChildren(rec.PID)
 	for _, init := range inits {
-		for _, p := range children(init) {
+		for _, p := range bwrapChildren(init) {
 			_ = unix.Kill(p, unix.SIGHUP)
 			_ = unix.Kill(p, unix.SIGTERM)
 		}
 	}
-	if exited(ctx, pidfd, 5*time.Second) {
+	if bwrapExited(ctx, pidfd, 5*time.Second) {
 		return nil
 	}
 	for _, init := range inits {
 		_ = unix.Kill(init, unix.SIGKILL)
 	}
 	// bwrap itself: its child gone, it exits; if not, it goes too.
-	if exited(ctx, pidfd, 2*time.Second) {
+	if bwrapExited(ctx, pidfd, 2*time.Second) {
 		return nil
 	}
 	_ = unix.PidfdSendSignal(pidfd, unix.SIGKILL, nil, 0)
-	if exited(ctx, pidfd, 2*time.Second) {
+	if bwrapExited(ctx, pidfd, 2*time.Second) {
 		return nil
 	}
 	return fmt.Errorf("the sandbox (pid %d) did not end", rec.PID)
 }
 
 // exited waits for a process (by pidfd, so a recycled pid cannot fool it).
-func exited(ctx context.Context, pidfd int, d time.Duration) bool {
+func bwrapExited(ctx context.Context, pidfd int, d time.Duration) bool {
 	deadline := time.Now().Add(d)
 	for {
 		ms := int(time.Until(deadline) / time.Millisecond)

@@ -32,13 +32,12 @@ import (
 // intermediate exits at once. The command, the only process left, is a
 // member of the sandbox's pid namespace and execs like execvp(3) would.
 
-// nsTypes are joined in this order: the user namespace first, which grants
-// the capabilities the others require.
+// The namespaces joined after the owning user namespace, in this order.
+// pid goes last but one: it only affects the command forked afterwards.
 var nsTypes = []struct {
 	name string
 	flag int
 }{
-	{"user", unix.CLONE_NEWUSER},
 	{"mnt", unix.CLONE_NEWNS},
 	{"ipc", unix.CLONE_NEWIPC},
 	{"uts", unix.CLONE_NEWUTS},
@@ -203,27 +202,77 @@ func startInNamespaces(target int, argv, env []string, path string, cwd, home st
 			f.Close()
 		}
 	}()
-	for _, ns := range nsTypes {
-		theirs := fmt.Sprintf("/proc/%d/ns/%s", target, ns.name)
-		same, err := sameFile(theirs, "/proc/self/ns/"+ns.name)
+	// Unprivileged bwrap nests two user namespaces: the sandbox's mount,
+	// pid and other namespaces belong to the outer one (where the user is
+	// mapped to root, to mount /dev/pts), the program runs in an inner one
+	// mapping the user back to their own uid. Joining the program's user
+	// namespace first, as nsenter -a does, leaves no right to join the
+	// others (EPERM). So: the owner of its mount namespace first, then the
+	// namespaces, then the program's own user namespace.
+	add := func(name string, flag int, f *os.File) {
+		files = append(files, f)
+		j.nsFD[j.nns], j.nsFlag[j.nns], j.nsName[j.nns] = f.Fd(), uintptr(flag), name
+		j.nns++
+	}
+	open := func(name string) (*os.File, bool, error) {
+		theirs := fmt.Sprintf("/proc/%d/ns/%s", target, name)
+		same, err := sameNamespace(theirs, "/proc/self/ns/"+name)
+		if err != nil {
+			return nil, false, err
+		}
+		if same {
+			// Joining one's own namespace fails with EINVAL (and bwrap run
+			// by root makes no user namespace at all).
+			return nil, true, nil
+		}
+		f, err := os.Open(theirs)
+		return f, false, err
+	}
+	mnt, same, err := open("mnt")
+	if err != nil || same {
+		if err == nil {
+			err = errors.New("it shares this process's mount namespace, which a sandbox never does")
+		}
+		return nil, &EnterError{Step: "opening its mount namespace", Err: err}
+	}
+	ownerFD, err := unix.IoctlRetInt(int(mnt.Fd()), unix.NS_GET_USERNS)
+	var owner *os.File
+	if err == nil {
+		owner = os.NewFile(uintptr(ownerFD), "userns")
+		if same, _ := sameNamespace(fmt.Sprintf("/proc/self/fd/%d", ownerFD), "/proc/self/ns/user"); same {
+			owner.Close()
+			owner = nil
+		} else {
+			add("user (owner)", unix.CLONE_NEWUSER, owner)
+		}
+	}
+	add("mnt", unix.CLONE_NEWNS, mnt)
+	for _, ns := range nsTypes[1:] {
+		f, same, err := open(ns.name)
 		if errors.Is(err, os.ErrNotExist) && ns.name == "cgroup" {
 			continue // a kernel without cgroup namespaces
 		}
 		if err != nil {
-			return nil, &EnterError{Step: "reading its " + ns.name + " namespace", Err: err}
-		}
-		if same {
-			// bwrap run by root makes no user namespace, and joining one's
-			// own namespace fails with EINVAL.
-			continue
-		}
-		f, err := os.Open(theirs)
-		if err != nil {
 			return nil, &EnterError{Step: "opening its " + ns.name + " namespace", Err: err}
 		}
-		files = append(files, f)
-		j.nsFD[j.nns], j.nsFlag[j.nns], j.nsName[j.nns] = f.Fd(), uintptr(ns.flag), ns.name
-		j.nns++
+		if !same {
+			add(ns.name, ns.flag, f)
+		}
+	}
+	user, same, err := open("user")
+	if err != nil {
+		return nil, &EnterError{Step: "opening its user namespace", Err: err}
+	}
+	if !same {
+		if owner != nil {
+			if s, _ := sameNamespace(fmt.Sprintf("/proc/self/fd/%d", user.Fd()), fmt.Sprintf("/proc/self/fd/%d", owner.Fd())); s {
+				user.Close()
+				user = nil
+			}
+		}
+		if user != nil {
+			add("user", unix.CLONE_NEWUSER, user)
+		}
 	}
 
 	var keep [][]byte
@@ -238,7 +287,7 @@ func startInNamespaces(target int, argv, env []string, path string, cwd, home st
 		}
 		j.dirs[i] = cstr(d)
 	}
-	for _, c := range commandCandidates(argv[0], path) {
+	for _, c := range execvpCandidates(argv[0], path) {
 		if j.ncand == maxCandidates {
 			break
 		}
@@ -331,8 +380,8 @@ func startInNamespaces(target int, argv, env []string, path string, cwd, home st
 	return got, nil
 }
 
-// commandCandidates lists where execvp would look for name.
-func commandCandidates(name, path string) []string {
+// execvpCandidates lists where execvp would look for name.
+func execvpCandidates(name, path string) []string {
 	if name == "" {
 		return nil
 	}
@@ -356,9 +405,9 @@ func commandCandidates(name, path string) []string {
 	return out
 }
 
-// sameFile says whether two paths are the same inode (two namespace links
+// sameNamespace says whether two paths are the same inode (two namespace links
 // naming one namespace).
-func sameFile(a, b string) (bool, error) {
+func sameNamespace(a, b string) (bool, error) {
 	sa, err := os.Stat(a)
 	if err != nil {
 		return false, err

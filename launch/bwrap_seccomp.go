@@ -144,10 +144,10 @@ func filterBytes(prog []unix.SockFilter) []byte {
 	return out
 }
 
-// memFile returns an anonymous in-memory file holding data, positioned at
+// bwrapMemFile returns an anonymous in-memory file holding data, positioned at
 // its start, to hand to bwrap as an fd. It never touches a disk, so a
 // secret in it (the ~/.claude.json copy) leaves no file behind.
-func memFile(name string, data []byte) (*os.File, error) {
+func bwrapMemFile(name string, data []byte) (*os.File, error) {
 	fd, err := unix.MemfdCreate(name, unix.MFD_CLOEXEC|unix.MFD_ALLOW_SEALING)
 	if err != nil {
 		return nil, fmt.Errorf("memfd_create: %w", err)

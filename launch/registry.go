@@ -24,6 +24,9 @@ type Record struct {
 	PIDStart uint64    `json:"pidStart"` // its start time in clock ticks: a recycled pid does not match
 	Started  time.Time `json:"started"`
 	Closure  string    `json:"closure"` // the closure's store path
+	// Config fingerprints every choice that shapes the sandbox (ConfigOf):
+	// a second launch joins only a sandbox it would have started itself.
+	Config string `json:"config,omitempty"`
 	// Backend-specific handles.
 	InnerPID int    `json:"innerPid,omitempty"` // bubblewrap: the sandbox's init, to nsenter
 	Machine  string `json:"machine,omitempty"`  // container: the nspawn machine name
@@ -56,6 +59,10 @@ func processStart(pid int) (uint64, error) {
 	fields := strings.Fields(s[i+1:])
 	if len(fields) < 20 {
 		return 0, errors.New("malformed stat")
+	}
+	if fields[0] == "Z" || fields[0] == "X" {
+		// Exited, not yet reaped by its parent: no sandbox any more.
+		return 0, errors.New("exited")
 	}
 	return strconv.ParseUint(fields[19], 10, 64)
 }

@@ -93,12 +93,15 @@ func (sv *vmSupervisor) run(ctx context.Context) (err error) {
 	if err := sv.startQEMU(); err != nil {
 		return err
 	}
-	rec := &Record{
-		ID: p.ID, Project: sv.rt.Project, Backend: "vm", PID: sv.cmd.Process.Pid, Started: time.Now(),
-		Closure: sv.m.VM.Toplevel,
-		Console: filepath.Join(p.RunDir, vmConsoleSock), QMP: filepath.Join(p.RunDir, vmQMPSock),
+	// The entry the launcher registered (or a new one): from now on it
+	// names QEMU, whose life is the VM's, and its two sockets.
+	rec := &Record{ID: p.ID, Project: sv.rt.Project, Backend: "vm", Started: time.Now().UTC(), Closure: sv.m.VM.Toplevel}
+	if sv.rt.Record != nil {
+		rec = sv.rt.Record
 	}
+	rec.PID = sv.cmd.Process.Pid
 	rec.PIDStart, _ = processStart(rec.PID)
+	rec.Console, rec.QMP = filepath.Join(p.RunDir, vmConsoleSock), filepath.Join(p.RunDir, vmQMPSock)
 	if err := Register(p.StateDir, rec); err != nil {
 		sv.kill()
 		return &VMStartError{Reason: "registering the VM: " + err.Error()}

@@ -212,11 +212,18 @@ func planVMRun(m *manifest.Manifest, rt *Runtime) (*vmPlan, error) {
 	if err != nil {
 		return nil, err
 	}
-	stateDir, err := ProjectStateDir(rt.Project)
-	if err != nil {
-		return nil, err
+	stateDir := rt.StateDir
+	if stateDir == "" {
+		if stateDir, err = ProjectStateDir(rt.Project); err != nil {
+			return nil, err
+		}
 	}
+	// The run directory is named after the registry entry, so a sweep never
+	// takes the directory of a VM that is registered.
 	id := NewRecordID()
+	if rt.Record != nil && rt.Record.ID != "" {
+		id = rt.Record.ID
+	}
 	p := &vmPlan{
 		ID: id, StateDir: stateDir, RunDir: filepath.Join(stateDir, "vm", id),
 		QEMU: qemu, Accel: accel, AutoKVM: auto && accel == AccelKVM, FS: fs,

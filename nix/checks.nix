@@ -63,7 +63,6 @@ in
   go-tests = pkgs.callPackage ./package.nix {
     inherit src version;
     pname = "claude-sandbox-go-tests";
-    nixpkgs = "${nixpkgs}";
     subPackages = [ ];
     excludedPackages = [ "tests" ];
     doCheck = true;

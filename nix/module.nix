@@ -148,11 +148,11 @@ in
 
     users.groups.kvm.members = lib.mkIf cfg.vm.enable cfg.users;
 
-    # The binary (with its completions and man pages) and the entry commands;
-    # an entry command shadows the plain binary's bin/claude-sandbox.
+    # The entry commands and the binary (for its completions and man pages);
+    # the claude-sandbox entry shadows the binary's bin/claude-sandbox.
     environment.systemPackages = [
-      cfg.package
       (lib.hiPrio (entry "claude-sandbox" [ ]))
+      cfg.package
     ]
     ++ lib.optional cfg.container.enable (entry "claude-sandbox-container" [ "--backend" "container" ])
     ++ lib.optional cfg.vm.enable (entry "claude-sandbox-vm" [ "--backend" "vm" ]);

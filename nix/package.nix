@@ -10,7 +10,7 @@
 , buildGo126Module
 , src
 , version
-, nixpkgs
+, nixpkgs ? null
 , pname ? "claude-sandbox"
 , doCheck ? true
 , subPackages ? [ "cmd/claude-sandbox" ]
@@ -32,12 +32,13 @@ buildGo126Module {
   # launch, and no glibc reference from outside the store.
   env.CGO_ENABLED = 0;
 
+  # nixpkgs = null (checks.go-tests): unit tests expect no compiled-in pin.
   ldflags = [
     "-s"
     "-w"
     "-X main.version=${version}"
-    "-X github.com/claude-sandbox/claude-sandbox/closure.CompiledNixpkgs=${nixpkgs}"
-  ];
+  ] ++ lib.optional (nixpkgs != null)
+    "-X github.com/claude-sandbox/claude-sandbox/closure.CompiledNixpkgs=${nixpkgs}";
 
   # Completions and man pages come from the binary itself (cobra), so they
   # always match its flags. Written by hand rather than with installShellFiles

@@ -51,7 +51,8 @@ let
       (c: {
         inherit (c) backend;
         network = if networkInClosure c.backend then c.network else null;
-        outPath = "${c.closure}";
+        # Not "outPath": toJSON would turn the whole set into that string.
+        path = "${c.closure}";
       })
       closures;
   });

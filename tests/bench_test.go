@@ -30,6 +30,11 @@ func BenchmarkLaunch(b *testing.B) {
 		Path string   `json:"path"`
 		Args []string `json:"args"`
 		Env  []string `json:"env"`
+		// Descriptors 3, 4, … (the seccomp filter, the ~/.claude.json copy).
+		Files []struct {
+			Data   []byte `json:"data"`
+			Source string `json:"source"`
+		} `json:"files"`
 	}
 	if dry.code != 0 || json.Unmarshal([]byte(dry.stdout), &inv) != nil {
 		b.Fatalf("--dry-run: %s", dry)
@@ -38,17 +43,41 @@ func BenchmarkLaunch(b *testing.B) {
 	printed := run(b, runOpts{}, "build", "--print-expr")
 	os.WriteFile(expr, []byte(printed.stdout), 0o644)
 
-	timeIt := func(env []string, name string, args ...string) time.Duration {
+	// extraFiles gives bare bwrap the descriptors the launcher gives it.
+	extraFiles := func() []*os.File {
+		var files []*os.File
+		for _, f := range inv.Files {
+			data := f.Data
+			if f.Source != "" {
+				data, _ = os.ReadFile(f.Source)
+			}
+			tmp, err := os.CreateTemp(b.TempDir(), "fd")
+			if err != nil {
+				b.Fatal(err)
+			}
+			tmp.Write(data)
+			tmp.Seek(0, 0)
+			files = append(files, tmp)
+		}
+		return files
+	}
+	timeIt := func(env []string, files []*os.File, name string, args ...string) time.Duration {
 		cmd := exec.Command(name, args...)
 		cmd.Env = env
+		cmd.ExtraFiles = files
+		defer func() {
+			for _, f := range files {
+				f.Close()
+			}
+		}()
 		start := time.Now()
 		if out, err := cmd.CombinedOutput(); err != nil {
 			b.Fatalf("%s: %v\n%s", name, err, out)
 		}
 		return time.Since(start)
 	}
-	warmLaunch := func() time.Duration { return timeIt(env, binary, "exec", p, "--", "true") }
-	bareBwrap := func() time.Duration { return timeIt(inv.Env, inv.Path, inv.Args[1:]...) }
+	warmLaunch := func() time.Duration { return timeIt(env, nil, binary, "exec", p, "--", "true") }
+	bareBwrap := func() time.Duration { return timeIt(inv.Env, extraFiles(), inv.Path, inv.Args[1:]...) }
 	evalThenExec := func() time.Duration {
 		start := time.Now()
 		if out, err := exec.Command("nix-build", "--no-out-link", expr).CombinedOutput(); err != nil {

@@ -63,15 +63,17 @@ func TestHostHomeIsInvisible(t *testing.T) {
 	requireSandboxHost(t)
 	p := project(t)
 	home := filepath.Join(t.TempDir(), "home")
-	os.MkdirAll(filepath.Join(home, ".ssh"), 0o755)
-	secret := filepath.Join(home, ".ssh", "id_ed25519")
+	// Not ~/.ssh: that one is forwarded read-only, as in the original
+	// project (tests/bwrap_files_test.go checks it).
+	os.MkdirAll(filepath.Join(home, ".aws"), 0o755)
+	secret := filepath.Join(home, ".aws", "credentials")
 	os.WriteFile(secret, []byte("PLANTED-SECRET-KEY\n"), 0o644)
 	r := run(t, runOpts{env: []string{"HOME=" + home}}, "exec", p, "--", "bash", "-c",
 		`cat "$0" 2>/dev/null; echo "home=$HOME"; ls -A "$HOME"; cat /etc/shadow 2>/dev/null; true`, secret)
 	if r.code != 0 {
 		t.Fatalf("probe failed to run: %s", r)
 	}
-	if strings.Contains(r.stdout, "PLANTED-SECRET-KEY") || strings.Contains(r.stdout, ".ssh") {
+	if strings.Contains(r.stdout, "PLANTED-SECRET-KEY") || strings.Contains(r.stdout, ".aws") {
 		t.Fatalf("the host home is visible inside: %s", r)
 	}
 	if !strings.Contains(r.stdout, "home="+home) {

@@ -8,6 +8,7 @@ import (
 	"strings"
 
 	"github.com/claude-sandbox/claude-sandbox/closure"
+	"github.com/claude-sandbox/claude-sandbox/config"
 	"github.com/claude-sandbox/claude-sandbox/launch"
 	"github.com/claude-sandbox/claude-sandbox/nixgen"
 )
@@ -27,6 +28,10 @@ const (
 	exitUserNamespaces = 72
 	exitSandboxStart   = 73
 	exitNoDaemon       = 74
+	exitNotRoot        = 77 // the container backend without root (EX_NOPERM)
+	exitNoKVM          = 78 // the vm backend: KVM asked for (or chosen by auto) does not work
+	exitUntrusted      = 79 // a project configuration file widens access and is not trusted
+	exitConfig         = 80 // a configuration file cannot be read or has a bad setting
 	exitInterrupted    = 130
 )
 
@@ -52,6 +57,14 @@ func exitCode(err error) int {
 		sandboxUp *launch.StartError
 		status    *launch.ExitStatusError
 		module    *nixgen.ModuleError
+		notRoot   *launch.NotRootError
+		ctrHost   *launch.ContainerHostError
+		noKVM     *launch.NoKVMError
+		vmStart   *launch.VMStartError
+		vmOption  *launch.VMOptionError
+		enterBusy *launch.EnterBusyError
+		untrusted *config.UntrustedError
+		cfgFile   *config.FileError
 	)
 	switch {
 	case err == nil:
@@ -76,7 +89,19 @@ func exitCode(err error) int {
 		return exitBuild
 	case errors.As(err, &userns):
 		return exitUserNamespaces
-	case errors.As(err, &sandboxUp):
+	case errors.As(err, &untrusted):
+		return exitUntrusted
+	case errors.As(err, &cfgFile):
+		return exitConfig
+	case errors.As(err, &notRoot):
+		return exitNotRoot
+	case errors.As(err, &noKVM):
+		return exitNoKVM
+	case errors.As(err, &vmOption):
+		return exitUsage
+	case errors.As(err, &vmStart), errors.As(err, &enterBusy):
+		return exitSandboxStart
+	case errors.As(err, &sandboxUp), errors.As(err, &ctrHost):
 		return exitSandboxStart
 	case errors.Is(err, context.Canceled):
 		return exitInterrupted

@@ -35,7 +35,7 @@ type prebuiltClosure struct {
 	// Network is set only where the network is built into the closure (vm);
 	// elsewhere it is a launch-time switch and null here, as in nixgen.Canonical.
 	Network *bool  `json:"network"`
-	OutPath string `json:"outPath"`
+	Path    string `json:"path"`
 }
 
 const maxPrebuiltSize = 64 << 10
@@ -67,19 +67,19 @@ func (a *app) prebuiltFor(req closure.Request) (*closure.Closure, error) {
 		if p.Backend != req.Options.Backend || !sameNetwork(p.Network, req.Options.Network) {
 			continue
 		}
-		m, err := manifest.Load(p.OutPath)
+		m, err := manifest.Load(p.Path)
 		if err != nil {
 			// Only a damaged store gets here (the wrapper keeps the closure
 			// alive); building it again is the way out.
-			a.log.Info().Err(err).Str("out", p.OutPath).Msg("prebuilt closure unusable, building")
+			a.log.Info().Err(err).Str("out", p.Path).Msg("prebuilt closure unusable, building")
 			return nil, nil
 		}
 		if m.Backend != p.Backend {
-			return nil, prebuiltError(a.opts.Prebuilt, fmt.Sprintf("%s is a %s closure, listed as %s", p.OutPath, m.Backend, p.Backend))
+			return nil, prebuiltError(a.opts.Prebuilt, fmt.Sprintf("%s is a %s closure, listed as %s", p.Path, m.Backend, p.Backend))
 		}
-		sum := sha256.Sum256([]byte("prebuilt\x00" + p.OutPath))
-		a.log.Debug().Str("out", p.OutPath).Msg("using the prebuilt closure")
-		return &closure.Closure{Key: hex.EncodeToString(sum[:]), OutPath: p.OutPath, Cached: true, Manifest: m}, nil
+		sum := sha256.Sum256([]byte("prebuilt\x00" + p.Path))
+		a.log.Debug().Str("out", p.Path).Msg("using the prebuilt closure")
+		return &closure.Closure{Key: hex.EncodeToString(sum[:]), OutPath: p.Path, Cached: true, Manifest: m}, nil
 	}
 	return nil, nil
 }
@@ -105,8 +105,8 @@ func readPrebuilt(path string) (*prebuiltFile, error) {
 		return nil, prebuiltError(path, fmt.Sprintf("schema %d, this claude-sandbox reads schema %d", file.Schema, prebuiltSchema))
 	}
 	for _, p := range file.Closures {
-		if !strings.HasPrefix(p.OutPath, manifest.StoreDir+"/") {
-			return nil, prebuiltError(path, fmt.Sprintf("%q is not a store path", p.OutPath))
+		if !strings.HasPrefix(p.Path, manifest.StoreDir+"/") {
+			return nil, prebuiltError(path, fmt.Sprintf("%q is not a store path", p.Path))
 		}
 	}
 	return &file, nil

@@ -29,7 +29,11 @@ type globalOptions struct {
 	Modules   []string
 	Force     bool
 	DryRun    bool
-	Prebuilt  string // closures a Nix package realised (prebuilt.go)
+	Prebuilt  string      // closures a Nix package realised (prebuilt.go)
+	Launch    launchFlags // --new, --tmux, --gh-token, --protect-git, … (enter.go)
+	Sudo      bool        // --sudo: run through sudo when not root (the container backend)
+	Accel     string      // --accel: the vm backend's accelerator (auto, kvm, tcg)
+	FS        string      // --fs: how the vm backend shares the project (9p, virtiofs)
 }
 
 // app carries what commands need from the outside world, so tests can
@@ -39,6 +43,7 @@ type app struct {
 	getenv         func(string) string
 	opts           globalOptions
 	log            zerolog.Logger
+	cfg            configOptions // configuration files and trust (config.go)
 }
 
 func run(args []string) int {
@@ -75,8 +80,22 @@ The first launch of a configuration builds it with Nix; later ones start at once
 		Args:          cobra.ArbitraryArgs,
 		SilenceUsage:  true,
 		SilenceErrors: true,
-		PersistentPreRunE: func(cmd *cobra.Command, _ []string) error {
-			return a.setupLogging()
+		PersistentPreRunE: func(cmd *cobra.Command, args []string) error {
+			if err := a.setupLogging(); err != nil {
+				return err
+			}
+			// Flags the user did not set take the configuration's values.
+			if err := a.applyConfig(cmd, args, false); err != nil {
+				return err
+			}
+			if a.opts.Sudo && os.Geteuid() != 0 {
+				return launch.SudoReexec(append(a.configArgs(), entryArgs(os.Args)...), a.opts.Env)
+			}
+			// Say so before a build that could take minutes, not after.
+			if a.opts.Backend == "container" && os.Geteuid() != 0 && !a.opts.DryRun && (cmd.Parent() == nil || cmd.Name() == "exec") {
+				return &launch.NotRootError{Backend: "container"}
+			}
+			return nil
 		},
 		RunE: func(cmd *cobra.Command, args []string) error {
 			project, rest, err := splitAtDash(cmd, args, 1)
@@ -108,12 +127,20 @@ The first launch of a configuration builds it with Nix; later ones start at once
 	f.StringArrayVar(&a.opts.Modules, "module", nil, "extra NixOS module file for the container and vm backends (repeatable)")
 	f.BoolVar(&a.opts.Force, "force", false, "allow a project directory that is or contains your home directory")
 	f.BoolVar(&a.opts.DryRun, "dry-run", false, "print the sandbox invocation as JSON instead of starting it")
+	f.StringVar(&a.opts.Accel, "accel", "auto", "vm backend: auto (KVM when /dev/kvm works, else TCG), kvm or tcg (emulation: slow, works everywhere)")
+	f.StringVar(&a.opts.FS, "fs", "9p", "vm backend: how the project reaches the guest: 9p or virtiofs (faster; needs virtiofsd, usually root)")
+	f.BoolVar(&a.opts.Sudo, "sudo", false, "when not root, run this command again through sudo (the container backend needs root); only the sandbox's environment allowlist is kept")
 	root.Flags().BoolVar(&shell, "shell", false, "start bash instead of Claude Code")
+	a.addLaunchFlags(root)
+	a.addConfigFlags(root)
 	f.StringVar(&a.opts.Prebuilt, "prebuilt", "", "closures built with this package (set by its wrapper scripts)")
 	_ = f.MarkHidden("prebuilt")
 
 	root.AddCommand(a.newBuildCmd(), a.newExecCmd(), a.newVersionCmd(), a.newCacheCmd(), a.newGCCmd())
 	root.AddCommand(a.newManCmd())
+	root.AddCommand(a.newEnterCmd(), a.newStopCmd(), a.newPsCmd())
+	root.AddCommand(a.newDoctorCmd(), a.newTrustCmd(), a.newConfigCmd())
+	a.registerCompletions(root)
 	return root
 }
 

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"os"
 	"runtime"
 	"strings"
 
@@ -90,27 +91,28 @@ func (a *app) launch(ctx context.Context, projectArg string, mode launchMode) er
 	if err != nil {
 		return err
 	}
-	rt := &launch.Runtime{
-		Project:  project,
-		Shell:    mode.shell,
-		Network:  !a.opts.NoNetwork,
-		ExtraEnv: a.opts.Env,
+	rt := a.runtimeFor(project, mode)
+	rt.Accel, rt.FS = a.opts.Accel, a.opts.FS // the vm backend's
+	rt.Command = sandboxCommand(c, rt, mode)
+	if c.Manifest.Backend == "bubblewrap" && !a.opts.DryRun {
+		// Before anything is written: where bwrap cannot run, say why first.
+		if err := launch.CheckUserNamespaces(os.Geteuid()); err != nil {
+			return err
+		}
 	}
-	rt.HostIdentity()
-	if len(mode.command) > 0 {
-		rt.Command = mode.command
-	} else if !mode.shell {
-		rt.Command = append([]string{c.Manifest.Claude}, mode.claudeArgs...)
+	if rt.StateDir, err = launch.ProjectStateDir(project); err != nil {
+		return err
 	}
 	if a.opts.DryRun {
 		inv, err := launch.Plan(c.Manifest, rt)
 		if err != nil {
 			return err
 		}
-		return a.printInvocation(inv)
+		defer inv.Close()
+		return a.printInvocation(inv.Portable())
 	}
 	a.log.Debug().Str("key", c.Key).Str("out", c.OutPath).Bool("cached", c.Cached).Msg("launching")
-	return launch.Start(ctx, c.Manifest, rt)
+	return a.startOrJoin(ctx, c, rt)
 }
 
 // shownEnv are the variables whose values --dry-run may print; the rest
@@ -118,7 +120,9 @@ func (a *app) launch(ctx context.Context, projectArg string, mode launchMode) er
 var shownEnv = map[string]bool{
 	"PATH": true, "HOME": true, "USER": true, "LOGNAME": true, "SHELL": true, "TERM": true, "COLORTERM": true,
 	"LANG": true, "LANGUAGE": true, "LC_ALL": true, "TZ": true, "NIX_LD": true, "NIX_LD_LIBRARY_PATH": true,
-	"CLAUDE_SANDBOX": true, "CLAUDE_SANDBOX_BACKEND": true,
+	"CLAUDE_SANDBOX": true, "CLAUDE_SANDBOX_BACKEND": true, "NIX_REMOTE": true, "XDG_RUNTIME_DIR": true,
+	"DISPLAY": true, "WAYLAND_DISPLAY": true, "XAUTHORITY": true, "DBUS_SESSION_BUS_ADDRESS": true,
+	"PULSE_SERVER": true, "PIPEWIRE_REMOTE": true, "SSH_AUTH_SOCK": true,
 }
 
 func (a *app) printInvocation(inv *launch.Invocation) error {

@@ -1,0 +1,70 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/claude-sandbox/claude-sandbox/launch"
+)
+
+func (a *app) newStopCmd() *cobra.Command {
+	var all bool
+	cmd := &cobra.Command{
+		Use:   "stop [PROJECT]",
+		Short: "End the sandbox running for a project (or every sandbox, with --all)",
+		Long: `End the sandboxes running for PROJECT (default: the current directory):
+their program is asked to end (SIGHUP, SIGTERM, or a guest power-down), and
+after a grace period every process left is killed.`,
+		Example: `  claude-sandbox stop ./project
+  claude-sandbox stop --all`,
+		Args: cobra.MaximumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			var running []*launch.Record
+			var err error
+			project := ""
+			switch {
+			case all && len(args) > 0:
+				return &usageError{msg: "stop takes a project or --all, not both", hint: "claude-sandbox stop PROJECT, or claude-sandbox stop --all"}
+			case all:
+				running, err = launch.AllRunning()
+			default:
+				p := "."
+				if len(args) == 1 {
+					p = args[0]
+				}
+				if project, err = launch.ResolveProject(p, true); err != nil {
+					return err
+				}
+				running, err = runningFor(project)
+			}
+			if err != nil {
+				return err
+			}
+			if len(running) == 0 {
+				if all {
+					fmt.Fprintln(a.stdout, "no sandbox is running")
+					return nil
+				}
+				return &launch.NotRunningError{Project: project}
+			}
+			var errs []error
+			for _, rec := range running {
+				ctx, cancel := context.WithTimeout(cmd.Context(), 60*time.Second)
+				err := launch.Stop(ctx, rec)
+				cancel()
+				if err != nil {
+					errs = append(errs, fmt.Errorf("%s (%s, pid %d): %w", rec.Project, rec.Backend, rec.PID, err))
+					continue
+				}
+				fmt.Fprintf(a.stdout, "stopped %s (%s, pid %d)\n", rec.Project, rec.Backend, rec.PID)
+			}
+			return errors.Join(errs...)
+		},
+	}
+	cmd.Flags().BoolVar(&all, "all", false, "stop every running sandbox of this user")
+	return cmd
+}

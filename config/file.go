@@ -1,0 +1,394 @@
+package config
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+
+	toml "github.com/pelletier/go-toml/v2"
+
+	"github.com/claude-sandbox/claude-sandbox/nixgen"
+)
+
+// Kind is the TOML type a setting takes.
+type Kind int
+
+const (
+	Bool Kind = iota
+	String
+	List
+)
+
+// Key describes one setting a configuration file may hold. Settings are
+// named like the flags they stand for; a switch whose flag is a negation
+// (--no-network) is named positively (network = false).
+type Key struct {
+	Name string
+	Kind Kind
+	// Choices limits a String setting (nil: any string).
+	Choices []string
+	// Grants, for a Bool, is the value that gives the sandbox more access;
+	// nil means neither value does (tmux).
+	Grants *bool
+	// AlwaysWidens: any value a project sets widens access (env, modules,
+	// nixpkgs, which run or reveal what the user did not choose).
+	AlwaysWidens bool
+	Doc          string
+}
+
+func ptr(b bool) *bool { return &b }
+
+// Keys are every setting, in the order `config` shows them.
+var Keys = []Key{
+	{Name: "backend", Kind: String, Choices: nixgen.Backends, Doc: "sandbox backend"},
+	{Name: "with", Kind: List, Doc: "extra nixpkgs packages (attribute paths)"},
+	{Name: "network", Kind: Bool, Grants: ptr(true), Doc: "network inside the sandbox"},
+	{Name: "nix-daemon", Kind: Bool, Grants: ptr(true), Doc: "forward the Nix daemon socket"},
+	{Name: "desktop", Kind: Bool, Grants: ptr(true), Doc: "forward display, audio, D-Bus, keyring and GPU"},
+	{Name: "protect-git", Kind: Bool, Grants: ptr(false), Doc: "keep .git/config and .git/hooks read-only"},
+	{Name: "tmux", Kind: Bool, Doc: "run Claude Code inside tmux"},
+	{Name: "accel", Kind: String, Choices: []string{"auto", "kvm", "tcg"}, Doc: "vm accelerator"},
+	{Name: "fs", Kind: String, Choices: []string{"9p", "virtiofs"}, Doc: "vm project share"},
+	{Name: "env", Kind: List, AlwaysWidens: true, Doc: "host environment variables passed in"},
+	{Name: "gh-token", Kind: Bool, Grants: ptr(true), Doc: "pass GH_TOKEN and GITHUB_TOKEN in"},
+	{Name: "modules", Kind: List, AlwaysWidens: true, Doc: "extra NixOS modules (container, vm): code run as root in the guest"},
+	{Name: "nixpkgs", Kind: String, AlwaysWidens: true, Doc: "the nixpkgs the sandbox is built from"},
+	{Name: "sudo", Kind: Bool, Grants: ptr(true), Doc: "re-run through sudo for the container backend"},
+}
+
+// KeyByName finds a key of Keys.
+func KeyByName(name string) (Key, bool) {
+	for _, k := range Keys {
+		if k.Name == name {
+			return k, true
+		}
+	}
+	return Key{}, false
+}
+
+// fileSettings is the TOML shape, decoded strictly: an unknown key is an
+// error with its line, never silently ignored (a typo like `netwrok = false`
+// would otherwise leave the network on).
+type fileSettings struct {
+	Backend    *string  `toml:"backend"`
+	With       []string `toml:"with"`
+	Network    *bool    `toml:"network"`
+	NixDaemon  *bool    `toml:"nix-daemon"`
+	Desktop    *bool    `toml:"desktop"`
+	ProtectGit *bool    `toml:"protect-git"`
+	Tmux       *bool    `toml:"tmux"`
+	Accel      *string  `toml:"accel"`
+	FS         *string  `toml:"fs"`
+	Env        []string `toml:"env"`
+	GHToken    *bool    `toml:"gh-token"`
+	Modules    []string `toml:"modules"`
+	Nixpkgs    *string  `toml:"nixpkgs"`
+	Sudo       *bool    `toml:"sudo"`
+}
+
+func (s *fileSettings) values() map[string]any {
+	out := map[string]any{}
+	put := func(name string, set bool, v any) {
+		if set {
+			out[name] = v
+		}
+	}
+	deref := func(p *bool) any {
+		if p == nil {
+			return nil
+		}
+		return *p
+	}
+	str := func(p *string) any {
+		if p == nil {
+			return nil
+		}
+		return *p
+	}
+	put("backend", s.Backend != nil, str(s.Backend))
+	put("with", s.With != nil, s.With)
+	put("network", s.Network != nil, deref(s.Network))
+	put("nix-daemon", s.NixDaemon != nil, deref(s.NixDaemon))
+	put("desktop", s.Desktop != nil, deref(s.Desktop))
+	put("protect-git", s.ProtectGit != nil, deref(s.ProtectGit))
+	put("tmux", s.Tmux != nil, deref(s.Tmux))
+	put("accel", s.Accel != nil, str(s.Accel))
+	put("fs", s.FS != nil, str(s.FS))
+	put("env", s.Env != nil, s.Env)
+	put("gh-token", s.GHToken != nil, deref(s.GHToken))
+	put("modules", s.Modules != nil, s.Modules)
+	put("nixpkgs", s.Nixpkgs != nil, str(s.Nixpkgs))
+	put("sudo", s.Sudo != nil, deref(s.Sudo))
+	return out
+}
+
+// Setting is one key a file sets.
+type Setting struct {
+	Key  Key
+	Bool bool
+	Str  string
+	List []string
+	Line int // where the key is written, for messages (0: not found)
+}
+
+// Value renders the setting as TOML would write it.
+func (s Setting) Value() string {
+	switch s.Key.Kind {
+	case Bool:
+		return fmt.Sprint(s.Bool)
+	case String:
+		return fmt.Sprintf("%q", s.Str)
+	}
+	q := make([]string, len(s.List))
+	for i, v := range s.List {
+		q[i] = fmt.Sprintf("%q", v)
+	}
+	return "[" + strings.Join(q, ", ") + "]"
+}
+
+// File is one loaded configuration file.
+type File struct {
+	Path    string // absolute, as found (the project's copy, not a symlink's target)
+	Dir     string // relative paths in the file are relative to this
+	Content []byte
+	// Settings in Keys order. Paths (modules, a nixpkgs path) are absolute.
+	Settings []Setting
+}
+
+// Get returns the setting for a key, if the file sets it.
+func (f *File) Get(name string) (Setting, bool) {
+	if f == nil {
+		return Setting{}, false
+	}
+	for _, s := range f.Settings {
+		if s.Key.Name == name {
+			return s, true
+		}
+	}
+	return Setting{}, false
+}
+
+// maxFileSize bounds what is read: a configuration file is a few lines.
+const maxFileSize = 64 << 10
+
+// FileError is a configuration file that cannot be used.
+type FileError struct {
+	Path      string
+	Line, Col int
+	Msg       string
+	hint      string
+}
+
+func (e *FileError) Error() string {
+	switch {
+	case e.Line > 0 && e.Col > 0:
+		return fmt.Sprintf("%s:%d:%d: %s", e.Path, e.Line, e.Col, e.Msg)
+	case e.Line > 0:
+		return fmt.Sprintf("%s:%d: %s", e.Path, e.Line, e.Msg)
+	}
+	return fmt.Sprintf("%s: %s", e.Path, e.Msg)
+}
+
+func (e *FileError) Hint() string {
+	if e.hint != "" {
+		return e.hint
+	}
+	return "known keys: " + strings.Join(keyNames(), ", ") + " (README: \"Configuration and trust\")"
+}
+
+func keyNames() []string {
+	out := make([]string, len(Keys))
+	for i, k := range Keys {
+		out[i] = k.Name
+	}
+	return out
+}
+
+// Load reads and checks one file. A missing file is (nil, nil).
+func Load(path string) (*File, error) {
+	abs, err := filepath.Abs(path)
+	if err != nil {
+		return nil, &FileError{Path: path, Msg: err.Error()}
+	}
+	f, err := os.Open(abs)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, &FileError{Path: abs, Msg: err.Error()}
+	}
+	defer f.Close()
+	if st, err := f.Stat(); err != nil || !st.Mode().IsRegular() {
+		return nil, &FileError{Path: abs, Msg: "not a regular file"}
+	}
+	content, err := io.ReadAll(io.LimitReader(f, maxFileSize+1))
+	if err != nil {
+		return nil, &FileError{Path: abs, Msg: err.Error()}
+	}
+	if len(content) > maxFileSize {
+		return nil, &FileError{Path: abs, Msg: "larger than 64 KiB", hint: "a configuration file holds a few settings"}
+	}
+	return Parse(abs, content)
+}
+
+// Parse checks a file's content. path must be absolute.
+func Parse(path string, content []byte) (*File, error) {
+	var raw fileSettings
+	dec := toml.NewDecoder(bytes.NewReader(content))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&raw); err != nil {
+		return nil, decodeError(path, err)
+	}
+	file := &File{Path: path, Dir: filepath.Dir(path), Content: content}
+	values := raw.values()
+	for _, k := range Keys {
+		v, ok := values[k.Name]
+		if !ok {
+			continue
+		}
+		s := Setting{Key: k, Line: lineOf(content, k.Name)}
+		switch k.Kind {
+		case Bool:
+			s.Bool = v.(bool)
+		case String:
+			s.Str = v.(string)
+		case List:
+			s.List = slices.Clone(v.([]string))
+		}
+		if err := file.check(&s); err != nil {
+			return nil, err
+		}
+		file.Settings = append(file.Settings, s)
+	}
+	return file, nil
+}
+
+// check validates one setting and makes its paths absolute.
+func (f *File) check(s *Setting) error {
+	bad := func(msg, hint string) error {
+		return &FileError{Path: f.Path, Line: s.Line, Msg: s.Key.Name + ": " + msg, hint: hint}
+	}
+	if s.Key.Choices != nil && !slices.Contains(s.Key.Choices, s.Str) {
+		return bad(fmt.Sprintf("%q is not one of %s", s.Str, strings.Join(s.Key.Choices, ", ")),
+			fmt.Sprintf("%s = %q", s.Key.Name, s.Key.Choices[0]))
+	}
+	switch s.Key.Name {
+	case "with":
+		for _, name := range s.List {
+			if _, err := nixgen.ParseAttrPath(strings.TrimSpace(name)); err != nil {
+				var ip *nixgen.InvalidPackageError
+				if errors.As(err, &ip) {
+					return bad(ip.Error(), ip.Hint())
+				}
+				return bad(err.Error(), "")
+			}
+		}
+	case "env":
+		for _, name := range s.List {
+			if !envName(name) {
+				return bad(fmt.Sprintf("%q is not an environment variable name", name), "env lists names only, e.g. env = [\"OPENAI_API_KEY\"]")
+			}
+		}
+	case "modules":
+		for i, p := range s.List {
+			s.List[i] = f.abs(p)
+		}
+	case "nixpkgs":
+		if s.Str == "" {
+			return bad("empty", "a path or a flake reference, e.g. nixpkgs = \"github:NixOS/nixpkgs/nixos-unstable\"")
+		}
+		if isRelativePath(s.Str) {
+			s.Str = f.abs(s.Str)
+		}
+	}
+	return nil
+}
+
+// abs resolves a path written in the file: ~/ is the user's home, anything
+// else relative is relative to the file's directory (so a project's
+// `modules = ["./sandbox.nix"]` means the project's file wherever it runs).
+func (f *File) abs(p string) string {
+	if rest, ok := strings.CutPrefix(p, "~/"); ok {
+		if home, err := os.UserHomeDir(); err == nil {
+			return filepath.Join(home, rest)
+		}
+	}
+	if filepath.IsAbs(p) {
+		return filepath.Clean(p)
+	}
+	return filepath.Join(f.Dir, p)
+}
+
+// isRelativePath tells a relative path from a flake reference, as the
+// nixpkgs flag does (closure: ./ and ../ are paths, github:… is not).
+func isRelativePath(ref string) bool {
+	return strings.HasPrefix(ref, "./") || strings.HasPrefix(ref, "../") || ref == "." || ref == ".."
+}
+
+func envName(s string) bool {
+	if s == "" {
+		return false
+	}
+	for i, r := range s {
+		switch {
+		case r == '_', r >= 'A' && r <= 'Z', r >= 'a' && r <= 'z':
+		case r >= '0' && r <= '9' && i > 0:
+		default:
+			return false
+		}
+	}
+	return true
+}
+
+// decodeError turns the TOML library's errors into one positioned line.
+func decodeError(path string, err error) error {
+	var strict *toml.StrictMissingError
+	if errors.As(err, &strict) && len(strict.Errors) > 0 {
+		first := strict.Errors[0]
+		row, col := first.Position()
+		key := strings.Join(first.Key(), ".")
+		msg := fmt.Sprintf("unknown key %q", key)
+		if len(strict.Errors) > 1 {
+			msg += fmt.Sprintf(" (and %d more)", len(strict.Errors)-1)
+		}
+		return &FileError{Path: path, Line: row, Col: col, Msg: msg}
+	}
+	var de *toml.DecodeError
+	if errors.As(err, &de) {
+		row, col := de.Position()
+		msg := strings.TrimPrefix(de.Error(), "toml: ")
+		if k, ok := KeyByName(strings.Join(de.Key(), ".")); ok && strings.HasPrefix(msg, "cannot decode TOML") {
+			// The library names Go types; say what the key takes instead.
+			got := strings.Fields(strings.TrimPrefix(msg, "cannot decode TOML "))
+			msg = fmt.Sprintf("%s takes %s, not a TOML %s", k.Name, kindWords[k.Kind], got[0])
+		}
+		return &FileError{Path: path, Line: row, Col: col, Msg: msg,
+			hint: "lists are written with brackets: with = [\"python3\"]; switches are true or false"}
+	}
+	return &FileError{Path: path, Msg: strings.TrimPrefix(err.Error(), "toml: ")}
+}
+
+var kindWords = map[Kind]string{
+	Bool:   "true or false",
+	String: "a quoted string",
+	List:   `a list of strings (["a", "b"])`,
+}
+
+// lineOf finds where a top-level key is written, for messages about its
+// value (the TOML library reports positions only for its own errors).
+func lineOf(content []byte, key string) int {
+	for i, line := range strings.Split(string(content), "\n") {
+		t := strings.TrimSpace(line)
+		for _, spelled := range []string{key, `"` + key + `"`, "'" + key + "'"} {
+			if rest, ok := strings.CutPrefix(t, spelled); ok && strings.HasPrefix(strings.TrimSpace(rest), "=") {
+				return i + 1
+			}
+		}
+	}
+	return 0
+}

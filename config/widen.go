@@ -1,0 +1,102 @@
+package config
+
+import (
+	"fmt"
+	"slices"
+	"sort"
+	"strings"
+)
+
+// Widening is one project setting that gives the sandbox more access than
+// the user's own choice (their file, else the built-in default).
+type Widening struct {
+	Setting Setting
+	Why     string
+}
+
+func (w Widening) String() string {
+	if w.Setting.Line > 0 {
+		return fmt.Sprintf("line %d: %s = %s: %s", w.Setting.Line, w.Setting.Key.Name, w.Setting.Value(), w.Why)
+	}
+	return fmt.Sprintf("%s = %s: %s", w.Setting.Key.Name, w.Setting.Value(), w.Why)
+}
+
+// Defaults gives the built-in value of a Bool key (what its flag means
+// when nobody sets it); ok is false for a key without one.
+type Defaults func(key string) (value bool, ok bool)
+
+// Widenings lists what the project file widens. Adding packages, choosing
+// a backend or accelerator, and narrowing (network off, fewer host mounts,
+// a read-only .git) never do; passing host variables or tokens in, opening
+// what the user keeps closed, extra NixOS modules (code run as root in the
+// guest) and a different nixpkgs (the code every package is built from) do.
+func Widenings(project, user *File, defaults Defaults) []Widening {
+	if project == nil {
+		return nil
+	}
+	var out []Widening
+	for _, s := range project.Settings {
+		base, haveBase := user.Get(s.Key.Name)
+		switch {
+		case s.Key.Kind == Bool && s.Key.Grants != nil:
+			grants := *s.Key.Grants
+			if s.Bool != grants {
+				continue
+			}
+			baseValue, known := base.Bool, haveBase
+			if !known && defaults != nil {
+				baseValue, known = defaults(s.Key.Name)
+			}
+			if known && baseValue == grants {
+				continue
+			}
+			out = append(out, Widening{s, boolWhy(s.Key.Name)})
+		case s.Key.AlwaysWidens && s.Key.Kind == List:
+			var extra []string
+			for _, v := range s.List {
+				if !slices.Contains(base.List, v) {
+					extra = append(extra, v)
+				}
+			}
+			if len(extra) == 0 {
+				continue
+			}
+			out = append(out, Widening{s, listWhy(s.Key.Name, extra)})
+		case s.Key.AlwaysWidens && s.Key.Kind == String:
+			if haveBase && base.Str == s.Str {
+				continue
+			}
+			out = append(out, Widening{s, fmt.Sprintf("builds the sandbox from nixpkgs %q instead of your choice: every package comes from its code", s.Str)})
+		}
+	}
+	sort.SliceStable(out, func(i, j int) bool { return out[i].Setting.Line < out[j].Setting.Line })
+	return out
+}
+
+func boolWhy(key string) string {
+	switch key {
+	case "network":
+		return "turns the network on, which your settings keep off"
+	case "nix-daemon":
+		return "forwards the Nix daemon socket, which your settings keep out"
+	case "desktop":
+		return "forwards display, audio, D-Bus, keyring and GPU, which your settings keep out"
+	case "protect-git":
+		return "lets the sandbox rewrite .git/config and .git/hooks (code git runs on the host)"
+	case "gh-token":
+		return "passes GH_TOKEN and GITHUB_TOKEN into the sandbox"
+	case "sudo":
+		return "re-runs claude-sandbox through sudo, as root"
+	}
+	return "gives the sandbox more access"
+}
+
+func listWhy(key string, extra []string) string {
+	switch key {
+	case "env":
+		return "passes host environment variables in: " + strings.Join(extra, ", ")
+	case "modules":
+		return "adds NixOS modules, code run as root in the container or VM: " + strings.Join(extra, ", ")
+	}
+	return "adds " + strings.Join(extra, ", ")
+}

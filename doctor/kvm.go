@@ -1,0 +1,273 @@
+package doctor
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"sort"
+	"strings"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// kvmDevice is a variable so tests can point it elsewhere.
+var kvmDevice = "/dev/kvm"
+
+// kernelLine is a kernel log line ("[    0.000000] Linux version …"): the
+// proof that a guest really runs. Nested KVM can accept the VM and then
+// fail on the first privileged MSR, or spin without ever printing.
+var kernelLine = regexp.MustCompile(`\[\s*\d+\.\d{6}\]`)
+
+func qemuArch(system string) string {
+	arch, _, _ := strings.Cut(system, "-")
+	return arch
+}
+
+// findQEMU prefers the QEMU of a cached vm closure (what a launch runs).
+func findQEMU(env *Env) (path, from string) {
+	if m, _ := cachedManifest(env, "vm"); m != nil && m.VM != nil && m.VM.QEMU != "" {
+		return m.VM.QEMU, "the cached vm sandbox's"
+	}
+	if p, err := exec.LookPath("qemu-system-" + qemuArch(env.System)); err == nil {
+		return p, "the host's"
+	}
+	return "", ""
+}
+
+// findKernel prefers the guest kernel of a cached vm closure, else the
+// host's own (any Linux kernel proves whether a guest makes progress).
+func findKernel(env *Env) (path, from string) {
+	if m, _ := cachedManifest(env, "vm"); m != nil && m.VM != nil && m.VM.Kernel != "" {
+		return m.VM.Kernel, "the cached vm sandbox's kernel"
+	}
+	var uts unix.Utsname
+	if unix.Uname(&uts) == nil {
+		p := "/boot/vmlinuz-" + unix.ByteSliceToString(uts.Release[:])
+		if readable(p) {
+			return p, "the host's kernel"
+		}
+	}
+	matches, _ := filepath.Glob("/boot/vmlinuz-*")
+	sort.Sort(sort.Reverse(sort.StringSlice(matches)))
+	for _, p := range matches {
+		if readable(p) {
+			return p, "a host kernel"
+		}
+	}
+	return "", ""
+}
+
+func readable(p string) bool {
+	f, err := os.Open(p)
+	if err != nil {
+		return false
+	}
+	f.Close()
+	return true
+}
+
+func checkKVM(ctx context.Context, env *Env) Check {
+	c := Check{ID: "kvm", Title: "KVM"}
+	if _, err := os.Stat(kvmDevice); err != nil {
+		c.Status = Warn
+		c.Detail = "no " + kvmDevice + ": the vm backend emulates the CPU (TCG), several times slower"
+		c.Fix = "enable virtualisation in the firmware and load kvm_intel or kvm_amd; in a VM, enable nested virtualisation"
+		return c
+	}
+	f, err := os.OpenFile(kvmDevice, os.O_RDWR|unix.O_CLOEXEC, 0)
+	if err != nil {
+		c.Status = Fail
+		c.Detail = fmt.Sprintf("%s exists but cannot be opened: %v", kvmDevice, rootCause(err))
+		c.Fix = "join the kvm group (sudo usermod -aG kvm $USER, then log in again); until then the vm backend needs --accel tcg"
+		if !errors.Is(err, os.ErrPermission) {
+			c.Fix = "check that the kvm module is loaded; until then use --accel tcg"
+		}
+		return c
+	}
+	f.Close()
+	qemu, _ := findQEMU(env)
+	kernel, kernelFrom := findKernel(env)
+	if qemu == "" || kernel == "" {
+		what := "QEMU"
+		if qemu != "" {
+			what = "a kernel to boot"
+		}
+		c.Status = Warn
+		c.Detail = fmt.Sprintf("%s opens, but whether a guest makes progress was not tried (no %s)", kvmDevice, what)
+		c.Fix = "build the vm backend once (claude-sandbox build --backend vm), then run doctor again"
+		return c
+	}
+	took, err := bootProbe(ctx, env, qemu, kernel, env.KVMTimeout)
+	if err != nil {
+		c.Status = Fail
+		c.Detail = fmt.Sprintf("%s opens, but a guest makes no progress under KVM: %v; the vm backend needs --accel tcg here", kvmDevice, err)
+		c.Fix = `use --accel tcg (or accel = "tcg" in ~/.config/claude-sandbox/config.toml); under nested virtualisation, enable nested KVM on the outer host`
+		return c
+	}
+	c.Status = OK
+	c.Detail = fmt.Sprintf("a guest boots under KVM (%s printed its first line after %.1f s)", kernelFrom, took.Seconds())
+	return c
+}
+
+// bootProbe boots kernel under KVM with the CPU model the vm backend uses
+// and waits for its first log line on the serial console.
+func bootProbe(ctx context.Context, env *Env, qemu, kernel string, timeout time.Duration) (time.Duration, error) {
+	machine, console := "q35", "ttyS0"
+	if qemuArch(env.System) == "aarch64" {
+		machine, console = "virt", "ttyAMA0"
+	}
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, qemu,
+		"-machine", machine+",accel=kvm", "-cpu", "host", "-m", "256", "-smp", "1",
+		"-nodefaults", "-no-user-config", "-display", "none", "-monitor", "none", "-nic", "none",
+		"-serial", "stdio", "-no-reboot",
+		"-kernel", kernel, "-append", "console="+console+" earlyprintk="+console+" panic=-1")
+	cmd.Env = []string{"PATH=/usr/bin:/bin", "LC_ALL=C"}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	cmd.WaitDelay = 2 * time.Second
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	progress := make(chan time.Duration, 1)
+	start := time.Now()
+	cmd.Stdout = &lineWatcher{match: kernelLine, found: func() { progress <- time.Since(start) }}
+	if err := cmd.Start(); err != nil {
+		return 0, fmt.Errorf("starting QEMU: %w", err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	select {
+	case took := <-progress:
+		cancel()
+		<-exited
+		return took, nil
+	case err := <-exited:
+		select { // the line may have come just before QEMU exited
+		case took := <-progress:
+			return took, nil
+		default:
+		}
+		if ctx.Err() != nil {
+			return 0, fmt.Errorf("no kernel output within %s (the guest spins)", timeout)
+		}
+		msg := qemuError(stderr.String())
+		if msg == "" {
+			msg = fmt.Sprint(err)
+		}
+		return 0, fmt.Errorf("QEMU failed: %s", msg)
+	}
+}
+
+// lineWatcher calls found once, for the first output line matching match.
+// It is QEMU's stdout itself (not a pipe read by a goroutine), so Wait
+// returns only after every byte was seen.
+type lineWatcher struct {
+	match   *regexp.Regexp
+	found   func()
+	partial []byte
+	done    bool
+}
+
+func (w *lineWatcher) Write(p []byte) (int, error) {
+	if w.done {
+		return len(p), nil
+	}
+	w.partial = append(w.partial, p...)
+	for {
+		i := bytes.IndexByte(w.partial, '\n')
+		line := w.partial
+		if i >= 0 {
+			line = w.partial[:i]
+		}
+		if w.match.Match(line) {
+			w.done, w.partial = true, nil
+			w.found()
+			return len(p), nil
+		}
+		if i < 0 {
+			if len(w.partial) > 64<<10 { // no newline for this long: keep the tail
+				w.partial = w.partial[len(w.partial)-4096:]
+			}
+			return len(p), nil
+		}
+		w.partial = w.partial[i+1:]
+	}
+}
+
+// qemuError picks QEMU's own error line, skipping its warnings.
+func qemuError(stderr string) string {
+	var fallback string
+	for _, line := range strings.Split(stderr, "\n") {
+		line = strings.TrimSpace(line)
+		if line == "" {
+			continue
+		}
+		rest := line
+		if i := strings.Index(line, ": "); i > 0 && strings.HasPrefix(line, "qemu-system-") {
+			rest = line[i+2:]
+		}
+		if strings.HasPrefix(rest, "warning:") {
+			continue
+		}
+		if strings.HasPrefix(rest, "error: ") {
+			return strings.TrimPrefix(rest, "error: ")
+		}
+		if fallback == "" {
+			fallback = rest
+		}
+	}
+	return fallback
+}
+
+func checkQEMU(ctx context.Context, env *Env) Check {
+	c := Check{ID: "qemu", Title: "QEMU"}
+	p, from := findQEMU(env)
+	if p == "" {
+		c.Status = Warn
+		c.Detail = "qemu-system-" + qemuArch(env.System) + " not found: the vm backend uses the QEMU its closure brings from nixpkgs (qemu_kvm), or the host's"
+		c.Fix = "nothing to do with a real nixpkgs; otherwise install QEMU (Debian: apt-get install qemu-system-x86)"
+		return c
+	}
+	out, _, err := runProgram(ctx, 10*time.Second, nil, p, "--version")
+	if err != nil {
+		c.Status, c.NeededBy = Fail, []string{"vm"}
+		c.Detail = fmt.Sprintf("%s QEMU (%s) does not run: %v", from, p, err)
+		c.Fix = "reinstall QEMU, or rebuild the vm sandbox with --rebuild"
+		return c
+	}
+	c.Status = OK
+	c.Detail = fmt.Sprintf("%s (%s; TCG emulation works without KVM)", strings.SplitN(out, "\n", 2)[0], p)
+	return c
+}
+
+// virtiofsdPaths are where distributions put virtiofsd.
+var virtiofsdPaths = []string{"/usr/libexec/virtiofsd", "/usr/lib/qemu/virtiofsd", "/usr/lib/virtiofsd"}
+
+func checkVirtiofsd(_ context.Context, env *Env) Check {
+	c := Check{ID: "virtiofsd", Title: "virtiofsd"}
+	if m, _ := cachedManifest(env, "vm"); m != nil && m.VM != nil && m.VM.Virtiofsd != "" {
+		c.Status, c.Detail = OK, m.VM.Virtiofsd+" (the cached vm sandbox's)"
+		return c
+	}
+	if p, err := exec.LookPath("virtiofsd"); err == nil {
+		c.Status, c.Detail = OK, p
+		return c
+	}
+	for _, p := range virtiofsdPaths {
+		if st, err := os.Stat(p); err == nil && st.Mode()&0o111 != 0 {
+			c.Status, c.Detail = OK, p
+			return c
+		}
+	}
+	c.Status = Warn
+	c.Detail = "not found: the vm backend shares the project over 9p (--fs 9p), slower for many small files"
+	c.Fix = "install virtiofsd (Debian: apt-get install virtiofsd, or qemu-system-common on Debian 12) for --fs virtiofs"
+	return c
+}

@@ -1,0 +1,236 @@
+package launch
+
+import (
+	"bytes"
+	"debug/elf"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"os/user"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+
+	"github.com/claude-sandbox/claude-sandbox/manifest"
+)
+
+// What the container backend needs from the host, and who the container's
+// payload runs as.
+
+// NotRootError: the container backend needs root (systemd-nspawn does).
+type NotRootError struct {
+	Backend string
+	Reason  string // why --sudo could not help, when it was asked for
+}
+
+func (e *NotRootError) Error() string {
+	if e.Reason != "" {
+		return e.Reason
+	}
+	return fmt.Sprintf("the %s backend needs root: systemd-nspawn creates namespaces and mounts only root may", e.Backend)
+}
+func (e *NotRootError) Hint() string {
+	return "run it with sudo (sudo claude-sandbox --backend " + e.Backend + " …), or add --sudo to re-run it through sudo"
+}
+
+// ContainerHostError: this host cannot run the container backend (no
+// systemd-nspawn, or a claude-sandbox binary that cannot run inside).
+type ContainerHostError struct {
+	Reason string
+	Fix    string
+}
+
+func (e *ContainerHostError) Error() string { return "the container backend cannot start: " + e.Reason }
+func (e *ContainerHostError) Hint() string  { return e.Fix }
+
+// nspawnDirs are searched before $PATH: under sudo PATH is secure_path, but
+// a root shell's PATH is whatever the user set, and root must not run a
+// systemd-nspawn from a writable directory by accident.
+var nspawnDirs = []string{"/run/current-system/sw/bin", "/usr/bin", "/bin", "/usr/sbin", "/sbin"}
+
+// findNspawn returns the host's systemd-nspawn. The host's, not one from
+// nixpkgs: it registers the machine with the host's systemd-machined and
+// moves itself into a scope of the host's systemd, which a different
+// version need not speak to.
+func findNspawn() (string, error) {
+	for _, dir := range nspawnDirs {
+		p := filepath.Join(dir, "systemd-nspawn")
+		if st, err := os.Stat(p); err == nil && st.Mode().IsRegular() && st.Mode()&0o111 != 0 {
+			return p, nil
+		}
+	}
+	if p, err := exec.LookPath("systemd-nspawn"); err == nil {
+		return p, nil
+	}
+	return "", &ContainerHostError{
+		Reason: "systemd-nspawn is not installed",
+		Fix:    "install it (Debian/Ubuntu: apt install systemd-container; Fedora: dnf install systemd-container; NixOS has it), or use --backend bubblewrap",
+	}
+}
+
+// systemdRuns says whether systemd is the host's init (sd_booted(3): the
+// directory /run/systemd/system exists). Then nspawn registers the machine
+// with systemd-machined (machinectl lists it) in its own scope unit;
+// otherwise it must neither register nor ask for a scope.
+func systemdRuns() bool {
+	st, err := os.Stat("/run/systemd/system")
+	return err == nil && st.IsDir()
+}
+
+// selfExecutable is the claude-sandbox binary that becomes the container's
+// init. It runs inside, where only /nix/store is shared with the host, so it
+// must be static or linked against libraries in the store.
+func selfExecutable() (string, error) {
+	exe, err := os.Executable()
+	if err != nil {
+		return "", &ContainerHostError{Reason: "cannot find the claude-sandbox executable: " + err.Error(), Fix: "run claude-sandbox by its path"}
+	}
+	if real, err := filepath.EvalSymlinks(exe); err == nil {
+		exe = real
+	}
+	if strings.HasSuffix(exe, " (deleted)") {
+		return "", &ContainerHostError{Reason: "the running claude-sandbox binary was deleted or replaced", Fix: "run the new claude-sandbox again"}
+	}
+	f, err := elf.Open(exe)
+	if err != nil {
+		return "", &ContainerHostError{Reason: fmt.Sprintf("reading %s: %v", exe, err), Fix: "reinstall claude-sandbox"}
+	}
+	defer f.Close()
+	for _, p := range f.Progs {
+		if p.Type != elf.PT_INTERP {
+			continue
+		}
+		data, err := io.ReadAll(p.Open())
+		if err != nil {
+			return "", &ContainerHostError{Reason: fmt.Sprintf("reading %s: %v", exe, err), Fix: "reinstall claude-sandbox"}
+		}
+		interp := string(bytes.TrimRight(data, "\x00"))
+		if !strings.HasPrefix(interp, manifest.StoreDir+"/") {
+			return "", &ContainerHostError{
+				Reason: fmt.Sprintf("%s is linked against the host's C library (%s), which the container cannot see", exe, interp),
+				Fix:    "use the claude-sandbox from Nix, or build it static: CGO_ENABLED=0 go build ./cmd/claude-sandbox",
+			}
+		}
+	}
+	return exe, nil
+}
+
+// containerUser is who the payload runs as: the user who ran sudo, so that
+// files it creates in the project belong to them.
+type containerUser struct {
+	UID, GID int
+	Name     string
+	Home     string
+	Groups   []containerGroup // the primary group first
+}
+
+type containerGroup struct {
+	GID  int
+	Name string
+}
+
+var containerSafeName = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_.-]{0,31}$`)
+
+// invokingUser reads SUDO_UID/SUDO_GID/SUDO_USER when root was reached
+// through sudo, else takes the current user. The user database supplies the
+// home directory and supplementary groups; the payload gets them without
+// PAM, as setpriv --init-groups would.
+func invokingUser(rt *Runtime) (containerUser, error) {
+	u := containerUser{UID: os.Getuid(), GID: os.Getgid(), Name: rt.User, Home: rt.Home}
+	sudoUID, viaSudo := rt.lookupEnv("SUDO_UID")
+	if rt.euid() == 0 && viaSudo && sudoUID != "" {
+		uid, err := strconv.Atoi(sudoUID)
+		if err != nil || uid < 0 {
+			return u, fmt.Errorf("SUDO_UID=%q is not a user id", sudoUID)
+		}
+		u.UID = uid
+		u.Name, _ = rt.lookupEnv("SUDO_USER")
+		u.Home = ""
+		gid := -1
+		if s, ok := rt.lookupEnv("SUDO_GID"); ok {
+			if g, err := strconv.Atoi(s); err == nil && g >= 0 {
+				gid = g
+			}
+		}
+		if pw, err := user.LookupId(strconv.Itoa(uid)); err == nil {
+			if u.Name == "" {
+				u.Name = pw.Username
+			}
+			u.Home = pw.HomeDir
+			if gid < 0 {
+				gid, _ = strconv.Atoi(pw.Gid)
+			}
+		}
+		if gid < 0 {
+			gid = uid
+		}
+		u.GID = gid
+	}
+	if !containerSafeName.MatchString(u.Name) {
+		u.Name = "user"
+		if u.UID == 0 {
+			u.Name = "root"
+		}
+	}
+	if !filepath.IsAbs(u.Home) || filepath.Clean(u.Home) == "/" || strings.ContainsAny(u.Home, ":\n") {
+		u.Home = filepath.Join("/home", u.Name)
+		if u.UID == 0 {
+			u.Home = "/root"
+		}
+	}
+	u.Home = filepath.Clean(u.Home)
+	u.Groups = containerGroupsOf(u)
+	return u, nil
+}
+
+// containerGroupsOf lists the user's groups with names (for the container's
+// /etc/group), the primary one first.
+func containerGroupsOf(u containerUser) []containerGroup {
+	gids := []int{u.GID}
+	if pw, err := user.LookupId(strconv.Itoa(u.UID)); err == nil {
+		if ids, err := pw.GroupIds(); err == nil {
+			for _, s := range ids {
+				if g, err := strconv.Atoi(s); err == nil && g != u.GID {
+					gids = append(gids, g)
+				}
+			}
+		}
+	}
+	out := make([]containerGroup, 0, len(gids))
+	for _, gid := range gids {
+		name := ""
+		if g, err := user.LookupGroupId(strconv.Itoa(gid)); err == nil {
+			name = g.Name
+		}
+		if !containerSafeName.MatchString(name) {
+			name = "g" + strconv.Itoa(gid)
+		}
+		if gid == u.GID && gid == u.UID && name == "g"+strconv.Itoa(gid) {
+			name = u.Name
+		}
+		out = append(out, containerGroup{GID: gid, Name: name})
+	}
+	return out
+}
+
+// containerEnvDenied are variables that change how systemd-nspawn or the
+// dynamic loader behaves when set in the environment nspawn runs with (the
+// payload's variables cross that way, never on its command line), so they
+// cannot be let in with --env.
+func containerEnvDenied(name string) bool {
+	for _, p := range []string{"LD_", "SYSTEMD_", "LISTEN_", "GCONV_", "MALLOC_"} {
+		if strings.HasPrefix(name, p) {
+			return true
+		}
+	}
+	switch name {
+	case "NOTIFY_SOCKET", "LOCPATH", "NLSPATH", "HOSTALIASES", "TMPDIR", "container", "container_uuid":
+		return true
+	}
+	return false
+}
+
+var errNoContainerProcess = errors.New("the container has no running init")

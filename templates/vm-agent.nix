@@ -1,0 +1,198 @@
+# The vm guest's agent (see vm.nix), run as root by two systemd services:
+#
+#   agent run     on ttyS0: makes the host user, mounts the project at its
+#                 host path and the home entries, runs the command as that
+#                 user, and reports its exit status;
+#   agent enter   on ttyS1: waits for a request from `claude-sandbox enter`
+#                 and runs a shell (or the requested command) the same way.
+#
+# Everything it is told comes from the read-only metadata share as
+# NUL-separated data (launch/vm_meta.go) and is only ever used as data:
+# arguments of exec, values of variables, lines of /etc/passwd after the
+# launcher checked them. Its markers frame the command's output for the
+# launcher: ESC _ claude-sandbox:<nonce>:<tag> ESC \ (launch/vm_console.go).
+{ pkgs, mnt }:
+let
+  inherit (pkgs) lib;
+  # The system's own programs come last: mount is util-linux's on NixOS.
+  path = lib.makeBinPath [ pkgs.coreutils pkgs.util-linux ] + ":/run/current-system/sw/bin:/bin";
+in
+pkgs.writeScript "claude-sandbox-agent" ''
+  #!${pkgs.bash}/bin/bash
+  set -u
+  export PATH=${path}
+  mnt=${mnt}
+  meta=$mnt/meta
+  setpriv=${pkgs.util-linux}/bin/setpriv
+  usrBinEnv=${pkgs.coreutils}/bin/env
+  loader=${pkgs.nix-ld}/libexec/nix-ld
+
+  say() { printf 'claude-sandbox-agent: %s\n' "$*" >&2; }
+  die() { say "$*"; exit 1; }
+
+  [ -r "$meta/run" ] || die "no metadata share at $meta"
+  declare -A run=()
+  while IFS= read -r -d "" kv; do run[''${kv%%=*}]=''${kv#*=}; done < "$meta/run"
+  nonce=''${run[nonce]:-}
+  [ -n "$nonce" ] || die "metadata without a nonce"
+  uid=''${run[uid]} gid=''${run[gid]} home=''${run[home]} project=''${run[project]}
+  user=''${run[user]}
+  case $uid$gid in *[!0-9]*) die "bad uid or gid" ;; esac
+
+  envs=()
+  while IFS= read -r -d "" kv; do envs+=("$kv"); done < "$meta/env"
+
+  marker() { printf '\033_claude-sandbox:%s:%s\033\\' "$nonce" "$1"; }
+
+  # The passwd entry of uid, if any: its name wins (a name the host user
+  # shares with a guest system account must not take that account over).
+  passwd_name() {
+    local name _x id
+    while IFS=: read -r name _x id _x; do
+      if [ "$id" = "$1" ]; then printf '%s' "$name"; return 0; fi
+    done < /etc/passwd
+    return 1
+  }
+  name_taken() {
+    local name _x
+    while IFS=: read -r name _x; do [ "$name" = "$1" ] && return 0; done < /etc/passwd
+    return 1
+  }
+  gid_taken() {
+    local name _x id
+    while IFS=: read -r name _x id _x; do [ "$id" = "$1" ] && return 0; done < /etc/group
+    return 1
+  }
+
+  # bind SHARE TARGET: a share the host has, at a path in the home.
+  bind() {
+    [ "''${run[has-$1]:-false}" = true ] || return 0
+    mkdir -p "$2" && mount --bind "$mnt/$1" "$2" || die "cannot mount $1 at $2"
+  }
+
+  setup() {
+    if [ "$uid" != 0 ]; then
+      if existing=$(passwd_name "$uid"); then
+        user=$existing
+      else
+        name_taken "$user" && user=claude-sandbox-$uid
+        gid_taken "$gid" || printf '%s:x:%s:\n' "$user" "$gid" >> /etc/group
+        printf '%s:x:%s:%s:claude-sandbox:%s:/bin/sh\n' "$user" "$uid" "$gid" "$home" >> /etc/passwd
+      fi
+    fi
+    mkdir -p "$home"
+    bind claude "$home/.claude"
+    bind ssh "$home/.ssh"
+    bind git "$home/.config/git"
+    bind gh "$home/.config/gh"
+    # ~/.local persists per project, in the host's state directory.
+    mkdir -p "$mnt/state/local" "$home/.local" && mount --bind "$mnt/state/local" "$home/.local" \
+      || die "cannot mount the persistent ~/.local"
+    # Copies, never binds: Claude Code rewrites ~/.claude.json by rename.
+    [ -f "$meta/claude.json" ] && cp "$meta/claude.json" "$home/.claude.json"
+    [ -f "$meta/gitconfig" ] && cp "$meta/gitconfig" "$home/.gitconfig"
+    chown "$uid:$gid" "$home" "$home/.config" "$home/.claude.json" "$home/.gitconfig" 2>/dev/null
+    chmod 700 "$home"
+
+    mkdir -p "$project" || die "cannot create $project"
+    if [ "''${run[fs]:-9p}" = virtiofs ]; then
+      mount -t virtiofs "''${run[vfsTag]}" "$project" || die "cannot mount the project over virtiofs"
+    else
+      mount --bind "$mnt/project" "$project" || die "cannot mount the project"
+    fi
+
+    # What shebangs and prebuilt binaries expect (environment.usrbinenv,
+    # environment.ldso on NixOS).
+    [ -e /bin/sh ] || { mkdir -p /bin && ln -s "''${run[shell]}" /bin/sh; }
+    [ -e /bin/bash ] || { mkdir -p /bin && ln -s "''${run[shell]}" /bin/bash; }
+    [ -e /usr/bin/env ] || { mkdir -p /usr/bin && ln -s "$usrBinEnv" /usr/bin/env; }
+    [ -e /lib64/ld-linux-x86-64.so.2 ] || { mkdir -p /lib64 && ln -s "$loader" /lib64/ld-linux-x86-64.so.2; }
+  }
+
+  # terminal TTY OUTTTY ROWS COLS: the guest terminal as the host's is. A
+  # pipe on the host gets no echo and no CR before each LF.
+  terminal() {
+    if [ "$1" = true ]; then
+      stty sane
+    else
+      stty -echo -onlcr
+    fi
+    [ "$2" = true ] || stty -onlcr
+    case $3$4 in *[!0-9]*|"") ;; *) [ "$3" -gt 0 ] && stty rows "$3" cols "$4" ;; esac
+  }
+
+  # supervised ARGV...: runs the command as the user, in the project, with
+  # exactly the sandbox's environment, and returns its status. The command
+  # shares the agent's process group, the terminal's foreground one: Ctrl-C
+  # reaches both, and the agent's traps (handlers, which the command does
+  # not inherit, unlike ignored signals) keep it alive through that and
+  # through a graceful power-down's SIGTERM, so the status is still
+  # reported. Bash's own notices about the command ("Terminated") go to
+  # /dev/null; the command gets the terminal as its stderr.
+  supervised() {
+    local status
+    trap ':' TERM HUP INT QUIT
+    exec 3>&2 2>/dev/null
+    (
+      exec 2>&3 3>&-
+      cd "$project" 2>/dev/null || cd "$home" 2>/dev/null || cd /
+      for v in $(compgen -e); do unset "$v" 2>/dev/null; done
+      for kv in "''${envs[@]}"; do export "$kv" 2>/dev/null; done
+      if [ "$uid" = 0 ]; then exec "$@"; fi
+      exec "$setpriv" --reuid="$uid" --regid="$gid" --init-groups -- "$@"
+    )
+    status=$?
+    exec 2>&3 3>&-
+    return "$status"
+  }
+
+  case "''${1:-}" in
+  run)
+    setup
+    [ "$uid" = 0 ] || chown "$uid" "$(tty)" 2>/dev/null
+    mkdir -p -m 0700 /run/claude-sandbox && : > /run/claude-sandbox/ready
+    terminal "''${run[tty]}" "''${run[outTty]}" "''${run[rows]}" "''${run[cols]}"
+    # From now on the console is the command's: only emergencies from the kernel.
+    echo 1 > /proc/sys/kernel/printk
+    argv=()
+    while IFS= read -r -d "" a; do argv+=("$a"); done < "$meta/argv"
+    [ ''${#argv[@]} -gt 0 ] || die "no command"
+    marker up
+    supervised "''${argv[@]}"
+    status=$?
+    marker "exit=$status"
+    exit 0
+    ;;
+  enter)
+    stty -echo
+    until [ -e /run/claude-sandbox/ready ]; do sleep 0.2; done
+    # One request line from the launcher; anything else on the line is
+    # input left over from an earlier session.
+    while IFS= read -r line; do
+      set -f
+      set -- $line
+      set +f
+      [ "''${1:-}" = claude-sandbox-enter ] && [ $# -eq 6 ] && break
+    done
+    [ "''${1:-}" = claude-sandbox-enter ] || exit 0
+    rows=$2 cols=$3 tty=$4 outtty=$5 b64=$6
+    [ "$uid" = 0 ] || chown "$uid" "$(tty)" 2>/dev/null
+    terminal "$tty" "$outtty" "$rows" "$cols"
+    argv=()
+    if [ "$b64" = - ]; then
+      argv=("''${run[shell]}" -l)
+    else
+      while IFS= read -r -d "" a; do argv+=("$a"); done < <(printf '%s' "$b64" | base64 -d)
+    fi
+    [ ''${#argv[@]} -gt 0 ] || argv=("''${run[shell]}" -l)
+    marker enter
+    supervised "''${argv[@]}"
+    status=$?
+    marker "exit=$status"
+    exit 0
+    ;;
+  *)
+    die "usage: $0 run|enter"
+    ;;
+  esac
+''

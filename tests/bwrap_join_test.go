@@ -1,0 +1,172 @@
+package tests
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/claude-sandbox/claude-sandbox/internal/testenv"
+)
+
+// firstSandbox starts a long-running sandbox for p whose $HOME (a tmpfs of
+// that sandbox alone) holds a mark, and waits until it runs.
+func firstSandbox(t *testing.T, o runOpts, p string, flags ...string) *background {
+	t.Helper()
+	args := append([]string{"exec"}, flags...)
+	args = append(args, p, "--", "bash", "-c", `echo in-first > "$HOME/mark"; touch "$0/started"; exec sleep 300`, p)
+	bg := startBackground(t, o, args...)
+	waitFor(t, bg, filepath.Join(p, "started"))
+	return bg
+}
+
+// One sandbox per project: a second launch, `enter` and `exec` join the
+// running one (its mounts, its environment, a working directory), `ps`
+// lists it, `--new` and other settings start a separate one, `stop` ends it.
+func TestBwrapOneSandboxPerProject(t *testing.T) {
+	requireSandboxHost(t)
+	buildJSON(t, runOpts{})
+	p := project(t)
+	first := firstSandbox(t, runOpts{env: []string{"PROBE_FIRST=first-env-value"}}, p, "--env", "PROBE_FIRST")
+
+	entries := ps(t, runOpts{})
+	var mine []psEntry
+	for _, e := range entries {
+		if e.Project == p {
+			mine = append(mine, e)
+		}
+	}
+	if len(mine) != 1 || mine[0].Backend != "bubblewrap" || mine[0].PID != first.cmd.Process.Pid || !strings.HasPrefix(mine[0].Closure, "/nix/store/") {
+		t.Fatalf("ps --json: %+v (first sandbox pid %d)", entries, first.cmd.Process.Pid)
+	}
+	if r := run(t, runOpts{}, "ps"); !strings.Contains(r.stdout, p) || !strings.Contains(r.stdout, "bubblewrap") {
+		t.Errorf("ps: %s", r)
+	}
+
+	// A second launch with the same settings joins; its own environment
+	// lacks PROBE_FIRST, the joined process has the sandbox's.
+	probe := fmt.Sprintf(`cat ~/mark; echo "env=$PROBE_FIRST"; python3 -c 'import os; print("cwd=" + os.getcwd())'
+tr '\0' ' ' < /proc/1/cmdline; echo; kill -0 %d 2>/dev/null && echo SIGNALLED-HOST; exit 3`, os.Getpid())
+	r := run(t, runOpts{}, "exec", "--env", "PROBE_FIRST", p, "--", "bash", "-c", probe)
+	if r.code != 3 {
+		t.Fatalf("joined exec: want its exit status 3: %s", r)
+	}
+	for _, want := range []string{"in-first", "env=first-env-value", "cwd=" + p, "bwrap"} {
+		if !strings.Contains(r.stdout, want) {
+			t.Errorf("joined exec: missing %q:\n%s", want, r)
+		}
+	}
+	if strings.Contains(r.stdout, "SIGNALLED-HOST") {
+		t.Error("a joined process can signal a host process")
+	}
+
+	// enter: a command, and a login shell reading stdin; through a symlink
+	// to the project too.
+	link := filepath.Join(filepath.Dir(p), "link")
+	os.Symlink(p, link)
+	r = run(t, runOpts{}, "enter", link, "--", "cat", filepath.Join("/proc/self/cwd", "started"))
+	if r.code != 0 {
+		t.Errorf("enter with a command: %s", r)
+	}
+	r = run(t, runOpts{stdin: "cat ~/mark; echo sandbox=$CLAUDE_SANDBOX; pwd; exit 5\n"}, "enter", p)
+	if r.code != 5 || !strings.Contains(r.stdout, "in-first") || !strings.Contains(r.stdout, "sandbox=1") || !strings.Contains(r.stdout, p) {
+		t.Errorf("enter (shell): %s", r)
+	}
+
+	// --new, and other settings, start separate sandboxes.
+	noMark := `cat ~/mark 2>/dev/null || echo no-mark`
+	if r = run(t, runOpts{}, "exec", "--new", "--env", "PROBE_FIRST", p, "--", "bash", "-c", noMark); !strings.Contains(r.stdout, "no-mark") {
+		t.Errorf("--new joined the running sandbox: %s", r)
+	}
+	if r = run(t, runOpts{}, "exec", "--no-network", "--env", "PROBE_FIRST", p, "--", "bash", "-c", noMark); !strings.Contains(r.stdout, "no-mark") {
+		t.Errorf("a launch with --no-network joined a sandbox with the network on: %s", r)
+	}
+
+	// stop ends it; ps forgets it; a second stop says nothing runs.
+	if r = run(t, runOpts{}, "stop", p); r.code != 0 || !strings.Contains(r.stdout, "stopped") {
+		t.Fatalf("stop: %s", r)
+	}
+	first.wait(t, 15*time.Second)
+	for _, e := range ps(t, runOpts{}) {
+		if e.Project == p {
+			t.Errorf("ps still lists the stopped sandbox: %+v", e)
+		}
+	}
+	if r = run(t, runOpts{}, "stop", p); r.code == 0 || !strings.Contains(r.stderr, "no sandbox is running") || !strings.Contains(r.stderr, "hint:") {
+		t.Errorf("stop with nothing running: %s", r)
+	}
+	if r = run(t, runOpts{}, "enter", p); r.code == 0 || !strings.Contains(r.stderr, "no sandbox is running") {
+		t.Errorf("enter with nothing running: %s", r)
+	}
+}
+
+// A sandbox killed with SIGKILL leaves its registry entry behind; the next
+// launch notices the process is gone, drops the entry and starts afresh.
+func TestBwrapKilledSandboxIsCleanedUp(t *testing.T) {
+	requireSandboxHost(t)
+	buildJSON(t, runOpts{})
+	p := project(t)
+	first := firstSandbox(t, runOpts{}, p)
+	records := filepath.Join(stateDir(sharedDirs(), p), "sandboxes")
+	if entries, _ := os.ReadDir(records); len(entries) != 1 {
+		t.Fatalf("want one registry entry while it runs: %v", entries)
+	}
+	first.cmd.Process.Signal(syscall.SIGKILL)
+	first.wait(t, 10*time.Second)
+
+	r := sh(t, runOpts{}, p, `cat ~/mark 2>/dev/null || echo fresh-sandbox`)
+	if r.code != 0 || !strings.Contains(r.stdout, "fresh-sandbox") {
+		t.Fatalf("after SIGKILL the next launch did not start afresh: %s", r)
+	}
+	for _, e := range ps(t, runOpts{}) {
+		if e.Project == p {
+			t.Errorf("ps lists the killed sandbox: %+v", e)
+		}
+	}
+	if entries, _ := os.ReadDir(records); len(entries) != 0 {
+		var names []string
+		for _, e := range entries {
+			names = append(names, e.Name())
+		}
+		t.Errorf("stale registry entries left: %v", names)
+	}
+}
+
+// --tmux: the tmux server's socket is in the project state directory, so a
+// tmux on the host reaches the session inside; Claude Code gets the
+// sandbox notice either way.
+func TestBwrapTmuxSocketAndNotice(t *testing.T) {
+	requireSandboxHost(t)
+	testenv.RequireProgram(t, "tmux")
+	buildJSON(t, runOpts{})
+	p := project(t)
+
+	r := run(t, runOpts{}, "--tmux", "--dry-run", p, "--", "--model", "x")
+	var inv struct{ Args []string }
+	if r.code != 0 || json.Unmarshal([]byte(r.stdout), &inv) != nil {
+		t.Fatalf("--tmux --dry-run: %s", r)
+	}
+	cmd := strings.Join(inv.Args[len(inv.Args)-14:], " ")
+	if !strings.Contains(cmd, "tmux -S /run/claude-sandbox/tmux/socket new-session -A -s claude -- ") ||
+		!strings.Contains(cmd, "/bin/claude --append-system-prompt") || !strings.HasSuffix(cmd, "--model x") {
+		t.Errorf("--tmux command: %q", cmd)
+	}
+	notice := inv.Args[len(inv.Args)-3]
+	if !strings.Contains(notice, "claude-sandbox") || !strings.Contains(notice, p) {
+		t.Errorf("notice: %q", notice)
+	}
+
+	bg := startBackground(t, runOpts{}, "exec", p, "--", "bash", "-c",
+		`tmux -S /run/claude-sandbox/tmux/socket new-session -d -s probe "sleep 300" && touch "$0/started"; exec sleep 300`, p)
+	waitFor(t, bg, filepath.Join(p, "started"))
+	sock := filepath.Join(stateDir(sharedDirs(), p), "tmux", "socket")
+	out, err := exec.Command("tmux", "-S", sock, "list-sessions", "-F", "#{session_name}").CombinedOutput()
+	if err != nil || strings.TrimSpace(string(out)) != "probe" {
+		t.Fatalf("tmux on the host through %s: %v %s", sock, err, out)
+	}
+}
