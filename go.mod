@@ -1,6 +1,8 @@
 module github.com/claude-sandbox/claude-sandbox
 
-go 1.26.8
+go 1.26.0
+
+toolchain go1.26.8
 
 require (
 	github.com/digitalocean/go-qemu v0.0.0-20250212194115-ee9b0668d242

@@ -235,7 +235,7 @@ func (e *UntrustedError) Error() string {
 	if e.Earlier != nil {
 		state = "it changed since you approved it"
 	}
-	return fmt.Sprintf("%s widens the sandbox's access (%s) and %s, so it was not used",
+	return fmt.Sprintf("%s widens the sandbox's access (%s) and %s: nothing was started",
 		e.File.Path, strings.Join(keys, ", "), state)
 }
 

@@ -136,6 +136,18 @@ func Bubblewrap(m *manifest.Manifest, rt *Runtime) (inv *Invocation, err error) 
 		host := filepath.Join("/etc", name)
 		a = append(a, "--ro-bind-try", host, host)
 	}
+	// Who the user is: ssh, git and `id` ask getpwuid(). Synthesised with
+	// the user alone rather than the host's files, which list every account.
+	// machine-id: D-Bus clients read it.
+	passwd, group := identityFiles(rt)
+	for _, f := range []struct{ path, data string }{{"/etc/passwd", passwd}, {"/etc/group", group}} {
+		a = append(a, "--perms", "0644")
+		if err := addFile("--file", f.path, "", []byte(f.data), false); err != nil {
+			return nil, err
+		}
+		a = append(a, f.path)
+	}
+	a = append(a, "--ro-bind-try", "/etc/machine-id", "/etc/machine-id")
 	a = append(a,
 		"--ro-bind", m.NixLd.Loader, "/lib64/ld-linux-x86-64.so.2",
 		"--symlink", m.Shell, "/bin/sh",
@@ -193,6 +205,41 @@ func Bubblewrap(m *manifest.Manifest, rt *Runtime) (inv *Invocation, err error) 
 	inv.Args = a
 	inv.Env = mergeEnv(env, fwd.env, map[string]string{"PATH": strings.Join(append(append([]string{}, m.Path...), home(".local/bin")), ":")})
 	return inv, nil
+}
+
+// identityFiles returns /etc/passwd and /etc/group for the sandbox: root,
+// the user (same uid and gid as outside) and nobody.
+func identityFiles(rt *Runtime) (passwd, group string) {
+	uid, gid := os.Getuid(), os.Getgid()
+	groupName := rt.User
+	if data, err := os.ReadFile("/etc/group"); err == nil {
+		for _, line := range strings.Split(string(data), "\n") {
+			f := strings.Split(line, ":")
+			if len(f) >= 3 && f[2] == strconv.Itoa(gid) && f[0] != "" {
+				groupName = f[0]
+				break
+			}
+		}
+	}
+	clean := func(s string) string { // a field must not break the format
+		return strings.Map(func(r rune) rune {
+			if r == ':' || r == '\n' {
+				return '_'
+			}
+			return r
+		}, s)
+	}
+	passwd = "root:x:0:0:root:/root:/bin/bash\n"
+	group = "root:x:0:\n"
+	if uid != 0 {
+		passwd += fmt.Sprintf("%s:x:%d:%d::%s:/bin/bash\n", clean(rt.User), uid, gid, clean(rt.Home))
+	}
+	if gid != 0 {
+		group += fmt.Sprintf("%s:x:%d:\n", clean(groupName), gid)
+	}
+	passwd += "nobody:x:65534:65534:nobody:/nonexistent:/bin/false\n"
+	group += "nogroup:x:65534:\n"
+	return passwd, group
 }
 
 // prepareProjectState creates the state directory's subdirectories the sandbox

@@ -37,6 +37,24 @@ func (e *NotRunningError) Hint() string {
 	return "start one with `claude-sandbox PROJECT`; `claude-sandbox ps` lists the running ones"
 }
 
+// EndedBeforeJoin says whether a join failed only because the sandbox
+// ended before the command could enter it: a new one may be started.
+func EndedBeforeJoin(err error) bool {
+	var nr *NotRunningError
+	var ee *EnterError
+	switch {
+	case errors.As(err, &nr):
+		return true
+	case errors.As(err, &ee) && ee.Step == stepNameFork:
+		// The kernel refuses new members of a pid namespace whose init
+		// has exited with ENOMEM.
+		return errors.Is(ee.Err, unix.ENOMEM)
+	case errors.As(err, &ee) && ee.Step != stepNameExec:
+		return errors.Is(ee.Err, os.ErrNotExist) || errors.Is(ee.Err, unix.ESRCH)
+	}
+	return false
+}
+
 // children reads the direct children of a process.
 func bwrapChildren(pid int) []int {
 	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/children", pid, pid))
@@ -196,6 +214,10 @@ func enterBubblewrap(ctx context.Context, rec *Record, rt *Runtime) error {
 				_ = unix.Kill(e.pid, sig.(syscall.Signal))
 			}
 		case ws := <-done:
+			if ws.Signaled() && ws.Signal() == unix.SIGKILL && !rec.Alive() {
+				// Everything in a sandbox ends with its first program.
+				fmt.Fprintf(os.Stderr, "claude-sandbox: the sandbox this joined has ended (the program of the launch that started it exited)\n")
+			}
 			switch {
 			case ws.Exited() && ws.ExitStatus() == 0:
 				return nil

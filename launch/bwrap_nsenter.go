@@ -78,6 +78,9 @@ const (
 	stepFork       = 103
 	stepExec       = 104
 	msgForked      = 200
+
+	stepNameExec = "starting the command"
+	stepNameFork = "forking into its pid namespace"
 )
 
 // forkEnter forks the intermediate child. In the children it runs without
@@ -176,7 +179,7 @@ func (e *EnterError) Error() string {
 }
 func (e *EnterError) Unwrap() error { return e.Err }
 func (e *EnterError) Hint() string {
-	if errors.Is(e.Err, syscall.ENOENT) && e.Step == "starting the command" {
+	if errors.Is(e.Err, syscall.ENOENT) && e.Step == stepNameExec {
 		return "the command is not installed in that sandbox (add it with --with when starting one)"
 	}
 	return "the sandbox may have just ended (see claude-sandbox ps); --new starts a separate one"
@@ -193,7 +196,7 @@ type entered struct {
 // (else home, else /). path is the sandbox's PATH, searched as execvp does.
 func startInNamespaces(target int, argv, env []string, path string, cwd, home string, prog []unix.SockFilter) (*entered, error) {
 	if len(argv) == 0 {
-		return nil, &EnterError{Step: "starting the command", Err: errors.New("no command")}
+		return nil, &EnterError{Step: stepNameExec, Err: errors.New("no command")}
 	}
 	j := &nsEnter{}
 	var files []*os.File
@@ -363,9 +366,9 @@ func startInNamespaces(target int, argv, env []string, path string, cwd, home st
 		case a == stepChdir:
 			failure = &EnterError{Step: "changing directory", Err: syscall.Errno(b)}
 		case a == stepFork:
-			failure = &EnterError{Step: "fork", Err: syscall.Errno(b)}
+			failure = &EnterError{Step: stepNameFork, Err: syscall.Errno(b)}
 		case a == stepExec:
-			failure = &EnterError{Step: "starting the command", Err: fmt.Errorf("%s: %w", argv[0], syscall.Errno(b))}
+			failure = &EnterError{Step: stepNameExec, Err: fmt.Errorf("%s: %w", argv[0], syscall.Errno(b))}
 		}
 	}
 	if failure != nil {

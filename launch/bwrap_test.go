@@ -208,8 +208,12 @@ func TestBubblewrapFullSandbox(t *testing.T) {
 			t.Fatal("the ~/.claude.json content is on the command line")
 		}
 	}
-	if len(inv.Files) != 2 || inv.Files[1].Data != nil || inv.Files[1].Source != filepath.Join(home, ".claude.json") {
+	// seccomp filter, /etc/passwd, /etc/group, ~/.claude.json
+	if len(inv.Files) != 4 || inv.Files[3].Data != nil || inv.Files[3].Source != filepath.Join(home, ".claude.json") {
 		t.Fatalf("files: %+v", inv.Files)
+	}
+	if !strings.Contains(string(inv.Files[1].Data), ":x:0:0:root:") || !strings.Contains(string(inv.Files[2].Data), "root:x:0:") {
+		t.Errorf("passwd/group: %q %q", inv.Files[1].Data, inv.Files[2].Data)
 	}
 	// Portable: descriptors renumbered 3, 4 and the arguments with them.
 	p := inv.Portable()

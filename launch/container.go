@@ -62,12 +62,14 @@ func fdIsTerminal(fd int) bool {
 	return err == nil
 }
 
+var notHostName = regexp.MustCompile(`[^a-z0-9]+`)
+
 // MachineName is the nspawn machine name of a container: what
 // `machinectl list` shows where systemd runs. A host name (letters, digits,
 // dashes), with the project's name in it to tell containers apart.
 func MachineName(project, id string) string {
 	base := strings.ToLower(filepath.Base(project))
-	base = regexp.MustCompile(`[^a-z0-9]+`).ReplaceAllString(base, "-")
+	base = notHostName.ReplaceAllString(base, "-")
 	base = strings.Trim(base, "-")
 	if len(base) > 24 {
 		base = strings.Trim(base[:24], "-")
@@ -99,7 +101,7 @@ func planContainer(m *manifest.Manifest, rt *Runtime) (*Invocation, error) {
 func containerInvocation(m *manifest.Manifest, rt *Runtime, h containerHost, id string) (*Invocation, string, error) {
 	for _, name := range rt.ExtraEnv {
 		if containerEnvDenied(name) {
-			return nil, "", &EnvNameError{Name: name}
+			return nil, "", &ContainerEnvError{Name: name}
 		}
 	}
 	u, err := invokingUser(rt)

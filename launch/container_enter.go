@@ -84,7 +84,7 @@ func enterContainer(ctx context.Context, rec *Record, rt *Runtime) error {
 	if !terminal {
 		return &StartError{Err: Exec(inv)}
 	}
-	return runContainerOnPTY(ctx, inv)
+	return runContainerOnPTY(ctx, inv, fmt.Sprintf("/proc/%d/root/dev", init))
 }
 
 // findNsenter takes util-linux's nsenter from the closure when the record
@@ -175,11 +175,15 @@ func containerCredentials(pid int) (uid, gid int, groups []containerGroup, err e
 }
 
 // runContainerOnPTY runs inv with a new pty as its terminal and this terminal, in
-// raw mode, copied to and from it; window size changes follow.
-func runContainerOnPTY(ctx context.Context, inv *Invocation) error {
-	master, slave, err := openContainerPTY()
+// raw mode, copied to and from it; window size changes follow. The pty is
+// the container's own (from its /dev/pts, reached through the init's root),
+// so that ttyname(3) finds it inside.
+func runContainerOnPTY(ctx context.Context, inv *Invocation, dev string) error {
+	master, slave, err := openContainerPTY(dev)
 	if err != nil {
-		return &StartError{Err: err}
+		if master, slave, err = openContainerPTY("/dev"); err != nil {
+			return &StartError{Err: err}
+		}
 	}
 	defer master.Close()
 	resize := func() {
@@ -247,12 +251,12 @@ func runContainerOnPTY(ctx context.Context, inv *Invocation) error {
 	return werr
 }
 
-func openContainerPTY() (master, slave *os.File, err error) {
-	fd, err := unix.Open("/dev/ptmx", unix.O_RDWR|unix.O_NOCTTY|unix.O_CLOEXEC, 0)
+func openContainerPTY(dev string) (master, slave *os.File, err error) {
+	fd, err := unix.Open(dev+"/pts/ptmx", unix.O_RDWR|unix.O_NOCTTY|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return nil, nil, fmt.Errorf("opening a pty: %w", err)
 	}
-	master = os.NewFile(uintptr(fd), "/dev/ptmx")
+	master = os.NewFile(uintptr(fd), dev+"/pts/ptmx")
 	if err := unix.IoctlSetPointerInt(fd, unix.TIOCSPTLCK, 0); err != nil {
 		master.Close()
 		return nil, nil, fmt.Errorf("unlocking a pty: %w", err)
@@ -262,10 +266,10 @@ func openContainerPTY() (master, slave *os.File, err error) {
 		master.Close()
 		return nil, nil, fmt.Errorf("naming a pty: %w", err)
 	}
-	sfd, err := unix.Open("/dev/pts/"+strconv.Itoa(n), unix.O_RDWR|unix.O_NOCTTY|unix.O_CLOEXEC, 0)
+	sfd, err := unix.Open(dev+"/pts/"+strconv.Itoa(n), unix.O_RDWR|unix.O_NOCTTY|unix.O_CLOEXEC, 0)
 	if err != nil {
 		master.Close()
 		return nil, nil, fmt.Errorf("opening a pty: %w", err)
 	}
-	return master, os.NewFile(uintptr(sfd), "/dev/pts/"+strconv.Itoa(n)), nil
+	return master, os.NewFile(uintptr(sfd), dev+"/pts/"+strconv.Itoa(n)), nil
 }

@@ -33,6 +33,9 @@ func (e *NotRootError) Error() string {
 	return fmt.Sprintf("the %s backend needs root: systemd-nspawn creates namespaces and mounts only root may", e.Backend)
 }
 func (e *NotRootError) Hint() string {
+	if e.Reason != "" {
+		return "run claude-sandbox as root (sudo, su -c, doas …)"
+	}
 	return "run it with sudo (sudo claude-sandbox --backend " + e.Backend + " …), or add --sudo to re-run it through sudo"
 }
 
@@ -232,5 +235,18 @@ func containerEnvDenied(name string) bool {
 	}
 	return false
 }
+
+// ContainerEnvError is an --env name the container backend cannot pass:
+// it would reach systemd-nspawn, which runs as root, before the container.
+// A usage error (it unwraps to EnvNameError).
+type ContainerEnvError struct{ Name string }
+
+func (e *ContainerEnvError) Error() string {
+	return fmt.Sprintf("--env %s: not passed into a container: systemd-nspawn, which runs as root, would read it first", e.Name)
+}
+func (e *ContainerEnvError) Hint() string {
+	return "set it inside the sandbox instead (in the command, or a script in the project)"
+}
+func (e *ContainerEnvError) Unwrap() error { return &EnvNameError{Name: e.Name} }
 
 var errNoContainerProcess = errors.New("the container has no running init")

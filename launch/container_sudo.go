@@ -31,11 +31,17 @@ func SudoReexec(args, extraEnv []string) error {
 	if err != nil {
 		return &NotRootError{Backend: "container", Reason: "--sudo: cannot find the claude-sandbox executable: " + err.Error()}
 	}
+	err = unix.Exec(sudo, sudoArgv(exe, args, extraEnv, os.LookupEnv), os.Environ())
+	return &NotRootError{Backend: "container", Reason: "--sudo: running sudo: " + err.Error()}
+}
+
+// sudoArgv is sudo's command line: names of variables to keep, never values.
+func sudoArgv(exe string, args, extraEnv []string, lookupEnv func(string) (string, bool)) []string {
 	var keep []string
 	seen := map[string]bool{}
 	for _, list := range [][]string{passedThrough, ghTokens, sudoKept, extraEnv} {
 		for _, name := range list {
-			if _, set := os.LookupEnv(name); set && !seen[name] && envName.MatchString(name) && !containerEnvDenied(name) {
+			if _, set := lookupEnv(name); set && !seen[name] && envName.MatchString(name) && !containerEnvDenied(name) {
 				seen[name] = true
 				keep = append(keep, name)
 			}
@@ -46,7 +52,5 @@ func SudoReexec(args, extraEnv []string) error {
 		argv = append(argv, "--preserve-env="+strings.Join(keep, ","))
 	}
 	argv = append(argv, "--", exe)
-	argv = append(argv, args...)
-	err = unix.Exec(sudo, argv, os.Environ())
-	return &NotRootError{Backend: "container", Reason: "--sudo: running sudo: " + err.Error()}
+	return append(argv, args...)
 }

@@ -187,3 +187,13 @@ func TestContainerNeedsRoot(t *testing.T) {
 		t.Errorf("got %v", err)
 	}
 }
+
+func TestSudoArgvKeepsNamesOnly(t *testing.T) {
+	host := map[string]string{"ANTHROPIC_API_KEY": "sk-value", "AWS_SECRET_ACCESS_KEY": "aws", "DISPLAY": ":0",
+		"MY_VAR": "mine", "LD_PRELOAD": "/x.so", "CLAUDE_SANDBOX_NIXPKGS": "/srv/nixpkgs"}
+	argv := sudoArgv("/opt/claude-sandbox", []string{"--backend=container", "./p"}, []string{"MY_VAR", "LD_PRELOAD"}, env(host))
+	want := []string{"sudo", "--preserve-env=ANTHROPIC_API_KEY,CLAUDE_SANDBOX_NIXPKGS,DISPLAY,MY_VAR", "--", "/opt/claude-sandbox", "--backend=container", "./p"}
+	if !slices.Equal(argv, want) {
+		t.Errorf("got  %q\nwant %q", argv, want)
+	}
+}

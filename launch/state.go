@@ -60,7 +60,21 @@ func ProjectStateDir(project string) (string, error) {
 	case err == nil && string(recorded) != project+"\n":
 		return "", fmt.Errorf("state directory %s belongs to %q, not %q", dir, strings.TrimSpace(string(recorded)), project)
 	case errors.Is(err, os.ErrNotExist):
-		if err := os.WriteFile(owner, []byte(project+"\n"), 0o600); err != nil {
+		// Written whole, then linked into place: two launches creating the
+		// directory at once must not read each other's half-written file.
+		tmp, err := os.CreateTemp(dir, ".path-")
+		if err != nil {
+			return "", err
+		}
+		_, werr := tmp.WriteString(project + "\n")
+		tmp.Close()
+		defer os.Remove(tmp.Name())
+		if werr != nil {
+			return "", werr
+		}
+		if err := os.Link(tmp.Name(), owner); errors.Is(err, os.ErrExist) {
+			return ProjectStateDir(project) // the other launch won: check its file
+		} else if err != nil {
 			return "", err
 		}
 		tag := "Signature: 8a477f597d28d172789f06886806bc55\n# claude-sandbox per-project state; safe to delete when no sandbox runs.\n"

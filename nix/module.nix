@@ -148,13 +148,17 @@ in
 
     users.groups.kvm.members = lib.mkIf cfg.vm.enable cfg.users;
 
-    # The entry commands and the binary (for its completions and man pages);
-    # the claude-sandbox entry shadows the binary's bin/claude-sandbox.
-    environment.systemPackages = [
-      (lib.hiPrio (entry "claude-sandbox" [ ]))
-      cfg.package
-    ]
-    ++ lib.optional cfg.container.enable (entry "claude-sandbox-container" [ "--backend" "container" ])
-    ++ lib.optional cfg.vm.enable (entry "claude-sandbox-vm" [ "--backend" "vm" ]);
+    # The entry commands, then the binary (for its completions and man
+    # pages). The binary has all three entry names too; the configured entry
+    # commands win (lib.hiPrio), so `claude-sandbox` launches the prebuilt
+    # closures. Where vm or container is not enabled, the binary's own
+    # claude-sandbox-vm / -container stay: they build on first use.
+    environment.systemPackages =
+      map lib.hiPrio (
+        [ (entry "claude-sandbox" [ ]) ]
+        ++ lib.optional cfg.container.enable (entry "claude-sandbox-container" [ "--backend" "container" ])
+        ++ lib.optional cfg.vm.enable (entry "claude-sandbox-vm" [ "--backend" "vm" ])
+      )
+      ++ [ cfg.package ];
   };
 }

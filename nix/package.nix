@@ -26,7 +26,7 @@ buildGo126Module {
   # go.mod, and `go build` would start ignoring the module cache. When
   # go.sum changes, `go test ./tests -run TestFlakeVendorHash -update`
   # recomputes this line (and the test fails until it is current).
-  vendorHash = "sha256-AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=";
+  vendorHash = "sha256-7n2hENBQ7UOB6nzMciyyQL2mRATw/1nC76+xoEADr/o=";
 
   # Static, as tests/harness_test.go builds it: no dynamic loader on every
   # launch, and no glibc reference from outside the store.
@@ -53,6 +53,10 @@ buildGo126Module {
     $cs completion zsh > $out/share/zsh/site-functions/_claude-sandbox
     $cs completion fish > $out/share/fish/vendor_completions.d/claude-sandbox.fish
     $cs gen-man $out/share/man/man1
+    # The original's other entry names: the binary reads the backend from
+    # the name it was started by (cmd/claude-sandbox/main.go).
+    ln -s claude-sandbox $out/bin/claude-sandbox-container
+    ln -s claude-sandbox $out/bin/claude-sandbox-vm
   '';
 
   passthru = { inherit nixpkgs; };

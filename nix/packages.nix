@@ -40,6 +40,9 @@ let
       meta = {
         description = "claude-sandbox preset: ${backend} backend, network ${if network then "on" else "off"}";
         mainProgram = entry;
+        # Installed beside the default package (which has all three entry
+        # names), the preset's entry command wins (lib.hiPrio's priority).
+        priority = -10;
       };
     };
 in

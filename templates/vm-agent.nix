@@ -64,12 +64,9 @@ pkgs.writeScript "claude-sandbox-agent" ''
     return 1
   }
 
-  # bind SHARE TARGET: a share the host has, at a path in the home.
-  bind() {
-    [ "''${run[has-$1]:-false}" = true ] || return 0
-    mkdir -p "$2" && mount --bind "$mnt/$1" "$2" || die "cannot mount $1 at $2"
-  }
-
+  # Under emulation every program started costs a visible fraction of a
+  # second (it is read over 9p), so the setup batches its work into few
+  # commands.
   setup() {
     if [ "$uid" != 0 ]; then
       if existing=$(passwd_name "$uid"); then
@@ -80,45 +77,64 @@ pkgs.writeScript "claude-sandbox-agent" ''
         printf '%s:x:%s:%s:claude-sandbox:%s:/bin/sh\n' "$user" "$uid" "$gid" "$home" >> /etc/passwd
       fi
     fi
-    mkdir -p "$home"
-    bind claude "$home/.claude"
-    bind ssh "$home/.ssh"
-    bind git "$home/.config/git"
-    bind gh "$home/.config/gh"
-    # ~/.local persists per project, in the host's state directory.
-    mkdir -p "$mnt/state/local" "$home/.local" && mount --bind "$mnt/state/local" "$home/.local" \
-      || die "cannot mount the persistent ~/.local"
-    # Copies, never binds: Claude Code rewrites ~/.claude.json by rename.
-    [ -f "$meta/claude.json" ] && cp "$meta/claude.json" "$home/.claude.json"
-    [ -f "$meta/gitconfig" ] && cp "$meta/gitconfig" "$home/.gitconfig"
-    chown "$uid:$gid" "$home" "$home/.config" "$home/.claude.json" "$home/.gitconfig" 2>/dev/null
-    chmod 700 "$home"
 
-    mkdir -p "$project" || die "cannot create $project"
+    # Share name and where in the home it goes, for the shares the host has.
+    local binds=() dirs=("$home" "$home/.local" "$project") share target
+    for share in claude:.claude ssh:.ssh git:.config/git gh:.config/gh; do
+      target=$home/''${share#*:}
+      share=''${share%%:*}
+      [ "''${run[has-$share]:-false}" = true ] || continue
+      binds+=("$mnt/$share" "$target")
+      dirs+=("$target")
+    done
+    # ~/.local persists per project, in the host's state directory.
+    binds+=("$mnt/state/local" "$home/.local")
+    mkdir -p -m 0700 "''${dirs[@]}" "$mnt/state/local" || die "cannot create the home directory"
+    while [ ''${#binds[@]} -gt 0 ]; do
+      mount --bind "''${binds[0]}" "''${binds[1]}" || die "cannot mount ''${binds[0]} at ''${binds[1]}"
+      binds=("''${binds[@]:2}")
+    done
     if [ "''${run[fs]:-9p}" = virtiofs ]; then
       mount -t virtiofs "''${run[vfsTag]}" "$project" || die "cannot mount the project over virtiofs"
     else
       mount --bind "$mnt/project" "$project" || die "cannot mount the project"
     fi
 
+    # Copies, never binds: Claude Code rewrites ~/.claude.json by rename.
+    local owned=("$home" "$home/.local")
+    [ -d "$home/.config" ] && owned+=("$home/.config")
+    if [ -f "$meta/claude.json" ]; then
+      cp "$meta/claude.json" "$home/.claude.json" && owned+=("$home/.claude.json")
+    fi
+    if [ -f "$meta/gitconfig" ]; then
+      cp "$meta/gitconfig" "$home/.gitconfig" && owned+=("$home/.gitconfig")
+    fi
+    [ "$uid" = 0 ] || chown "$uid:$gid" "''${owned[@]}" /proc/self/fd/0 2>/dev/null
+
     # What shebangs and prebuilt binaries expect (environment.usrbinenv,
     # environment.ldso on NixOS).
-    [ -e /bin/sh ] || { mkdir -p /bin && ln -s "''${run[shell]}" /bin/sh; }
-    [ -e /bin/bash ] || { mkdir -p /bin && ln -s "''${run[shell]}" /bin/bash; }
-    [ -e /usr/bin/env ] || { mkdir -p /usr/bin && ln -s "$usrBinEnv" /usr/bin/env; }
-    [ -e /lib64/ld-linux-x86-64.so.2 ] || { mkdir -p /lib64 && ln -s "$loader" /lib64/ld-linux-x86-64.so.2; }
+    local links=()
+    [ -e /bin/sh ] || links+=("''${run[shell]}" /bin/sh)
+    [ -e /bin/bash ] || links+=("''${run[shell]}" /bin/bash)
+    [ -e /usr/bin/env ] || links+=("$usrBinEnv" /usr/bin/env)
+    [ -e /lib64/ld-linux-x86-64.so.2 ] || links+=("$loader" /lib64/ld-linux-x86-64.so.2)
+    if [ ''${#links[@]} -gt 0 ]; then
+      mkdir -p /bin /usr/bin /lib64
+      while [ ''${#links[@]} -gt 0 ]; do
+        ln -s "''${links[0]}" "''${links[1]}"
+        links=("''${links[@]:2}")
+      done
+    fi
   }
 
-  # terminal TTY OUTTTY ROWS COLS: the guest terminal as the host's is. A
-  # pipe on the host gets no echo and no CR before each LF.
+  # terminal TTY OUTTTY ROWS COLS: the guest terminal as the host's is (one
+  # stty). A pipe on the host gets no echo and no CR before each LF.
   terminal() {
-    if [ "$1" = true ]; then
-      stty sane
-    else
-      stty -echo -onlcr
-    fi
-    [ "$2" = true ] || stty -onlcr
-    case $3$4 in *[!0-9]*|"") ;; *) [ "$3" -gt 0 ] && stty rows "$3" cols "$4" ;; esac
+    local opts=()
+    if [ "$1" = true ]; then opts+=(sane); else opts+=(-echo); fi
+    [ "$2" = true ] || opts+=(-onlcr)
+    case $3$4 in *[!0-9]*|"") ;; *) [ "$3" -gt 0 ] && opts+=(rows "$3" cols "$4") ;; esac
+    stty "''${opts[@]}"
   }
 
   # supervised ARGV...: runs the command as the user, in the project, with
@@ -149,8 +165,7 @@ pkgs.writeScript "claude-sandbox-agent" ''
   case "''${1:-}" in
   run)
     setup
-    [ "$uid" = 0 ] || chown "$uid" "$(tty)" 2>/dev/null
-    mkdir -p -m 0700 /run/claude-sandbox && : > /run/claude-sandbox/ready
+    : > /run/claude-sandbox-ready
     terminal "''${run[tty]}" "''${run[outTty]}" "''${run[rows]}" "''${run[cols]}"
     # From now on the console is the command's: only emergencies from the kernel.
     echo 1 > /proc/sys/kernel/printk
@@ -165,7 +180,7 @@ pkgs.writeScript "claude-sandbox-agent" ''
     ;;
   enter)
     stty -echo
-    until [ -e /run/claude-sandbox/ready ]; do sleep 0.2; done
+    until [ -e /run/claude-sandbox-ready ]; do sleep 0.2; done
     # One request line from the launcher; anything else on the line is
     # input left over from an earlier session.
     while IFS= read -r line; do
@@ -176,7 +191,7 @@ pkgs.writeScript "claude-sandbox-agent" ''
     done
     [ "''${1:-}" = claude-sandbox-enter ] || exit 0
     rows=$2 cols=$3 tty=$4 outtty=$5 b64=$6
-    [ "$uid" = 0 ] || chown "$uid" "$(tty)" 2>/dev/null
+    [ "$uid" = 0 ] || chown "$uid" /proc/self/fd/0 2>/dev/null
     terminal "$tty" "$outtty" "$rows" "$cols"
     argv=()
     if [ "$b64" = - ]; then

@@ -108,8 +108,12 @@ func TestBwrapForwardsDesktopSockets(t *testing.T) {
 	rundir := filepath.Join(host, "run")
 
 	// X11 sockets live at a fixed path; a display number nobody uses.
-	if err := os.MkdirAll("/tmp/.X11-unix", 0o1777); err != nil {
-		t.Skipf("cannot create /tmp/.X11-unix: %v", err)
+	if _, err := os.Stat("/tmp/.X11-unix"); err != nil {
+		// As an X server would make it: world-writable and sticky.
+		if err := os.Mkdir("/tmp/.X11-unix", 0o755); err != nil {
+			t.Fatalf("creating /tmp/.X11-unix: %v", err)
+		}
+		os.Chmod("/tmp/.X11-unix", os.ModeSticky|0o777)
 	}
 	display := 4000 + os.Getpid()%1000
 	xsock := fmt.Sprintf("/tmp/.X11-unix/X%d", display)

@@ -63,6 +63,8 @@ for f in .gitconfig .config/git/ignore .config/gh/hosts.yml .ssh/config .ssh/new
   (echo x >> "$f") 2>/dev/null && echo "WRITABLE $f"
 done
 cat .claude.json; echo
+echo "whoami=$(id -un) uid=$(id -u) home=$(awk -F: -v u="$(id -u)" '$3 == u { print $6 }' /etc/passwd)"
+grep -c . /etc/passwd
 echo written-inside > .claude/from-sandbox
 # Claude Code replaces ~/.claude.json by rename: that must work inside.
 echo '{"changed":"inside"}' > .claude.json.tmp && mv .claude.json.tmp .claude.json && echo RENAME-OK
@@ -80,6 +82,11 @@ echo '{"changed":"inside"}' > .claude.json.tmp && mv .claude.json.tmp .claude.js
 	}
 	if strings.Contains(r.stdout, "WRITABLE") {
 		t.Errorf("a read-only forwarded file is writable:\n%s", r.stdout)
+	}
+	// ssh and git need getpwuid(); the sandbox's passwd names the user, and
+	// only root, the user and nobody.
+	if want := fmt.Sprintf("whoami=%s uid=%d home=%s", os.Getenv("USER"), os.Getuid(), home); os.Getuid() != 0 && !strings.Contains(r.stdout, want) {
+		t.Errorf("identity inside: want %q:\n%s", want, r.stdout)
 	}
 	if got, _ := os.ReadFile(filepath.Join(home, ".claude", "from-sandbox")); string(got) != "written-inside\n" {
 		t.Errorf("~/.claude is not read-write: %q", got)

@@ -97,10 +97,10 @@ tr '\0' ' ' < /proc/1/cmdline; echo; kill -0 %d 2>/dev/null && echo SIGNALLED-HO
 			t.Errorf("ps still lists the stopped sandbox: %+v", e)
 		}
 	}
-	if r = run(t, runOpts{}, "stop", p); r.code == 0 || !strings.Contains(r.stderr, "no sandbox is running") || !strings.Contains(r.stderr, "hint:") {
+	if r = run(t, runOpts{}, "stop", p); r.code != 75 || !strings.Contains(r.stderr, "no sandbox is running") || !strings.Contains(r.stderr, "hint:") {
 		t.Errorf("stop with nothing running: %s", r)
 	}
-	if r = run(t, runOpts{}, "enter", p); r.code == 0 || !strings.Contains(r.stderr, "no sandbox is running") {
+	if r = run(t, runOpts{}, "enter", p); r.code != 75 || !strings.Contains(r.stderr, "no sandbox is running") {
 		t.Errorf("enter with nothing running: %s", r)
 	}
 }
@@ -168,5 +168,33 @@ func TestBwrapTmuxSocketAndNotice(t *testing.T) {
 	out, err := exec.Command("tmux", "-S", sock, "list-sessions", "-F", "#{session_name}").CombinedOutput()
 	if err != nil || strings.TrimSpace(string(out)) != "probe" {
 		t.Fatalf("tmux on the host through %s: %v %s", sock, err, out)
+	}
+}
+
+// Launches of one project at once: each either starts the sandbox or joins
+// it, and a join that finds the sandbox just ended starts one instead. None
+// fails for it. (Everything in a sandbox ends with its first program: a
+// command that joined one whose first launch's command exits meanwhile is
+// killed, and says so.)
+func TestBwrapConcurrentLaunchesOfOneProject(t *testing.T) {
+	requireSandboxHost(t)
+	buildJSON(t, runOpts{})
+	p := project(t)
+	results := make([]result, 8)
+	done := make(chan int)
+	for i := range results {
+		go func() {
+			results[i] = run(t, runOpts{}, "exec", p, "--", "bash", "-c", fmt.Sprintf("echo launch-%d", i))
+			done <- i
+		}()
+	}
+	for range results {
+		<-done
+	}
+	for i, r := range results {
+		ended := r.code == 137 && strings.Contains(r.stderr, "the sandbox this joined has ended")
+		if !ended && (r.code != 0 || !strings.Contains(r.stdout, fmt.Sprintf("launch-%d", i))) {
+			t.Errorf("launch %d: %s", i, r)
+		}
 	}
 }

@@ -126,8 +126,8 @@ func TestContainerHostEnvironmentDoesNotLeak(t *testing.T) {
 	u := containerUser(t)
 	p := userProject(t, u)
 	secrets := map[string]string{
-		"AWS_SECRET_ACCESS_KEY":            "aws-planted-c0ffee",
-		"GITHUB_TOKEN":                     "gh-planted-4d5e6f",
+		"AWS_SECRET_ACCESS_KEY":             "aws-planted-c0ffee",
+		"GITHUB_TOKEN":                      "gh-planted-4d5e6f",
 		"CLAUDE_SANDBOX_RANDOM_NAME_" + "Z": "random-planted-7a8b",
 	}
 	env := []string{"ANTHROPIC_API_KEY=sk-allowed-container-probe"}

@@ -337,6 +337,12 @@ func TestFlake(t *testing.T) {
 				t.Errorf("%s: missing or does not say %q (%v)", file, says, err)
 			}
 		}
+		// The original's entry names, read by the binary from argv[0].
+		for _, name := range []string{"claude-sandbox-container", "claude-sandbox-vm"} {
+			if target, err := os.Readlink(filepath.Join(bin, "bin", name)); err != nil || target != "claude-sandbox" {
+				t.Errorf("bin/%s is not a link to claude-sandbox: %q %v", name, target, err)
+			}
+		}
 		// bash really loads it and registers the completion.
 		out, err := exec.Command("bash", "-c", "source "+filepath.Join(bin, "share/bash-completion/completions/claude-sandbox")+" && complete -p claude-sandbox").CombinedOutput()
 		if err != nil || !strings.Contains(string(out), "claude-sandbox") {
@@ -434,6 +440,8 @@ func TestFlakeNixOSModule(t *testing.T) {
         claude-sandbox.nixosModules.default
         ({ pkgs, ... }: {
           nixpkgs.system = %q;
+          # No kernel or initrd to build: the module does not touch booting.
+          boot.isContainer = true;
           services.claude-sandbox = %s;
         })
       ];

@@ -16,7 +16,9 @@ export PATH="/usr/local/go/bin:$PATH"
 # Host packages: the tools claude-sandbox drives, and the host programs the
 # offline package set (tests/fixtures/nixpkgs) wraps.
 mapfile -t fixture_pkgs < <(grep -Ev '^\s*(#|$)' tests/fixtures/host-packages.txt)
-wanted=(nix-bin bubblewrap busybox-static patchelf util-linux "${fixture_pkgs[@]}")
+wanted=(nix-bin bubblewrap systemd-container busybox-static patchelf util-linux "${fixture_pkgs[@]}")
+# doctor's KVM check boots a real kernel with QEMU (tests/doctor_test.go).
+wanted+=(qemu-system-x86 linux-image-amd64)
 missing=()
 for p in "${wanted[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")

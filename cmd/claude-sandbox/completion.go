@@ -2,6 +2,9 @@ package main
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -23,6 +26,9 @@ import (
 // namesFirstTimeout bounds the one evaluation of nixpkgs that lists its
 // package names; every later completion reads the cached list.
 const namesFirstTimeout = 20 * time.Second
+
+// namesBackoff is how long a failure to list names is remembered.
+const namesBackoff = 10 * time.Minute
 
 func (a *app) registerCompletions(root *cobra.Command) {
 	fixed := func(choices ...string) cobra.CompletionFunc {
@@ -178,12 +184,25 @@ func (a *app) completeWith(cmd *cobra.Command, args []string, toComplete string)
 	ctx, cancel := context.WithTimeout(ctx, namesFirstTimeout)
 	defer cancel()
 	b := &closure.Builder{Dirs: dirs, Log: a.log}
-	np, err := b.ResolveNixpkgs(ctx, closure.ChooseNixpkgs(a.opts.Nixpkgs, a.getenv), false)
-	if err != nil {
+	choice := closure.ChooseNixpkgs(a.opts.Nixpkgs, a.getenv)
+	// Where nixpkgs cannot be resolved or listed (offline, no Nix), say
+	// nothing for a while instead of paying for the same failure on every TAB.
+	sum := sha256.Sum256([]byte(choice.Ref + "\x00" + strings.Join(set, ".")))
+	backoff := filepath.Join(dirs.Cache, "names", "unavailable-"+hex.EncodeToString(sum[:8]))
+	if st, err := os.Stat(backoff); err == nil && time.Since(st.ModTime()) < namesBackoff {
 		return nil, none
 	}
-	names, err := b.PackageNames(ctx, np, nixSystem(), set)
+	np, err := b.ResolveNixpkgs(ctx, choice, false)
+	var names []string
+	if err == nil {
+		names, err = b.PackageNames(ctx, np, nixSystem(), set)
+	}
 	if err != nil {
+		if !errors.Is(err, context.DeadlineExceeded) { // too slow this time: try again next time
+			_ = os.MkdirAll(filepath.Dir(backoff), 0o755)
+			_ = os.WriteFile(backoff, []byte(err.Error()+"\n"), 0o644)
+		}
+		a.log.Debug().Err(err).Msg("completion: no package names")
 		return nil, none
 	}
 	prefix := done

@@ -78,15 +78,28 @@ func (a *app) startOrJoin(ctx context.Context, c *closure.Closure, rt *launch.Ru
 		Closure: c.OutPath,
 		Config:  launch.ConfigOf(c.Manifest.Backend, c.OutPath, rt),
 	}
-	join, others, err := launch.Claim(ctx, rt.StateDir, rec, a.opts.Launch.New)
-	if err != nil {
-		return err
-	}
-	if join != nil {
+	forceNew := a.opts.Launch.New
+	var others []*launch.Record
+	for {
+		var join *launch.Record
+		var err error
+		join, others, err = launch.Claim(ctx, rt.StateDir, rec, forceNew)
+		if err != nil {
+			return err
+		}
+		if join == nil {
+			break
+		}
 		a.say("joining the sandbox already running for %s (pid %d); --new starts a separate one", rt.Project, join.PID)
-		return launch.Enter(ctx, join, rt)
+		err = launch.Enter(ctx, join, rt)
+		// A sandbox that ended between the look and the join (it ran a
+		// short command): start one after all.
+		if !launch.EndedBeforeJoin(err) {
+			return err
+		}
+		forceNew = true
 	}
-	if len(others) > 0 && !a.opts.Launch.New {
+	if len(others) > 0 && !forceNew {
 		a.say("a sandbox with other settings runs for %s; starting a separate one (`claude-sandbox enter` joins the running one)", rt.Project)
 	}
 	if rt.Tmux {
@@ -94,7 +107,7 @@ func (a *app) startOrJoin(ctx context.Context, c *closure.Closure, rt *launch.Ru
 	}
 	rt.Record = rec
 	a.log.Debug().Str("id", rec.ID).Str("config", rec.Config).Msg("registered")
-	err = launch.Start(ctx, c.Manifest, rt)
+	err := launch.Start(ctx, c.Manifest, rt)
 	// Reached when the backend supervises (vm) or could not start at all.
 	launch.Unregister(rt.StateDir, rec.ID)
 	return err

@@ -28,6 +28,7 @@ const (
 	exitUserNamespaces = 72
 	exitSandboxStart   = 73
 	exitNoDaemon       = 74
+	exitNotRunning     = 75 // enter/stop: no sandbox runs for the project
 	exitNotRoot        = 77 // the container backend without root (EX_NOPERM)
 	exitNoKVM          = 78 // the vm backend: KVM asked for (or chosen by auto) does not work
 	exitUntrusted      = 79 // a project configuration file widens access and is not trusted
@@ -63,6 +64,8 @@ func exitCode(err error) int {
 		vmStart   *launch.VMStartError
 		vmOption  *launch.VMOptionError
 		enterBusy *launch.EnterBusyError
+		notRun    *launch.NotRunningError
+		enterErr  *launch.EnterError
 		untrusted *config.UntrustedError
 		cfgFile   *config.FileError
 	)
@@ -100,6 +103,10 @@ func exitCode(err error) int {
 	case errors.As(err, &vmOption):
 		return exitUsage
 	case errors.As(err, &vmStart), errors.As(err, &enterBusy):
+		return exitSandboxStart
+	case errors.As(err, &notRun):
+		return exitNotRunning
+	case errors.As(err, &enterErr):
 		return exitSandboxStart
 	case errors.As(err, &sandboxUp), errors.As(err, &ctrHost):
 		return exitSandboxStart
