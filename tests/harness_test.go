@@ -115,6 +115,8 @@ func run(t testing.TB, o runOpts, args ...string) result {
 		"PATH=" + path, "HOME=" + home, "USER=" + os.Getenv("USER"),
 		"XDG_CACHE_HOME=" + o.dirs.cache, "XDG_STATE_HOME=" + o.dirs.state,
 		"CLAUDE_SANDBOX_NIXPKGS=" + fixture, "TERM=dumb",
+		// The runner's own ~/.config/claude-sandbox must not steer the tests.
+		"XDG_CONFIG_HOME=" + filepath.Join(workDir, "no-config"),
 	}
 	env = append(env, o.env...)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)

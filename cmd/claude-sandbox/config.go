@@ -216,6 +216,9 @@ func (a *app) applySettings(cmd *cobra.Command, files []*config.File) error {
 	for _, k := range config.Keys {
 		m := configFlags[k.Name]
 		fl := cmd.Flags().Lookup(m.name)
+		if fl == nil && cmd.Name() == "config" {
+			fl = lookupFlag(cmd, m.name) // show the launch's own switches (--tmux) too
+		}
 		if fl == nil {
 			continue // not a flag of this command (or of this build)
 		}
@@ -285,8 +288,9 @@ func (a *app) newConfigCmd() *cobra.Command {
 		Short: "Show the configuration files a launch of PROJECT reads, and what they set",
 		Long: `Show the user's and the project's configuration files, whether the project's
 is trusted, and every setting they give a launch of PROJECT (default: the
-current directory). Flags on this command line count as they would for a
-launch. See the README, "Configuration and trust".`,
+current directory). A flag given on this command line wins over the files,
+as it would for a launch (the setting is then not listed). See the README,
+"Configuration and trust".`,
 		Example: `  claude-sandbox config
   claude-sandbox config --json ./project`,
 		Args: cobra.MaximumNArgs(1),
