@@ -71,6 +71,10 @@ func TestWriteFileAtomicLeavesNoTemporaries(t *testing.T) {
 }
 
 func TestChooseNixpkgsPrecedence(t *testing.T) {
+	// A flake build links a pin in; this test sets its own.
+	pinned := CompiledNixpkgs
+	CompiledNixpkgs = ""
+	defer func() { CompiledNixpkgs = pinned }()
 	env := map[string]string{"CLAUDE_SANDBOX_NIXPKGS": "/from/env", "NIX_PATH": "nixpkgs=/from/nixpath"}
 	get := func(k string) string { return env[k] }
 	if c := ChooseNixpkgs("/flag", get); c.Ref != "/flag" {
@@ -79,13 +83,12 @@ func TestChooseNixpkgsPrecedence(t *testing.T) {
 	if c := ChooseNixpkgs("", get); c.Ref != "/from/env" {
 		t.Errorf("env lost: %+v", c)
 	}
-	old := CompiledNixpkgs
 	CompiledNixpkgs = "/nix/store/pinned"
 	delete(env, "CLAUDE_SANDBOX_NIXPKGS")
 	if c := ChooseNixpkgs("", get); c.Ref != "/nix/store/pinned" {
 		t.Errorf("compiled-in lost: %+v", c)
 	}
-	CompiledNixpkgs = old
+	CompiledNixpkgs = ""
 	if c := ChooseNixpkgs("", get); c.Ref != "/from/nixpath" {
 		t.Errorf("NIX_PATH lost: %+v", c)
 	}

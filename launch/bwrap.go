@@ -78,10 +78,11 @@ func Bubblewrap(m *manifest.Manifest, rt *Runtime) (inv *Invocation, err error) 
 	if err != nil {
 		return nil, err
 	}
-	inv = &Invocation{Path: m.Bwrap}
+	building := &Invocation{Path: m.Bwrap}
+	inv = building
 	defer func() {
 		if err != nil {
-			inv.Close()
+			building.Close() // inv is nil by now
 		}
 	}()
 	var a []string
@@ -169,12 +170,12 @@ func Bubblewrap(m *manifest.Manifest, rt *Runtime) (inv *Invocation, err error) 
 
 	// The user's Claude Code state and tools' configuration.
 	home := func(rel string) string { return filepath.Join(rt.Home, rel) }
-	// ~/.claude holds the login: made on the host if missing, so a login
-	// inside the sandbox outlives it.
-	if st, err := os.Stat(rt.Home); err == nil && st.IsDir() {
-		if err := os.Mkdir(home(".claude"), 0o700); err != nil && !errors.Is(err, fs.ErrExist) {
-			return nil, fmt.Errorf("creating ~/.claude: %w", err)
-		}
+	// ~/.claude holds the login: made in the user's own home if missing,
+	// so a login inside the sandbox outlives it.
+	if real, err := os.UserHomeDir(); err == nil && filepath.Clean(real) == rt.Home {
+		_ = os.Mkdir(home(".claude"), 0o700)
+	}
+	if st, err := os.Stat(home(".claude")); err == nil && st.IsDir() {
 		a = append(a, "--bind", home(".claude"), home(".claude"))
 	}
 	// ~/.claude.json is copied, never bound: Claude Code replaces it by

@@ -322,7 +322,7 @@ func startInNamespaces(target int, argv, env []string, path string, cwd, home st
 	runtime.LockOSThread()
 	var all unix.Sigset_t
 	for i := range all.Val {
-		all.Val[i] = ^uint64(0)
+		all.Val[i] = ^all.Val[i] // all ones, whatever the word size
 	}
 	syscall.ForkLock.Lock()
 	_ = unix.PthreadSigmask(unix.SIG_SETMASK, &all, &j.mask)

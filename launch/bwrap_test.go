@@ -170,6 +170,7 @@ func TestProtectGit(t *testing.T) {
 func TestBubblewrapFullSandbox(t *testing.T) {
 	t.Setenv("XDG_STATE_HOME", t.TempDir())
 	home := t.TempDir()
+	t.Setenv("HOME", home) // the user's own home: ~/.claude is made there
 	os.WriteFile(filepath.Join(home, ".claude.json"), []byte(`{"secret":"sk-login"}`), 0o600)
 	proj := t.TempDir()
 	state, err := ProjectStateDir(proj)

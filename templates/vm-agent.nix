@@ -197,7 +197,9 @@ pkgs.writeScript "claude-sandbox-agent" ''
     if [ "$b64" = - ]; then
       argv=("''${run[shell]}" -l)
     else
-      while IFS= read -r -d "" a; do argv+=("$a"); done < <(printf '%s' "$b64" | base64 -d)
+      # lastpipe: the loop runs in this shell, so argv survives it.
+      shopt -s lastpipe
+      base64 -d <<<"$b64" | while IFS= read -r -d "" a; do argv+=("$a"); done
     fi
     [ ''${#argv[@]} -gt 0 ] || argv=("''${run[shell]}" -l)
     marker enter

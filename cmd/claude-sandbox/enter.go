@@ -63,7 +63,9 @@ func sandboxCommand(c *closure.Closure, rt *launch.Runtime, mode launchMode) []s
 	default:
 		cmd = append([]string{c.Manifest.Claude, "--append-system-prompt", launch.Notice(c.Manifest.Backend, rt)}, mode.claudeArgs...)
 	}
-	if rt.Tmux {
+	// The tmux socket's directory is the bubblewrap sandbox's; another
+	// backend sees rt.Tmux and arranges its own.
+	if rt.Tmux && c.Manifest.Backend == "bubblewrap" {
 		return launch.TmuxCommand(cmd)
 	}
 	return cmd
@@ -102,7 +104,7 @@ func (a *app) startOrJoin(ctx context.Context, c *closure.Closure, rt *launch.Ru
 	if len(others) > 0 && !forceNew {
 		a.say("a sandbox with other settings runs for %s; starting a separate one (`claude-sandbox enter` joins the running one)", rt.Project)
 	}
-	if rt.Tmux {
+	if rt.Tmux && c.Manifest.Backend == "bubblewrap" {
 		a.say("tmux: attach from the host with  tmux -S %s attach", launch.TmuxSocket(rt.StateDir))
 	}
 	rt.Record = rec

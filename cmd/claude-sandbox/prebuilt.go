@@ -12,6 +12,7 @@ import (
 
 	"github.com/claude-sandbox/claude-sandbox/closure"
 	"github.com/claude-sandbox/claude-sandbox/manifest"
+	"github.com/claude-sandbox/claude-sandbox/nixgen"
 )
 
 // Prebuilt closures come from a Nix build of this project: the flake's
@@ -55,18 +56,15 @@ func (a *app) ensureClosure(ctx context.Context, b *closure.Builder, req closure
 // modules, another nixpkgs than the one the package was built with, or a
 // rebuild. Those build as usual.
 func (a *app) prebuiltFor(req closure.Request) (*closure.Closure, error) {
-	if a.opts.Prebuilt == "" || req.Rebuild || len(req.Options.Packages) > 0 || len(req.Options.Modules) > 0 ||
-		a.opts.Nixpkgs != "" || a.getenv("CLAUDE_SANDBOX_NIXPKGS") != "" {
+	if a.opts.Prebuilt == "" || req.Rebuild || a.opts.Nixpkgs != "" || a.getenv("CLAUDE_SANDBOX_NIXPKGS") != "" ||
+		len(req.Options.Packages) > 0 || len(req.Options.Modules) > 0 {
 		return nil, nil
 	}
 	file, err := readPrebuilt(a.opts.Prebuilt)
 	if err != nil {
 		return nil, err
 	}
-	for _, p := range file.Closures {
-		if p.Backend != req.Options.Backend || !sameNetwork(p.Network, req.Options.Network) {
-			continue
-		}
+	if p := file.match(req.Options); p != nil {
 		m, err := manifest.Load(p.Path)
 		if err != nil {
 			// Only a damaged store gets here (the wrapper keeps the closure
@@ -82,6 +80,19 @@ func (a *app) prebuiltFor(req closure.Request) (*closure.Closure, error) {
 		return &closure.Closure{Key: hex.EncodeToString(sum[:]), OutPath: p.Path, Cached: true, Manifest: m}, nil
 	}
 	return nil, nil
+}
+
+// match finds the closure built for a backend's default configuration.
+func (f *prebuiltFile) match(opts nixgen.Canonical) *prebuiltClosure {
+	if len(opts.Packages) > 0 || len(opts.Modules) > 0 {
+		return nil
+	}
+	for i, p := range f.Closures {
+		if p.Backend == opts.Backend && sameNetwork(p.Network, opts.Network) {
+			return &f.Closures[i]
+		}
+	}
+	return nil
 }
 
 func sameNetwork(a, b *bool) bool {
