@@ -52,7 +52,10 @@ buildGo126Module {
     $cs completion bash > $out/share/bash-completion/completions/claude-sandbox
     $cs completion zsh > $out/share/zsh/site-functions/_claude-sandbox
     $cs completion fish > $out/share/fish/vendor_completions.d/claude-sandbox.fish
-    $cs gen-man $out/share/man/man1
+    # The man page generator lives in a tagged build of the same command
+    # tree (cmd/claude-sandbox/man.go), kept out of the binary users run.
+    go build -tags manpages -o "$TMPDIR/claude-sandbox-man" ./cmd/claude-sandbox
+    "$TMPDIR/claude-sandbox-man" gen-man $out/share/man/man1
     # The original's other entry names: the binary reads the backend from
     # the name it was started by (cmd/claude-sandbox/main.go).
     ln -s claude-sandbox $out/bin/claude-sandbox-container

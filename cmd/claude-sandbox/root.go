@@ -137,7 +137,9 @@ The first launch of a configuration builds it with Nix; later ones start at once
 	_ = f.MarkHidden("prebuilt")
 
 	root.AddCommand(a.newBuildCmd(), a.newExecCmd(), a.newVersionCmd(), a.newCacheCmd(), a.newGCCmd())
-	root.AddCommand(a.newManCmd())
+	if man := a.newManCmd(); man != nil {
+		root.AddCommand(man)
+	}
 	root.AddCommand(a.newEnterCmd(), a.newStopCmd(), a.newPsCmd())
 	root.AddCommand(a.newDoctorCmd(), a.newTrustCmd(), a.newConfigCmd())
 	a.registerCompletions(root)
