@@ -54,4 +54,6 @@ func (e *StartError) Hint() string  { return "the closure may be damaged: retry 
 // this process supervised it instead of exec'ing it.
 type ExitStatusError struct{ Code int }
 
-func (e *ExitStatusError) Error() string { return fmt.Sprintf("the sandboxed command exited with status %d", e.Code) }
+func (e *ExitStatusError) Error() string {
+	return fmt.Sprintf("the sandboxed command exited with status %d", e.Code)
+}
