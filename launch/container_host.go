@@ -135,7 +135,11 @@ type containerGroup struct {
 	Name string
 }
 
-var containerSafeName = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_.-]{0,31}$`)
+var containerSafeName = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_.-]*$`)
+
+// safeContainerName: at most 32 characters, checked apart from the pattern
+// (a counted repetition would cost every launch its compilation).
+func safeContainerName(s string) bool { return len(s) <= 32 && containerSafeName.MatchString(s) }
 
 // invokingUser reads SUDO_UID/SUDO_GID/SUDO_USER when root was reached
 // through sudo, else takes the current user. The user database supplies the
@@ -172,7 +176,7 @@ func invokingUser(rt *Runtime) (containerUser, error) {
 		}
 		u.GID = gid
 	}
-	if !containerSafeName.MatchString(u.Name) {
+	if !safeContainerName(u.Name) {
 		u.Name = "user"
 		if u.UID == 0 {
 			u.Name = "root"
@@ -208,7 +212,7 @@ func containerGroupsOf(u containerUser) []containerGroup {
 		if g, err := user.LookupGroupId(strconv.Itoa(gid)); err == nil {
 			name = g.Name
 		}
-		if !containerSafeName.MatchString(name) {
+		if !safeContainerName(name) {
 			name = "g" + strconv.Itoa(gid)
 		}
 		if gid == u.GID && gid == u.UID && name == "g"+strconv.Itoa(gid) {
