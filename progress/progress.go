@@ -11,8 +11,10 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 
-	"github.com/schollz/progressbar/v3"
+	"github.com/vbauerster/mpb/v8"
+	"github.com/vbauerster/mpb/v8/decor"
 
 	"github.com/claude-sandbox/claude-sandbox/closure"
 )
@@ -33,7 +35,9 @@ type Renderer struct {
 	mode    Mode
 	verbose bool // show build log lines too
 	enc     *json.Encoder
-	bar     *progressbar.ProgressBar
+	bars    *mpb.Progress
+	bar     *mpb.Bar
+	label   atomic.Value // string: running derivations and phases, shown after the bar
 	planned int
 	started int
 	done    int
@@ -66,14 +70,14 @@ func (r *Renderer) Handle(ev closure.Event) {
 		r.planned = len(ev.WillBuild)
 		r.line(planSummary(ev))
 		if r.mode == Terminal && r.planned > 0 {
-			r.bar = progressbar.NewOptions(r.planned,
-				progressbar.OptionSetWriter(r.w),
-				progressbar.OptionSetWidth(24),
-				progressbar.OptionShowCount(),
-				progressbar.OptionSetElapsedTime(true),
-				progressbar.OptionSetPredictTime(false),
-				progressbar.OptionSetDescription("building"),
-				progressbar.OptionSetRenderBlankState(true),
+			r.bars = mpb.New(mpb.WithOutput(r.w), mpb.WithWidth(24))
+			r.bar = r.bars.AddBar(int64(r.planned),
+				mpb.PrependDecorators(decor.Name("building "), decor.CountersNoUnit("%d/%d")),
+				mpb.AppendDecorators(decor.Elapsed(decor.ET_STYLE_GO, decor.WCSyncSpace), decor.Any(func(decor.Statistics) string {
+					// No lock: mpb calls this while Handle may hold r.mu and wait on mpb.
+					label, _ := r.label.Load().(string)
+					return " " + label
+				})),
 			)
 		}
 	case closure.EventBuildStart:
@@ -94,7 +98,7 @@ func (r *Renderer) Handle(ev closure.Event) {
 		delete(r.current, ev.Name)
 		r.done++
 		if r.bar != nil {
-			_ = r.bar.Set(r.done)
+			r.bar.SetCurrent(int64(r.done))
 		}
 		if r.mode == Plain {
 			r.line(fmt.Sprintf("finished %s (%d/%s)", ev.Name, r.done, r.total()))
@@ -103,11 +107,7 @@ func (r *Renderer) Handle(ev closure.Event) {
 	case closure.EventFetch:
 		r.line("fetching " + ev.Name)
 	case closure.EventDone:
-		if r.bar != nil {
-			_ = r.bar.Finish()
-			r.bar = nil
-			fmt.Fprintln(r.w)
-		}
+		r.stopBars()
 		if r.done > 0 {
 			r.line(fmt.Sprintf("built %d derivation%s", r.done, plural(r.done)))
 		}
@@ -119,6 +119,26 @@ func (r *Renderer) total() string {
 		return "?"
 	}
 	return fmt.Sprint(r.planned)
+}
+
+// Close stops the live display (a failed build never sends EventDone).
+// Call it before anything else writes to the terminal.
+func (r *Renderer) Close() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.stopBars()
+}
+
+func (r *Renderer) stopBars() {
+	if r.bars == nil {
+		return
+	}
+	bars, bar := r.bars, r.bar
+	r.bars, r.bar = nil, nil
+	if bar.Current() < int64(r.planned) {
+		bar.Abort(false) // a failure, or derivations Nix did not have to build after all
+	}
+	bars.Wait()
 }
 
 // describe puts the running builds and their phases in the bar's label.
@@ -134,25 +154,20 @@ func (r *Renderer) describe() {
 		names = append(names, name)
 	}
 	sort.Strings(names)
-	label := "building"
-	if len(names) > 0 {
-		label += " " + strings.Join(names, ", ")
-	}
+	label := strings.Join(names, ", ")
 	if len(label) > 60 {
 		label = label[:57] + "..."
 	}
-	r.bar.Describe(label)
+	r.label.Store(label)
 }
 
 // line prints a whole line, above the bar when there is one.
 func (r *Renderer) line(s string) {
-	if r.bar != nil {
-		_ = r.bar.Clear()
+	if r.bars != nil {
+		_, _ = r.bars.Write([]byte(s + "\n"))
+		return
 	}
 	fmt.Fprintln(r.w, s)
-	if r.bar != nil {
-		_ = r.bar.RenderBlank()
-	}
 }
 
 func planSummary(ev closure.Event) string {

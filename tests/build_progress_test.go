@@ -103,8 +103,10 @@ func TestBuildProgressOnATerminal(t *testing.T) {
 	deadline := time.Now().Add(3 * time.Minute)
 	for time.Now().Before(deadline) {
 		screen = capture()
-		if strings.Contains(screen, "building slow") && strings.Contains(screen, "/6") {
-			sawLive = true
+		for _, line := range strings.Split(screen, "\n") {
+			if strings.HasPrefix(line, "building ") && strings.Contains(line, "/6") && strings.Contains(line, "slow") {
+				sawLive = true // the live bar: a count out of 6 and a running derivation
+			}
 		}
 		if strings.Contains(screen, "BUILD-EXIT=") {
 			break

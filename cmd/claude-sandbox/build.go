@@ -117,6 +117,7 @@ func (a *app) buildOne(cmd *cobra.Command, v variant, withSize bool) (buildResul
 		return buildResult{}, err
 	}
 	c, err := b.Ensure(ctx, req)
+	a.closeProgress()
 	if err != nil {
 		return buildResult{}, err
 	}

@@ -44,6 +44,7 @@ const maxPrebuiltSize = 64 << 10
 // ensureClosure is Builder.Ensure, except that a matching prebuilt closure
 // is used as it is.
 func (a *app) ensureClosure(ctx context.Context, b *closure.Builder, req closure.Request) (*closure.Closure, error) {
+	defer a.closeProgress()
 	c, err := a.prebuiltFor(req)
 	if err != nil || c != nil {
 		return c, err

@@ -12,6 +12,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/claude-sandbox/claude-sandbox/launch"
+	"github.com/claude-sandbox/claude-sandbox/progress"
 	"github.com/spf13/cobra"
 	"golang.org/x/sys/unix"
 )
@@ -43,6 +44,7 @@ type app struct {
 	getenv         func(string) string
 	opts           globalOptions
 	log            zerolog.Logger
+	progress       *progress.Renderer // the live build display, while a build runs
 	cfg            configOptions // configuration files and trust (config.go)
 }
 

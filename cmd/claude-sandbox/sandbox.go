@@ -40,7 +40,9 @@ func (a *app) builderAndRequestFor(ctx context.Context, backend string, network 
 	if mode != progress.JSON {
 		b.Notice = a.stderr
 	}
-	b.Events = progress.New(a.stderr, mode, a.opts.Verbose > 0).Handle
+	a.closeProgress()
+	a.progress = progress.New(a.stderr, mode, a.opts.Verbose > 0)
+	b.Events = a.progress.Handle
 	modules, err := nixgen.LoadModules(a.opts.Modules)
 	if err != nil {
 		return nil, closure.Request{}, err
@@ -138,4 +140,13 @@ func (a *app) printInvocation(inv *launch.Invocation) error {
 	enc := json.NewEncoder(a.stdout)
 	enc.SetIndent("", "  ")
 	return enc.Encode(shown)
+}
+
+// closeProgress ends a live build display before anything else (an error,
+// the sandbox itself) writes to the terminal.
+func (a *app) closeProgress() {
+	if a.progress != nil {
+		a.progress.Close()
+		a.progress = nil
+	}
 }
