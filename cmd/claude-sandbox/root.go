@@ -45,7 +45,7 @@ type app struct {
 	opts           globalOptions
 	log            zerolog.Logger
 	progress       *progress.Renderer // the live build display, while a build runs
-	cfg            configOptions // configuration files and trust (config.go)
+	cfg            configOptions      // configuration files and trust (config.go)
 }
 
 func run(args []string) int {
