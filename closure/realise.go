@@ -6,14 +6,11 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"os/exec"
 	"strings"
 	"syscall"
 	"time"
-
-	"github.com/nix-community/go-nix/pkg/derivation"
 
 	"github.com/claude-sandbox/claude-sandbox/nixdaemon"
 )
@@ -98,51 +95,41 @@ func (b *Builder) realiseOnce(ctx context.Context, drvPath, root string) (string
 	if err != nil {
 		return "", err
 	}
-	defer client.Close()
-	return b.realiseDaemon(ctx, client, drvPath, root, tracker)
-}
-
-// outputPath reads the "out" output of a derivation file.
-func outputPath(drvPath string) (string, error) {
-	f, err := os.Open(drvPath)
-	if err != nil {
-		return "", err
+	out, err := b.realiseDaemon(ctx, client, drvPath, root, tracker)
+	client.Close()
+	if errors.Is(err, errNoDaemonClient) {
+		return b.realiseCLI(ctx, drvPath, root, tracker)
 	}
-	defer f.Close()
-	drv, err := derivation.ReadDerivation(io.LimitReader(f, 64<<20))
-	if err != nil {
-		return "", fmt.Errorf("reading %s: %w", drvPath, err)
-	}
-	out, ok := drv.Outputs["out"]
-	if !ok || out.Path == "" {
-		return "", fmt.Errorf("%s has no fixed out path", drvPath)
-	}
-	return out.Path, nil
+	return out, err
 }
 
 func (b *Builder) realiseDaemon(ctx context.Context, c *nixdaemon.Client, drvPath, root string, tracker *activityTracker) (string, error) {
-	out, err := outputPath(drvPath)
-	if err != nil {
-		return "", err
+	target := nixdaemon.DerivationOutputs(drvPath, "out")
+	if missing, err := c.QueryMissing(ctx, target); err == nil && len(missing.WillBuild)+len(missing.WillSubstitute) > 0 {
+		b.emit(Event{Kind: EventPlan, WillBuild: missing.WillBuild, WillFetch: missing.WillSubstitute,
+			Download: missing.DownloadSize, Unpacked: missing.NarSize})
 	}
-	// A temporary root for this connection's life: the collector cannot take
-	// the output between the build and the indirect root below.
-	if err := c.AddTempRoot(ctx, out); err != nil {
+	// The results name the output path, so the .drv need not be parsed here.
+	// The daemon's worker holds a temporary root on a derivation's outputs
+	// for the connection's life (DerivationGoal adds one), which keeps the
+	// collector off the output until the indirect root below exists.
+	results, err := c.BuildPathsWithResults(ctx, target)
+	var unsupported *nixdaemon.UnsupportedError
+	if errors.As(err, &unsupported) {
+		return "", errNoDaemonClient // a daemon older than 1.34: the CLI can still do it
+	}
+	if err != nil {
 		return "", daemonBuildError(err, tracker)
 	}
-	valid, err := c.IsValidPath(ctx, out)
-	if err != nil {
-		return "", daemonBuildError(err, tracker)
+	if len(results) != 1 {
+		return "", fmt.Errorf("the Nix daemon answered %d build results for one derivation", len(results))
 	}
-	if !valid {
-		target := nixdaemon.DerivationOutputs(drvPath, "out")
-		if missing, err := c.QueryMissing(ctx, target); err == nil {
-			b.emit(Event{Kind: EventPlan, WillBuild: missing.WillBuild, WillFetch: missing.WillSubstitute,
-				Download: missing.DownloadSize, Unpacked: missing.NarSize})
-		}
-		if err := c.BuildPaths(ctx, target); err != nil {
-			return "", daemonBuildError(err, tracker)
-		}
+	if err := results[0].Err(); err != nil {
+		return "", daemonBuildError(&nixdaemon.DaemonError{Op: "BuildPathsWithResults", Message: results[0].ErrorMsg}, tracker)
+	}
+	out := results[0].BuiltOutputs["out"]
+	if !isStorePath(out) {
+		return "", fmt.Errorf("the Nix daemon built %s but named no output path for it", drvPath)
 	}
 	if err := replaceSymlink(out, root); err != nil {
 		return "", fmt.Errorf("creating GC root %s: %w", root, err)
