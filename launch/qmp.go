@@ -19,7 +19,7 @@ import (
 // a wedged QEMU makes `stop` or `ps` slow by a few seconds, never hang.
 
 // qmpTimeout bounds one QMP exchange (connect + greeting + one command).
-const qmpTimeout = 5 * time.Second
+var qmpTimeout = 5 * time.Second
 
 // qmpConn is one connected monitor.
 type qmpConn struct {

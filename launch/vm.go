@@ -67,14 +67,15 @@ type vmSupervisor struct {
 	term   *terminal
 	stderr *os.File
 
-	nonce   string
-	lock    *os.File
-	cmd     *exec.Cmd
-	exited  chan error // QEMU's Wait result
-	qemuIn     *os.File // QEMU's stdin: the console's input
-	consoleOut *os.File // QEMU's stdout: the console's output
+	nonce      string
+	lock       *os.File
+	cmd        *exec.Cmd
+	exited     chan error // QEMU's Wait result
+	qemuIn     *os.File   // QEMU's stdin: the console's input
+	consoleOut *os.File   // QEMU's stdout: the console's output
 	bootLog    *os.File
-	vfsd    *exec.Cmd
+	vfsd       *exec.Cmd
+	waitQMP    func() error // waitForQMP; tests without a real QEMU replace it
 }
 
 func (sv *vmSupervisor) run(ctx context.Context) (err error) {
@@ -93,6 +94,14 @@ func (sv *vmSupervisor) run(ctx context.Context) (err error) {
 	if err := sv.startQEMU(); err != nil {
 		return err
 	}
+	// Registered only once QEMU listens on QMP: `stop` and `ps` from other
+	// processes rely on the socket being there.
+	if sv.waitQMP == nil {
+		sv.waitQMP = sv.waitForQMP
+	}
+	if err := sv.waitQMP(); err != nil {
+		return err
+	}
 	// The entry the launcher registered (or a new one): from now on it
 	// names QEMU, whose life is the VM's, and its two sockets.
 	rec := &Record{ID: p.ID, Project: sv.rt.Project, Backend: "vm", Started: time.Now().UTC(), Closure: sv.m.VM.Toplevel}
@@ -108,6 +117,28 @@ func (sv *vmSupervisor) run(ctx context.Context) (err error) {
 	}
 	defer Unregister(p.StateDir, p.ID)
 	return sv.supervise(ctx)
+}
+
+// waitForQMP waits for QEMU to create its QMP socket (during its set-up,
+// before the guest runs), or to fail.
+func (sv *vmSupervisor) waitForQMP() error {
+	sock := filepath.Join(sv.plan.RunDir, vmQMPSock)
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		if st, err := os.Stat(sock); err == nil && st.Mode()&os.ModeSocket != 0 {
+			return nil
+		}
+		select {
+		case err := <-sv.exited:
+			sv.exited <- err
+			return nil // the supervisor reports how QEMU ended
+		case <-time.After(10 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			sv.kill()
+			return &VMStartError{Reason: "QEMU did not open its QMP socket within 30s: " + lastLines(filepath.Join(sv.plan.RunDir, vmQEMULog), 1)}
+		}
+	}
 }
 
 // prepare creates the run directory and the metadata share.

@@ -84,5 +84,7 @@ func chooseAccel(want string) (accel string, auto bool, err error) {
 // VMOptionError is a vm flag with a value that is not one of its choices.
 type VMOptionError struct{ Flag, Value, Want string }
 
-func (e *VMOptionError) Error() string { return fmt.Sprintf("%s %q: not one of %s", e.Flag, e.Value, e.Want) }
-func (e *VMOptionError) Hint() string  { return fmt.Sprintf("use %s %s", e.Flag, e.Want) }
+func (e *VMOptionError) Error() string {
+	return fmt.Sprintf("%s %q: not one of %s", e.Flag, e.Value, e.Want)
+}
+func (e *VMOptionError) Hint() string { return fmt.Sprintf("use %s %s", e.Flag, e.Want) }

@@ -1,7 +1,6 @@
 package launch
 
 import (
-	"bytes"
 	"strings"
 	"testing"
 )
@@ -53,5 +52,3 @@ func TestExitStatus(t *testing.T) {
 		}
 	}
 }
-
-var _ = bytes.MinRead

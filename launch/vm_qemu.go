@@ -254,7 +254,7 @@ func (e *VMStartError) Hint() string {
 		return e.hint
 	}
 	if e.Log != "" {
-		return "the guest's boot output is in " + e.Log + "; -v shows QEMU's command line"
+		return "the guest's boot output is in " + e.Log + "; --dry-run prints QEMU's command line"
 	}
-	return "-v shows QEMU's command line"
+	return "--dry-run prints QEMU's command line"
 }

@@ -268,14 +268,20 @@ func (sv *vmSupervisor) keepBootLog() string {
 type EnterBusyError struct{}
 
 func (*EnterBusyError) Error() string { return "another enter session is attached to this VM" }
-func (*EnterBusyError) Hint() string  { return "the VM has one second console; close the other session first" }
+func (*EnterBusyError) Hint() string {
+	return "the VM has one second console; close the other session first"
+}
 
-// maxEnterRequest keeps the request line within the guest terminal's line
-// buffer (4095 bytes in canonical mode).
-const maxEnterRequest = 3500
+// enterLine is the length of one base64 line of an enter request: well
+// within the guest terminal's line buffer (4095 bytes in canonical mode).
+const enterLine = 3000
+
+// maxEnterCommand bounds the command `enter` sends (Claude Code's arguments
+// with the system-prompt notice fit many times over).
+const maxEnterCommand = 256 << 10
 
 // enterVM opens a shell (or runs rt.Command) on the VM's second console.
-// The guest agent there waits for one request line, runs the command as the
+// The guest agent there waits for one request, runs the command as the
 // sandbox user in the project, and frames it with markers like the main
 // console.
 func enterVM(ctx context.Context, rec *Record, rt *Runtime) error {
@@ -296,17 +302,26 @@ func enterVM(ctx context.Context, rec *Record, rt *Runtime) error {
 		return &EnterBusyError{}
 	}
 	t := openTerminal(os.Stdin, os.Stdout)
-	argv := "-"
+	var b64 string
 	if len(rt.Command) > 0 {
 		enc, err := encodeNUL(rt.Command)
 		if err != nil {
 			return err
 		}
-		argv = base64.StdEncoding.EncodeToString(enc)
+		if len(enc) > maxEnterCommand {
+			return &VMOptionError{Flag: "enter", Value: "(command)", Want: fmt.Sprintf("a command of at most %d KiB", maxEnterCommand>>10)}
+		}
+		b64 = base64.StdEncoding.EncodeToString(enc)
 	}
-	req := fmt.Sprintf("claude-sandbox-enter %d %d %t %t %s\n", t.rows, t.cols, t.isTTY, t.outTTY, argv)
-	if len(req) > maxEnterRequest {
-		return &VMOptionError{Flag: "enter", Value: "(command)", Want: "a command shorter than 2500 bytes"}
+	var chunks []string
+	for len(b64) > 0 {
+		n := min(enterLine, len(b64))
+		chunks = append(chunks, b64[:n])
+		b64 = b64[n:]
+	}
+	req := fmt.Sprintf("claude-sandbox-enter %d %d %t %t %d\n", t.rows, t.cols, t.isTTY, t.outTTY, len(chunks))
+	for _, c := range chunks {
+		req += c + "\n"
 	}
 	addr, dir, err := shortSocketPath(rec.Console)
 	if err != nil {
@@ -318,14 +333,17 @@ func enterVM(ctx context.Context, rec *Record, rt *Runtime) error {
 		return fmt.Errorf("connecting to the VM's console: %w", err)
 	}
 	defer conn.Close()
-	if _, err := io.WriteString(conn, req); err != nil {
-		return err
-	}
-	return relaySession(ctx, conn, t, run["nonce"], os.Stderr)
+	return relaySession(ctx, conn, t, run["nonce"], req, os.Stderr)
 }
 
-// relaySession relays an enter session until its end marker.
-func relaySession(ctx context.Context, conn net.Conn, t *terminal, nonce string, stderr *os.File) error {
+// enterWait bounds the wait for the guest's second console (a VM still
+// booting under emulation can take a minute).
+var enterWait = 3 * time.Minute
+
+// relaySession relays an enter session until its end marker. The request
+// goes out when the guest agent says "ready": only then is the guest
+// terminal open to receive it.
+func relaySession(ctx context.Context, conn net.Conn, t *terminal, nonce, req string, stderr *os.File) error {
 	errTTY := term.IsTerminal(int(stderr.Fd()))
 	vmStatusLine(stderr, errTTY, "claude-sandbox: waiting for the VM's console…")
 	out := readChunks(conn)
@@ -334,8 +352,9 @@ func relaySession(ctx context.Context, conn net.Conn, t *terminal, nonce string,
 	defer t.restore()
 	sc := newMarkerScanner(nonce)
 	phase, status := phaseBooting, -1
-	inEOF := false
+	inEOF, sent := false, false
 	var pending [][]byte
+	var werr error
 	write := func(b []byte) {
 		if phase == phaseRunning {
 			_, _ = t.out.Write(b)
@@ -343,6 +362,9 @@ func relaySession(ctx context.Context, conn net.Conn, t *terminal, nonce string,
 	}
 	mark := func(tag string) {
 		switch {
+		case tag == "ready" && phase == phaseBooting && !sent:
+			sent = true
+			_, werr = io.WriteString(conn, req)
 		case tag == "enter" && phase == phaseBooting:
 			phase = phaseRunning
 			vmStatusLine(stderr, errTTY, "")
@@ -358,8 +380,19 @@ func relaySession(ctx context.Context, conn net.Conn, t *terminal, nonce string,
 			}
 		}
 	}
+	timeout := time.NewTimer(enterWait)
+	defer timeout.Stop()
 	for phase != phaseEnded {
+		if werr != nil {
+			return fmt.Errorf("writing to the VM's console: %w", werr)
+		}
 		select {
+		case <-timeout.C:
+			if phase == phaseBooting {
+				t.restore()
+				vmStatusLine(stderr, errTTY, "")
+				return &VMStartError{Reason: fmt.Sprintf("the VM's second console did not answer within %s", enterWait), hint: "is the guest still booting? try again, or look at `claude-sandbox ps`"}
+			}
 		case b, ok := <-out:
 			if !ok {
 				t.restore()

@@ -181,22 +181,34 @@ pkgs.writeScript "claude-sandbox-agent" ''
   enter)
     stty -echo
     until [ -e /run/claude-sandbox-ready ]; do sleep 0.2; done
-    # One request line from the launcher; anything else on the line is
-    # input left over from an earlier session.
-    while IFS= read -r line; do
-      set -f
-      set -- $line
-      set +f
-      [ "''${1:-}" = claude-sandbox-enter ] && [ $# -eq 6 ] && break
+    # Say "ready" until a request line comes: the launcher sends its request
+    # only then, when this terminal is open and reading (input that reaches
+    # a closed serial terminal is lost). Other lines are input left over
+    # from an earlier session.
+    while :; do
+      marker ready
+      if IFS= read -r -t 1 line; then
+        set -f
+        set -- $line
+        set +f
+        [ "''${1:-}" = claude-sandbox-enter ] && [ $# -eq 6 ] && break
+      elif [ $? -le 128 ]; then
+        sleep 0.5 # end of file (a stray Ctrl-D), not a timeout
+      fi
     done
-    [ "''${1:-}" = claude-sandbox-enter ] || exit 0
-    rows=$2 cols=$3 tty=$4 outtty=$5 b64=$6
+    rows=$2 cols=$3 tty=$4 outtty=$5 lines=$6
+    # The command follows as base64 of its NUL-separated arguments, on
+    # `lines` lines (a terminal line holds at most 4095 bytes); none: a shell.
+    case $lines in *[!0-9]*|"") lines=0 ;; esac
+    b64=
+    while [ "$lines" -gt 0 ] && IFS= read -r -t 10 chunk; do
+      b64+=$chunk
+      lines=$((lines - 1))
+    done
     [ "$uid" = 0 ] || chown "$uid" /proc/self/fd/0 2>/dev/null
     terminal "$tty" "$outtty" "$rows" "$cols"
     argv=()
-    if [ "$b64" = - ]; then
-      argv=("''${run[shell]}" -l)
-    else
+    if [ -n "$b64" ]; then
       # lastpipe: the loop runs in this shell, so argv survives it.
       shopt -s lastpipe
       base64 -d <<<"$b64" | while IFS= read -r -d "" a; do argv+=("$a"); done

@@ -103,7 +103,10 @@ let
     systemd.services.claude-sandbox = {
       description = "claude-sandbox command";
       wantedBy = [ "multi-user.target" ];
-      after = [ "local-fs.target" "network.target" "systemd-user-sessions.service" ];
+      # With the network, Claude Code's first request should not race DHCP
+      # (QEMU's answers at once); without, network-online is reached at once.
+      wants = [ "network-online.target" ];
+      after = [ "local-fs.target" "network-online.target" "systemd-user-sessions.service" ];
       unitConfig = {
         SuccessAction = "poweroff-force";
         FailureAction = "poweroff-force";

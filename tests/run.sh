@@ -17,8 +17,10 @@ export PATH="/usr/local/go/bin:$PATH"
 # offline package set (tests/fixtures/nixpkgs) wraps.
 mapfile -t fixture_pkgs < <(grep -Ev '^\s*(#|$)' tests/fixtures/host-packages.txt)
 wanted=(nix-bin bubblewrap systemd-container busybox-static patchelf util-linux "${fixture_pkgs[@]}")
-# doctor's KVM check boots a real kernel with QEMU (tests/doctor_test.go).
-wanted+=(qemu-system-x86 linux-image-amd64)
+# doctor's KVM check boots a real kernel with QEMU (tests/doctor_test.go);
+# the vm backend's tests boot the fixture's guest (that kernel, its modules
+# resolved with kmod's modprobe) under QEMU (tests/vm_test.go).
+wanted+=(qemu-system-x86 linux-image-amd64 kmod)
 missing=()
 for p in "${wanted[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")

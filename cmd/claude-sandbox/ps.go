@@ -20,6 +20,7 @@ type psEntry struct {
 	PID     int       `json:"pid"`
 	Started time.Time `json:"started"`
 	Closure string    `json:"closure"`
+	Status  string    `json:"status,omitempty"` // vm: QEMU's run state and accelerator, asked over QMP
 }
 
 func (a *app) newPsCmd() *cobra.Command {
@@ -37,7 +38,13 @@ func (a *app) newPsCmd() *cobra.Command {
 			}
 			entries := make([]psEntry, 0, len(running))
 			for _, r := range running {
-				entries = append(entries, psEntry{r.ID, r.Project, r.Backend, r.PID, r.Started, r.Closure})
+				e := psEntry{ID: r.ID, Project: r.Project, Backend: r.Backend, PID: r.PID, Started: r.Started, Closure: r.Closure}
+				if r.Backend == "vm" {
+					if e.Status, err = launch.VMStatus(cmd.Context(), r); err != nil {
+						e.Status = "no answer on QMP"
+					}
+				}
+				entries = append(entries, e)
 			}
 			if asJSON {
 				enc := json.NewEncoder(a.stdout)
@@ -51,7 +58,11 @@ func (a *app) newPsCmd() *cobra.Command {
 			w := tabwriter.NewWriter(a.stdout, 0, 4, 2, ' ', 0)
 			fmt.Fprintln(w, "ID\tPROJECT\tBACKEND\tPID\tSTARTED\tCLOSURE")
 			for _, e := range entries {
-				fmt.Fprintf(w, "%s\t%s\t%s\t%d\t%s\t%s\n", e.ID, e.Project, e.Backend, e.PID,
+				backend := e.Backend
+				if e.Status != "" {
+					backend += " (" + e.Status + ")"
+				}
+				fmt.Fprintf(w, "%s\t%s\t%s\t%d\t%s\t%s\n", e.ID, e.Project, backend, e.PID,
 					e.Started.Local().Format("2006-01-02 15:04:05"), e.Closure)
 			}
 			return w.Flush()
