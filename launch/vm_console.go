@@ -101,7 +101,7 @@ func exitStatus(tag string) (int, bool) {
 
 // kernelProgress recognises a kernel log line ("[    0.123456] …"): proof
 // that the guest kernel runs, which a spinning nested-KVM guest never gives.
-var kernelProgress = regexp.MustCompile(`\[\s*\d+\.\d{6}\]`)
+var kernelProgress = regexp.MustCompile(`\[\s*\d+\.\d\d\d\d\d\d\]`)
 
 // terminal is the host side of a console session: the user's terminal (or
 // the pipes standing in for it).

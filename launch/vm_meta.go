@@ -41,14 +41,15 @@ type vmMeta struct {
 	Files map[string][]byte
 }
 
-var guestUserName = regexp.MustCompile(`^[a-z_][a-z0-9_-]{0,30}$`)
+// At most 31 bytes, checked apart: see manifest/vm.go's mountTag.
+var guestUserName = regexp.MustCompile(`^[a-z_][a-z0-9_-]*$`)
 
 // guestIdentity is who the command runs as in the guest: the calling
 // user's uid and gid, so the project's files (shared with their host
 // owners) are writable there; the name only if /etc/passwd can hold it.
 func guestIdentity(rt *Runtime) (user string, uid, gid int, home string) {
 	user, home = rt.User, rt.Home
-	if !guestUserName.MatchString(user) {
+	if len(user) > 31 || !guestUserName.MatchString(user) {
 		user = "user"
 	}
 	if strings.ContainsAny(home, ":\n") || !filepath.IsAbs(home) {

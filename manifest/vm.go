@@ -51,8 +51,8 @@ var VMShareSources = []string{"store", "meta", "project", "claude", "state", "ss
 var requiredShares = []string{"store", "meta", "project"}
 
 var (
-	mountTag    = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]{0,30}$`)
-	kernelParam = regexp.MustCompile(`^[\x21-\x7e]+$`) // printable, no space or quote games
+	mountTag    = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]*$`) // and at most 31 bytes: a counted repetition would cost every launch its compilation
+	kernelParam = regexp.MustCompile(`^[\x21-\x7e]+$`)               // printable, no space or quote games
 )
 
 func (v *VM) validate() error {
@@ -83,7 +83,7 @@ func (v *VM) validate() error {
 	tags := map[string]bool{}
 	sources := map[string]bool{}
 	for _, s := range v.Shares {
-		if !mountTag.MatchString(s.Tag) {
+		if len(s.Tag) > 31 || !mountTag.MatchString(s.Tag) {
 			return fmt.Errorf("vm.shares: tag %q is not a plain mount tag", s.Tag)
 		}
 		if tags[s.Tag] {
