@@ -235,3 +235,43 @@ func TestCacheListAndGC(t *testing.T) {
 		t.Fatalf("gc --keep 0: %s", gc)
 	}
 }
+
+// build --all makes the original project's six packages: one closure each
+// for bubblewrap and container (their network switch is a launch flag) and
+// two for the vm (its guest configuration differs with the network).
+func TestBuildAllVariants(t *testing.T) {
+	requireSandboxHost(t)
+	o := runOpts{}
+	r := run(t, o, "build", "--all", "--json")
+	var results []struct {
+		Backend     string `json:"backend"`
+		Network     bool   `json:"network"`
+		OutPath     string `json:"outPath"`
+		ClosureSize uint64 `json:"closureSize"`
+	}
+	if r.code != 0 || json.Unmarshal([]byte(r.stdout), &results) != nil || len(results) != 4 {
+		t.Fatalf("build --all --json: %s", r)
+	}
+	seen := map[string]bool{}
+	for _, res := range results {
+		key := fmt.Sprintf("%s/%v", res.Backend, res.Network)
+		if seen[key] || !strings.HasPrefix(res.OutPath, "/nix/store/") || res.ClosureSize == 0 {
+			t.Errorf("result %+v (duplicate or incomplete)", res)
+		}
+		seen[key] = true
+	}
+	for _, want := range []string{"bubblewrap/true", "container/true", "vm/true", "vm/false"} {
+		if !seen[want] {
+			t.Errorf("no %s closure in %s", want, r.stdout)
+		}
+	}
+	vm := buildJSON(t, o, "vm", "--no-network")
+	for _, res := range results {
+		if res.Backend == "vm" && !res.Network && (res.OutPath != vm.OutPath || !vm.Cached) {
+			t.Errorf("build vm --no-network after --all: %+v, want a cache hit of %s", vm, res.OutPath)
+		}
+	}
+	if r := run(t, o, "build", "--all", "vm"); r.code != 64 {
+		t.Errorf("--all with a backend must be refused: %s", r)
+	}
+}
