@@ -115,6 +115,26 @@ func bwrapPayload(ctx context.Context, rec *Record) (int, error) {
 	}
 }
 
+// bwrapPayloadEnv reads the payload's environment. A payload found a moment
+// after bwrap forked it may not have exec'd yet: until then it is still
+// bwrap, which is not dumpable, and its environ reads as "permission
+// denied". That passes within milliseconds; anything else is final.
+func bwrapPayloadEnv(ctx context.Context, rec *Record, pid int) ([]string, error) {
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	for {
+		env, err := bwrapProcessEnv(pid)
+		if !errors.Is(err, os.ErrPermission) || !rec.Alive() {
+			return env, err
+		}
+		select {
+		case <-ctx.Done():
+			return nil, err
+		case <-time.After(5 * time.Millisecond):
+		}
+	}
+}
+
 // bwrapProcessEnv reads a process's initial environment.
 func bwrapProcessEnv(pid int) ([]string, error) {
 	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/environ", pid))
@@ -165,7 +185,7 @@ func enterBubblewrap(ctx context.Context, rec *Record, rt *Runtime) error {
 	if err != nil {
 		return err
 	}
-	env, err := bwrapProcessEnv(payload)
+	env, err := bwrapPayloadEnv(ctx, rec, payload)
 	if err != nil {
 		return &EnterError{Step: "reading its environment", Err: err}
 	}
