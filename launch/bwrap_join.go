@@ -55,6 +55,27 @@ func EndedBeforeJoin(err error) bool {
 	return false
 }
 
+// payloadEnding tells "the command is not installed" from "the sandbox
+// ended while we joined": a payload on its way out has already dropped its
+// root directory, so every lookup inside fails with ENOENT too. If it is gone
+// (or a zombie) within a moment, the sandbox ended.
+func payloadEnding(err error, payload int) bool {
+	var ee *EnterError
+	if !errors.As(err, &ee) || ee.Step != stepNameExec || !errors.Is(ee.Err, os.ErrNotExist) {
+		return false
+	}
+	for deadline := time.Now().Add(300 * time.Millisecond); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+		stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", payload))
+		if err != nil {
+			return true
+		}
+		if i := bytes.LastIndexByte(stat, ')'); i > 0 && i+2 < len(stat) && stat[i+2] == 'Z' {
+			return true
+		}
+	}
+	return false
+}
+
 // children reads the direct children of a process.
 func bwrapChildren(pid int) []int {
 	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/children", pid, pid))
@@ -211,6 +232,9 @@ func enterBubblewrap(ctx context.Context, rec *Record, rt *Runtime) error {
 
 	e, err := startInNamespaces(payload, argv, env, bwrapEnvValue(env, "PATH"), cwd, bwrapEnvValue(env, "HOME"), TerminalFilter())
 	if err != nil {
+		if payloadEnding(err, payload) {
+			return &NotRunningError{Project: rec.Project}
+		}
 		return err
 	}
 	if e.cwdIdx > 0 {

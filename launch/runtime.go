@@ -32,6 +32,8 @@ type Runtime struct {
 	// vm only: --accel (auto, kvm, tcg) and --fs for the project share (9p, virtiofs).
 	Accel string
 	FS    string
+	// vm only: --no-display: no QEMU window even where the host has a display.
+	NoDisplay bool
 }
 
 func (rt *Runtime) euid() int {

@@ -43,7 +43,7 @@ func planVM(m *manifest.Manifest, rt *Runtime) (*Invocation, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Invocation{Path: p.QEMU, Args: p.Args, Env: qemuEnv()}, nil
+	return &Invocation{Path: p.QEMU, Args: p.Args, Env: append(qemuEnv(), p.Display.Env...)}, nil
 }
 
 // qemuEnv is QEMU's whole environment: it needs nothing from the user's,
@@ -54,6 +54,9 @@ func startVM(ctx context.Context, m *manifest.Manifest, rt *Runtime) error {
 	p, err := planVMRun(m, rt)
 	if err != nil {
 		return err
+	}
+	if p.Warning != "" {
+		fmt.Fprintln(os.Stderr, "claude-sandbox: warning: "+p.Warning)
 	}
 	sv := &vmSupervisor{plan: p, m: m, rt: rt, term: openTerminal(os.Stdin, os.Stdout), stderr: os.Stderr}
 	return sv.run(ctx)
@@ -257,7 +260,7 @@ func (sv *vmSupervisor) startQEMU() error {
 	if err != nil {
 		return &VMStartError{Reason: err.Error()}
 	}
-	cmd := &exec.Cmd{Path: p.QEMU, Args: p.Args, Env: qemuEnv(), Dir: p.RunDir, Stdin: inR, Stdout: outW, Stderr: qlog}
+	cmd := &exec.Cmd{Path: p.QEMU, Args: p.Args, Env: append(qemuEnv(), p.Display.Env...), Dir: p.RunDir, Stdin: inR, Stdout: outW, Stderr: qlog}
 	// Its own process group: a Ctrl-C on a terminal that is not in raw mode
 	// reaches only this supervisor, which then powers the guest down
 	// cleanly; and QEMU dies with its supervisor rather than lingering

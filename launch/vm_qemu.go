@@ -1,6 +1,7 @@
 package launch
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"os"
@@ -9,6 +10,7 @@ import (
 	"runtime"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/claude-sandbox/claude-sandbox/manifest"
 )
@@ -42,6 +44,80 @@ type vmPlan struct {
 	FS       string
 	VFSTag   string // virtiofs tag of the project, when FS is virtiofs
 	Virtiofs string // virtiofsd binary, when FS is virtiofs
+	Display  vmDisplay
+	Warning  string // one line for the user: the window that could not be opened
+}
+
+// vmDisplay is how the guest is shown: UI is QEMU's -display backend ("gtk"
+// or "sdl") with a virtio GPU, or "" for no window at all. Env is what QEMU
+// needs of the host's environment to reach the display.
+type vmDisplay struct {
+	UI  string
+	Env []string
+}
+
+// qemuDisplayUIs lists the -display backends a QEMU binary can open; tests
+// replace it. Debian ships gtk and sdl as modules in qemu-system-gui, so
+// asking QEMU is the only check that holds for every packaging.
+var qemuDisplayUIs = func(qemu string) map[string]bool {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, qemu, "-display", "help")
+	cmd.Env = qemuEnv()
+	out, _ := cmd.Output()
+	uis := map[string]bool{}
+	for _, line := range strings.Split(string(out), "\n") {
+		if f := strings.Fields(line); len(f) == 1 {
+			uis[f[0]] = true
+		}
+	}
+	return uis
+}
+
+// chooseDisplay opens a window only where the host has a display whose
+// socket exists (a stale DISPLAY would make QEMU fail to start) and the
+// user did not turn it off. A QEMU without a window backend still runs the
+// guest, without a window, and says so once.
+func chooseDisplay(h hostView, rt *Runtime, qemu string) (d vmDisplay, warning string) {
+	if rt.NoDisplay || rt.NoDesktop {
+		return vmDisplay{}, ""
+	}
+	var env []string
+	if display := h.env("DISPLAY"); display != "" {
+		if n, local := x11Display(display); local && h.isSocket("/tmp/.X11-unix/X"+n) {
+			env = append(env, "DISPLAY="+display)
+			if xauth := h.env("XAUTHORITY"); filepath.IsAbs(xauth) {
+				env = append(env, "XAUTHORITY="+xauth)
+			} else if filepath.IsAbs(rt.Home) {
+				// Xlib's own default, spelled out: QEMU's environment is
+				// built from nothing.
+				env = append(env, "XAUTHORITY="+filepath.Join(rt.Home, ".Xauthority"))
+			}
+		}
+	}
+	if wl := h.env("WAYLAND_DISPLAY"); wl != "" {
+		run := h.runtimeDir()
+		sock := wl
+		if !filepath.IsAbs(sock) && run != "" {
+			sock = filepath.Join(run, wl)
+		}
+		if filepath.IsAbs(sock) && h.isSocket(sock) {
+			env = append(env, "WAYLAND_DISPLAY="+wl)
+			if run != "" {
+				env = append(env, "XDG_RUNTIME_DIR="+run)
+			}
+		}
+	}
+	if len(env) == 0 {
+		return vmDisplay{}, ""
+	}
+	uis := qemuDisplayUIs(qemu)
+	for _, ui := range []string{"gtk", "sdl"} {
+		if uis[ui] {
+			return vmDisplay{UI: ui, Env: env}, ""
+		}
+	}
+	return vmDisplay{}, "this QEMU has no window (gtk or sdl) backend: the VM runs without a display (Debian: apt install qemu-system-gui; --no-display silences this)"
 }
 
 // qemuBinary names the system emulator: nixpkgs' from the manifest, else
@@ -143,7 +219,6 @@ func qemuArgs(m *manifest.Manifest, p *vmPlan, network bool) []string {
 	a := []string{p.QEMU,
 		"-name", "claude-sandbox,process=claude-sandbox-vm",
 		"-nodefaults", "-no-user-config",
-		"-display", "none",
 		"-machine", machine, "-cpu", cpu,
 		"-m", strconv.Itoa(vm.MemoryMiB), "-smp", strconv.Itoa(vm.Cores),
 		// A guest reboot (or a panic, with panic=-1) ends the VM instead of
@@ -158,6 +233,13 @@ func qemuArgs(m *manifest.Manifest, p *vmPlan, network bool) []string {
 		"-chardev", "socket,id=enter,path=" + vmConsoleSock + ",server=on,wait=off", "-serial", "chardev:enter",
 		"-chardev", "socket,id=qmp,path=" + vmQMPSock + ",server=on,wait=off", "-mon", "chardev=qmp,mode=control",
 		"-device", "virtio-rng-pci",
+	}
+	if p.Display.UI != "" {
+		// A window for the guest's own display (Chromium's kiosk in the
+		// NixOS guest); the serial consoles stay where they are.
+		a = append(a, "-display", p.Display.UI, "-device", "virtio-vga")
+	} else {
+		a = append(a, "-display", "none")
 	}
 	if network {
 		// User-mode NAT: the guest reaches what the host reaches, and
@@ -236,6 +318,7 @@ func planVMRun(m *manifest.Manifest, rt *Runtime) (*vmPlan, error) {
 		p.VFSTag = share.Tag + "-vfs"
 	}
 	p.Sources, p.Present = hostShares(m, rt, stateDir, p.RunDir)
+	p.Display, p.Warning = chooseDisplay(osHost(rt), rt, qemu)
 	p.Args = qemuArgs(m, p, rt.Network)
 	return p, nil
 }

@@ -51,6 +51,44 @@ let
 
   agent = import ./vm-agent.nix { inherit pkgs mnt; };
 
+  # The guest's display: when QEMU gives the guest a GPU (it does when the
+  # host has a display, launch/vm_qemu.go), Chromium runs full-screen in a
+  # cage Wayland kiosk, as the sandbox user, with a per-project profile on
+  # the state share. Without a GPU nothing of this starts.
+  kioskDropIn = "/run/systemd/system/cage-tty1.service.d/claude-sandbox-user.conf";
+  kiosk = pkgs.writeShellScript "claude-sandbox-kiosk" ''
+    # Chromium refuses to run as root with its own sandbox; the guest is
+    # the sandbox then.
+    flags=()
+    [ "$(${pkgs.coreutils}/bin/id -u)" = 0 ] && flags+=(--no-sandbox)
+    exec ${pkgs.chromium}/bin/chromium --user-data-dir=${mnt}/state/chromium \
+      --ozone-platform=wayland --kiosk --no-first-run "''${flags[@]}" about:blank
+  '';
+  # The sandbox user exists only once the agent made it from the metadata
+  # (vm-agent.nix), so cage's User= is given then, by a runtime drop-in;
+  # cage-tty1 waits for that file (its ConditionPathExists below).
+  kioskUser = pkgs.writeShellScript "claude-sandbox-kiosk-user" ''
+    export PATH=${lib.makeBinPath [ pkgs.coreutils ]}:/run/current-system/sw/bin
+    declare -A run=()
+    while IFS= read -r -d "" kv; do run[''${kv%%=*}]=''${kv#*=}; done < ${mnt}/meta/run
+    uid=''${run[uid]:-}
+    case $uid in ""|*[!0-9]*) echo "claude-sandbox-kiosk: bad uid in the metadata" >&2; exit 1 ;; esac
+    # The uid, not the name: only digits reach the unit file.
+    found=
+    for _ in $(seq 600); do
+      while IFS=: read -r _x _x id _x; do
+        [ "$id" = "$uid" ] && found=1 && break
+      done < /etc/passwd
+      [ -n "$found" ] && break
+      sleep 0.1
+    done
+    [ -n "$found" ] || { echo "claude-sandbox-kiosk: no user $uid in the guest" >&2; exit 1; }
+    mkdir -p ${builtins.dirOf kioskDropIn}
+    printf '[Service]\nUser=%s\n' "$uid" > ${kioskDropIn}
+    systemctl daemon-reload
+    systemctl start --no-block cage-tty1.service
+  '';
+
   vmModule = { config, lib, ... }: {
     # No boot loader: QEMU loads kernel and initrd itself (-kernel, -initrd).
     # nixos/modules/system/boot/loader/grub/grub.nix
@@ -138,6 +176,41 @@ let
         TTYVHangup = true;
       };
     };
+
+    # nixos/modules/services/wayland/cage.nix: cage-tty1 runs `program` in
+    # a Wayland session of `user` on tty1 (PAM, logind), wanted by
+    # graphical.target, which the module makes the default target. user is
+    # replaced at run time (kioskUser above).
+    services.cage = {
+      enable = true;
+      user = "nobody";
+      program = kiosk;
+      # -d: no client-side decorations; there is nothing to move the window to.
+      extraArguments = [ "-d" ];
+      environment.NIXOS_OZONE_WL = "1";
+    };
+    # systemd.unit(5): a list gives one condition per path, all must hold.
+    # No GPU (QEMU ran with -display none), no kiosk; and not before the
+    # user is known. A failed condition skips the unit silently, unlike a
+    # failure, which would print on the console (the command's terminal).
+    systemd.services."cage-tty1".unitConfig.ConditionPathExists =
+      lib.mkForce [ "/dev/tty1" "/dev/dri/card0" kioskDropIn ];
+    systemd.services.claude-sandbox-kiosk = {
+      description = "claude-sandbox: Chromium kiosk on the guest display";
+      wantedBy = [ "graphical.target" ];
+      after = [ "claude-sandbox.service" ];
+      unitConfig.ConditionPathExists = "/dev/dri/card0";
+      serviceConfig = {
+        Type = "oneshot";
+        ExecStart = "${kioskUser}";
+        StandardOutput = "journal";
+        StandardError = "journal";
+      };
+    };
+    # Chromium's managed policy, where programs.chromium puts it
+    # (nixos/modules/programs/chromium.nix); the bubblewrap backend binds
+    # the same JSON (templates/bubblewrap.nix).
+    environment.etc."chromium/policies/managed/claude-sandbox.json".text = builtins.toJSON spec.chromiumPolicy;
 
     # nixos/modules/tasks/network-interfaces.nix. With the network, QEMU's
     # user-mode NAT answers DHCP; without it the guest has no NIC at all.

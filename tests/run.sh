@@ -21,6 +21,9 @@ wanted=(nix-bin bubblewrap systemd-container busybox-static patchelf util-linux 
 # the vm backend's tests boot the fixture's guest (that kernel, its modules
 # resolved with kmod's modprobe) under QEMU (tests/vm_test.go).
 wanted+=(qemu-system-x86 linux-image-amd64 kmod)
+# The VM's window (tests/vm_display_test.go): QEMU's gtk/sdl display modules,
+# a virtual X server, and xwininfo to see the window.
+wanted+=(qemu-system-gui xvfb x11-utils)
 missing=()
 for p in "${wanted[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")

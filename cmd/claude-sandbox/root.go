@@ -35,6 +35,7 @@ type globalOptions struct {
 	Sudo      bool        // --sudo: run through sudo when not root (the container backend)
 	Accel     string      // --accel: the vm backend's accelerator (auto, kvm, tcg)
 	FS        string      // --fs: how the vm backend shares the project (9p, virtiofs)
+	NoDisplay bool        // --no-display: the vm backend opens no QEMU window
 }
 
 // app carries what commands need from the outside world, so tests can
@@ -130,6 +131,7 @@ The first launch of a configuration builds it with Nix; later ones start at once
 	f.BoolVar(&a.opts.Force, "force", false, "allow a project directory that is or contains your home directory")
 	f.BoolVar(&a.opts.DryRun, "dry-run", false, "print the sandbox invocation as JSON instead of starting it")
 	f.StringVar(&a.opts.Accel, "accel", "auto", "vm backend: auto (KVM when /dev/kvm works, else TCG), kvm or tcg (emulation: slow, works everywhere)")
+	f.BoolVar(&a.opts.NoDisplay, "no-display", false, "vm backend: no QEMU window even when DISPLAY or WAYLAND_DISPLAY is set")
 	f.StringVar(&a.opts.FS, "fs", "9p", "vm backend: how the project reaches the guest: 9p or virtiofs (faster; needs virtiofsd, usually root)")
 	f.BoolVar(&a.opts.Sudo, "sudo", false, "when not root, run this command again through sudo (the container backend needs root); only the sandbox's environment allowlist is kept")
 	root.Flags().BoolVar(&shell, "shell", false, "start bash instead of Claude Code")

@@ -94,7 +94,7 @@ func (a *app) launch(ctx context.Context, projectArg string, mode launchMode) er
 		return err
 	}
 	rt := a.runtimeFor(project, mode)
-	rt.Accel, rt.FS = a.opts.Accel, a.opts.FS // the vm backend's
+	rt.Accel, rt.FS, rt.NoDisplay = a.opts.Accel, a.opts.FS, a.opts.NoDisplay // the vm backend's
 	rt.Command = sandboxCommand(c, rt, mode)
 	if c.Manifest.Backend == "bubblewrap" && !a.opts.DryRun {
 		// Before anything is written: where bwrap cannot run, say why first.
