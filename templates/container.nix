@@ -37,15 +37,6 @@ let
   shell = "${pkgs.bashInteractive}/bin/bash";
   usrBinEnv = "${pkgs.coreutils}/bin/env";
 
-  # Laid out as the NixOS nix-ld module does it (nixos/modules/programs/nix-ld.nix).
-  nixLdLibraries = pkgs.buildEnv {
-    name = "claude-sandbox-nix-ld-libraries";
-    paths = map lib.getLib spec.nixLdLibraries;
-    pathsToLink = [ "/lib" ];
-    extraPrefix = "/share/nix-ld";
-    ignoreCollisions = true;
-    postBuild = "ln -s ${pkgs.stdenv.cc.bintools.dynamicLinker} $out/share/nix-ld/lib/ld.so";
-  };
 
   # What nspawn mounts read-only at /usr; it links /bin and /lib64 to
   # usr/bin and usr/lib64 itself (merged /usr). The loader at
@@ -65,11 +56,7 @@ let
     path = [ "${config.system.path}/bin" ];
     inherit shell usrBinEnv;
     claude = "${pkgs.claude-code}/bin/claude";
-    nixLd = {
-      loader = "${pkgs.nix-ld}/libexec/nix-ld";
-      NIX_LD = "${nixLdLibraries}/share/nix-ld/lib/ld.so";
-      NIX_LD_LIBRARY_PATH = "${nixLdLibraries}/share/nix-ld/lib";
-    };
+    inherit (spec) nixLd;
     hostEtc = spec.hostEtc;
     packages = spec.packageNames;
     container = {

@@ -16,18 +16,38 @@ let
     "procps" "lsof" "strace" "util-linux"
     "vim" "nano" "shellcheck" "gnupg" "openssl" "sqlite" "xclip"
   ];
+
+  # Libraries that prebuilt binaries (npm native modules, pip wheels) expect,
+  # served through nix-ld. A subset of the NixOS nix-ld module's defaults.
+  nixLdLibraries = with pkgs; [ stdenv.cc.cc zlib zstd openssl curl bzip2 xz ];
 in
 {
-  inherit packageNames;
+  inherit packageNames nixLdLibraries;
 
   packages =
     map (name: lib.getAttrFromPath [ name ] pkgs) packageNames
     # python3 alone has no pip; withPackages is how nixpkgs adds it.
     ++ [ (pkgs.python3.withPackages (ps: [ ps.pip ])) ];
 
-  # Libraries that prebuilt binaries (npm native modules, pip wheels) expect,
-  # served through nix-ld. A subset of the NixOS nix-ld module's defaults.
-  nixLdLibraries = with pkgs; [ stdenv.cc.cc zlib zstd openssl curl bzip2 xz ];
+  # The manifest's nixLd section, the same for every backend: the loader
+  # shim and its libraries, laid out as the NixOS nix-ld module does it
+  # (nixos/modules/programs/nix-ld.nix).
+  nixLd =
+    let
+      libraries = pkgs.buildEnv {
+        name = "claude-sandbox-nix-ld-libraries";
+        paths = map lib.getLib nixLdLibraries;
+        pathsToLink = [ "/lib" ];
+        extraPrefix = "/share/nix-ld";
+        ignoreCollisions = true;
+        postBuild = "ln -s ${pkgs.stdenv.cc.bintools.dynamicLinker} $out/share/nix-ld/lib/ld.so";
+      };
+    in
+    {
+      loader = "${pkgs.nix-ld}/libexec/nix-ld";
+      NIX_LD = "${libraries}/share/nix-ld/lib/ld.so";
+      NIX_LD_LIBRARY_PATH = "${libraries}/share/nix-ld/lib";
+    };
 
   # Chromium's managed policy in every sandbox: the Claude browser extension
   # (Chrome Web Store id), force-installed. The NixOS backends can pass it

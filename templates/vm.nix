@@ -262,17 +262,6 @@ let
 
   shell = "${pkgs.bashInteractive}/bin/bash";
 
-  # Laid out as the NixOS nix-ld module does it (nixos/modules/programs/nix-ld.nix);
-  # the agent puts the loader at /lib64/ld-linux-x86-64.so.2, as
-  # environment.ldso does on NixOS.
-  nixLdLibraries = pkgs.buildEnv {
-    name = "claude-sandbox-nix-ld-libraries";
-    paths = map lib.getLib spec.nixLdLibraries;
-    pathsToLink = [ "/lib" ];
-    extraPrefix = "/share/nix-ld";
-    ignoreCollisions = true;
-    postBuild = "ln -s ${pkgs.stdenv.cc.bintools.dynamicLinker} $out/share/nix-ld/lib/ld.so";
-  };
 
   # QEMU and virtiofsd from this nixpkgs when it has them; the launcher
   # falls back to the host's otherwise.
@@ -288,11 +277,7 @@ let
     inherit shell;
     usrBinEnv = "${pkgs.coreutils}/bin/env";
     claude = "${pkgs.claude-code}/bin/claude";
-    nixLd = {
-      loader = "${pkgs.nix-ld}/libexec/nix-ld";
-      NIX_LD = "${nixLdLibraries}/share/nix-ld/lib/ld.so";
-      NIX_LD_LIBRARY_PATH = "${nixLdLibraries}/share/nix-ld/lib";
-    };
+    inherit (spec) nixLd;
     hostEtc = [ ];
     packages = spec.packageNames;
     vm = {
