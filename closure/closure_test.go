@@ -54,22 +54,6 @@ func TestDamagedEntriesAreMisses(t *testing.T) {
 	}
 }
 
-func TestWriteFileAtomicLeavesNoTemporaries(t *testing.T) {
-	dir := t.TempDir()
-	p := filepath.Join(dir, "sub", "f.json")
-	if err := writeFileAtomic(p, []byte("one"), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	if err := writeFileAtomic(p, []byte("two"), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	data, _ := os.ReadFile(p)
-	entries, _ := os.ReadDir(filepath.Dir(p))
-	if string(data) != "two" || len(entries) != 1 {
-		t.Fatalf("content %q, %d files", data, len(entries))
-	}
-}
-
 func TestChooseNixpkgsPrecedence(t *testing.T) {
 	// A flake build links a pin in; this test sets its own.
 	pinned := CompiledNixpkgs

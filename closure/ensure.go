@@ -12,6 +12,7 @@ import (
 
 	"github.com/rs/zerolog"
 
+	"github.com/claude-sandbox/claude-sandbox/internal/atomicfile"
 	"github.com/claude-sandbox/claude-sandbox/manifest"
 	"github.com/claude-sandbox/claude-sandbox/nixgen"
 	"github.com/claude-sandbox/claude-sandbox/templates"
@@ -81,7 +82,7 @@ func (b *Builder) Expr(req Request) (path string, gen nixgen.Generated, err erro
 	}
 	path = b.Dirs.exprFile(gen.Key)
 	if current, err := os.ReadFile(path); err != nil || string(current) != gen.Expr {
-		if err := writeFileAtomic(path, []byte(gen.Expr), 0o644); err != nil {
+		if err := atomicfile.Write(path, []byte(gen.Expr), 0o644); err != nil {
 			return "", nixgen.Generated{}, fmt.Errorf("writing the entry expression: %w", err)
 		}
 	}

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/claude-sandbox/claude-sandbox/internal/atomicfile"
 	"github.com/claude-sandbox/claude-sandbox/manifest"
 )
 
@@ -59,7 +60,7 @@ func writeEntry(dirs Dirs, e *Entry) error {
 	if err != nil {
 		return err
 	}
-	return writeFileAtomic(dirs.entryFile(e.Key), append(data, '\n'), 0o644)
+	return atomicfile.Write(dirs.entryFile(e.Key), append(data, '\n'), 0o644)
 }
 
 // touch records a use, for `gc` to drop the least recently used.

@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"strings"
 
+	"github.com/claude-sandbox/claude-sandbox/internal/atomicfile"
 	"github.com/claude-sandbox/claude-sandbox/nixgen"
 	"github.com/claude-sandbox/claude-sandbox/templates"
 )
@@ -111,7 +112,7 @@ func (b *Builder) PackageNames(ctx context.Context, np nixgen.Nixpkgs, system st
 		sb.WriteString(n)
 		sb.WriteByte('\n')
 	}
-	if err := writeFileAtomic(b.Dirs.namesFile(np, system, set), []byte(sb.String()), 0o644); err != nil {
+	if err := atomicfile.Write(b.Dirs.namesFile(np, system, set), []byte(sb.String()), 0o644); err != nil {
 		return names, fmt.Errorf("caching nixpkgs names: %w", err)
 	}
 	return names, nil

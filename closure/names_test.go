@@ -5,6 +5,7 @@ import (
 	"slices"
 	"testing"
 
+	"github.com/claude-sandbox/claude-sandbox/internal/atomicfile"
 	"github.com/claude-sandbox/claude-sandbox/nixgen"
 )
 
@@ -16,7 +17,7 @@ func TestCachedPackageNames(t *testing.T) {
 	}
 	file := b.Dirs.namesFile(np, "x86_64-linux", nil)
 	write := func(text string) {
-		if err := writeFileAtomic(file, []byte(text), 0o644); err != nil {
+		if err := atomicfile.Write(file, []byte(text), 0o644); err != nil {
 			t.Fatal(err)
 		}
 	}

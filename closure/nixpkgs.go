@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"strings"
 
+	"github.com/claude-sandbox/claude-sandbox/internal/atomicfile"
 	"github.com/claude-sandbox/claude-sandbox/manifest"
 	"github.com/claude-sandbox/claude-sandbox/nixgen"
 )
@@ -203,7 +204,7 @@ func resolveFlakeRef(ctx context.Context, ref string, dirs Dirs, refresh bool, r
 	}
 	out := resolvedRef{Ref: ref, Path: meta.Path, Identity: identity}
 	data, _ := json.Marshal(out)
-	if err := writeFileAtomic(cacheFile, data, 0o644); err != nil {
+	if err := atomicfile.Write(cacheFile, data, 0o644); err != nil {
 		return nixgen.Nixpkgs{}, fmt.Errorf("caching nixpkgs resolution: %w", err)
 	}
 	return nixgen.Nixpkgs{Path: out.Path, Identity: out.Identity}, nil

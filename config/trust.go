@@ -12,6 +12,8 @@ import (
 	"sort"
 	"strings"
 	"time"
+
+	"github.com/claude-sandbox/claude-sandbox/internal/atomicfile"
 )
 
 // TrustStore records which project files the user approved, one file per
@@ -98,7 +100,7 @@ func (s TrustStore) Approve(f *File) (*Approval, error) {
 	if err := os.MkdirAll(s.Dir, 0o700); err != nil {
 		return nil, fmt.Errorf("creating the trust store: %w", err)
 	}
-	if err := writeAtomic(s.record(digest), append(data, '\n')); err != nil {
+	if err := atomicfile.Write(s.record(digest), append(data, '\n'), 0o600); err != nil {
 		return nil, fmt.Errorf("recording the approval: %w", err)
 	}
 	return a, nil
@@ -158,22 +160,6 @@ func (s TrustStore) latestFor(path string) *Approval {
 		}
 	}
 	return nil
-}
-
-func writeAtomic(path string, data []byte) error {
-	tmp, err := os.CreateTemp(filepath.Dir(path), ".tmp-")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(tmp.Name())
-	if _, err := tmp.Write(data); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Close(); err != nil {
-		return err
-	}
-	return os.Rename(tmp.Name(), path)
 }
 
 // Status is a project file's standing with the user.

@@ -12,6 +12,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/claude-sandbox/claude-sandbox/internal/atomicfile"
 )
 
 // Record describes one running sandbox, for `enter`, `stop`, `ps` and for a
@@ -90,19 +92,7 @@ func Register(stateDir string, r *Record) error {
 	if err != nil {
 		return err
 	}
-	tmp, err := os.CreateTemp(dir, ".tmp-")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(tmp.Name())
-	if _, err := tmp.Write(data); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Close(); err != nil {
-		return err
-	}
-	return os.Rename(tmp.Name(), filepath.Join(dir, r.ID+".json"))
+	return atomicfile.Write(filepath.Join(dir, r.ID+".json"), data, 0o600)
 }
 
 // Unregister removes a record.
