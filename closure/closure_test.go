@@ -4,6 +4,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 )
 
@@ -96,5 +97,57 @@ func TestResolvePathIdentityFollowsContent(t *testing.T) {
 	}
 	if _, err := resolvePath(filepath.Join(dir, "missing")); err == nil {
 		t.Fatal("missing nixpkgs accepted")
+	}
+}
+
+// fakeGitCheckout makes root a git checkout whose index claims entries
+// tracked files, on branch main at commit, without running git.
+func fakeGitCheckout(t *testing.T, root string, entries uint32, commit string) {
+	t.Helper()
+	gitDir := filepath.Join(root, ".git")
+	os.MkdirAll(filepath.Join(gitDir, "refs", "heads"), 0o755)
+	header := []byte{'D', 'I', 'R', 'C', 0, 0, 0, 2, byte(entries >> 24), byte(entries >> 16), byte(entries >> 8), byte(entries)}
+	os.WriteFile(filepath.Join(gitDir, "index"), header, 0o644)
+	os.WriteFile(filepath.Join(gitDir, "HEAD"), []byte("ref: refs/heads/main\n"), 0o644)
+	os.WriteFile(filepath.Join(gitDir, "refs", "heads", "main"), []byte(commit+"\n"), 0o644)
+}
+
+func TestResolvePathLargeCheckoutIsItsCommit(t *testing.T) {
+	dir := t.TempDir()
+	os.WriteFile(filepath.Join(dir, "default.nix"), []byte("{}: {}"), 0o644)
+	fakeGitCheckout(t, dir, 45000, "1111111111111111111111111111111111111111")
+	a, _ := resolvePath(dir)
+	if !strings.Contains(a.Identity, "git:1111111111111111111111111111111111111111") {
+		t.Fatalf("a checkout of 45,000 files is not identified by its commit: %s", a.Identity)
+	}
+	os.WriteFile(filepath.Join(dir, "default.nix"), []byte("{ ... }: { x = 1; }"), 0o644)
+	if b, _ := resolvePath(dir); b.Identity != a.Identity {
+		t.Fatal("an uncommitted edit to a large checkout changed its identity, so every launch would walk it")
+	}
+	os.WriteFile(filepath.Join(dir, ".git", "refs", "heads", "main"), []byte("2222222222222222222222222222222222222222\n"), 0o644)
+	if c, _ := resolvePath(dir); c.Identity == a.Identity {
+		t.Fatal("a new commit kept the identity: the old closure would be reused")
+	}
+}
+
+func TestGitHeadFollowsPackedRefsAndWorktrees(t *testing.T) {
+	main := t.TempDir()
+	fakeGitCheckout(t, main, 10, "")
+	os.Remove(filepath.Join(main, ".git", "refs", "heads", "main"))
+	os.WriteFile(filepath.Join(main, ".git", "packed-refs"),
+		[]byte("# pack-refs with: peeled fully-peeled sorted\n3333333333333333333333333333333333333333 refs/heads/main\n"), 0o644)
+	if got := findGitRepo(filepath.Join(main, "sub")).head(); got != "3333333333333333333333333333333333333333" {
+		t.Errorf("packed ref: head = %q", got)
+	}
+
+	// A linked worktree: .git is a file, HEAD is its own, refs are shared.
+	wt := t.TempDir()
+	wtGit := filepath.Join(main, ".git", "worktrees", "wt")
+	os.MkdirAll(wtGit, 0o755)
+	os.WriteFile(filepath.Join(wtGit, "HEAD"), []byte("ref: refs/heads/main\n"), 0o644)
+	os.WriteFile(filepath.Join(wtGit, "commondir"), []byte("../..\n"), 0o644)
+	os.WriteFile(filepath.Join(wt, ".git"), []byte("gitdir: "+wtGit+"\n"), 0o644)
+	if got := findGitRepo(wt).head(); got != "3333333333333333333333333333333333333333" {
+		t.Errorf("worktree: head = %q", got)
 	}
 }

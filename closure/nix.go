@@ -8,12 +8,13 @@ import (
 	"io"
 	"os"
 	"os/exec"
-	"regexp"
 	"strings"
 	"syscall"
 	"time"
 
 	"github.com/rs/zerolog"
+
+	"github.com/claude-sandbox/claude-sandbox/internal/lazyregexp"
 )
 
 // nixRunner runs Nix CLI programs with a log tap and sane cancellation.
@@ -30,7 +31,7 @@ type nixResult struct {
 	tail   []string // last stderr lines, ANSI stripped
 }
 
-var ansi = regexp.MustCompile(`\x1b\[[0-9;]*[A-Za-z]`)
+var ansi = lazyregexp.New(`\x1b\[[0-9;]*[A-Za-z]`)
 
 func (r nixRunner) run(ctx context.Context, program string, args ...string) (nixResult, error) {
 	path, err := exec.LookPath(program)
@@ -79,7 +80,7 @@ func (r nixRunner) run(ctx context.Context, program string, args ...string) (nix
 	return res, nil
 }
 
-var daemonFailure = regexp.MustCompile(`cannot connect to socket at '[^']*'|cannot connect to daemon|daemon-socket/socket': Permission denied|Nix daemon disconnected`)
+var daemonFailure = lazyregexp.New(`cannot connect to socket at '[^']*'|cannot connect to daemon|daemon-socket/socket': Permission denied|Nix daemon disconnected`)
 
 // classify turns a failed Nix run into a typed error; the caller adds context.
 func classify(tail []string, err error) error {

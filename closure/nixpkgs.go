@@ -3,9 +3,11 @@ package closure
 import (
 	"context"
 	"crypto/sha256"
+	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -103,20 +105,35 @@ func resolvePath(ref string) (nixgen.Nixpkgs, error) {
 		// A store path names its content: that is the whole identity.
 		return nixgen.Nixpkgs{Path: real, Identity: "store:" + real}, nil
 	}
-	return nixgen.Nixpkgs{Path: real, Identity: "path:" + real + ":" + treeFingerprint(real)}, nil
+	return nixgen.Nixpkgs{Path: real, Identity: "path:" + real + ":" + localTreeIdentity(real)}, nil
 }
 
 // maxFingerprintFiles bounds the walk. A full nixpkgs checkout (~45,000
-// files) is past it; there the git revision stands in, and an uncommitted
+// files) is past it; there the git commit stands in, and an uncommitted
 // edit to such a checkout needs --rebuild.
 const maxFingerprintFiles = 4000
 
-// treeFingerprint changes when a file in a small local tree changes (its
-// size or mtime), cheaply enough for every launch.
-func treeFingerprint(root string) string {
+// localTreeIdentity changes when a local nixpkgs tree changes, cheaply
+// enough for every launch. A git checkout too large to walk is recognised
+// from its index's header before any walk starts: walking 4,000 of a real
+// checkout's files to find that out cost every launch tens of milliseconds.
+func localTreeIdentity(root string) string {
+	repo := findGitRepo(root)
+	if repo.indexEntries() > maxFingerprintFiles {
+		return "git:" + repo.head()
+	}
+	if sum, complete := walkFingerprint(root); complete {
+		return "tree:" + sum
+	}
+	return "git:" + repo.head()
+}
+
+// walkFingerprint hashes every entry's name, mode, size and mtime; complete
+// is false past maxFingerprintFiles.
+func walkFingerprint(root string) (sum string, complete bool) {
 	h := sha256.New()
 	count := 0
-	complete := true
+	complete = true
 	_ = filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
 		if err != nil {
 			return nil
@@ -132,35 +149,87 @@ func treeFingerprint(root string) string {
 		if err != nil {
 			return nil
 		}
-		rel, _ := filepath.Rel(root, p)
-		fmt.Fprintf(h, "%s\x00%o\x00%d\x00%d\n", rel, info.Mode(), info.Size(), info.ModTime().UnixNano())
+		fmt.Fprintf(h, "%s\x00%o\x00%d\x00%d\n", p[len(root):], info.Mode(), info.Size(), info.ModTime().UnixNano())
 		return nil
 	})
-	if !complete {
-		h.Reset()
-		fmt.Fprintf(h, "git:%s\n", gitHead(root))
-	}
-	return hex.EncodeToString(h.Sum(nil))[:32]
+	return hex.EncodeToString(h.Sum(nil))[:32], complete
 }
 
-// gitHead reads the checked-out commit without running git.
-func gitHead(dir string) string {
+// gitRepo is the git directory holding a tree, read without running git;
+// the zero value stands for "not in a git checkout".
+type gitRepo struct{ dir, commonDir string }
+
+// findGitRepo looks for .git in dir and its parents. A linked worktree's
+// .git is a file naming its git directory, whose commondir holds the refs.
+func findGitRepo(dir string) gitRepo {
 	for d := dir; ; d = filepath.Dir(d) {
-		gitDir := filepath.Join(d, ".git")
-		if head, err := os.ReadFile(filepath.Join(gitDir, "HEAD")); err == nil {
-			ref, isRef := strings.CutPrefix(strings.TrimSpace(string(head)), "ref: ")
-			if !isRef {
-				return ref
+		dotGit := filepath.Join(d, ".git")
+		if st, err := os.Stat(dotGit); err == nil {
+			repo := gitRepo{dir: dotGit, commonDir: dotGit}
+			if !st.IsDir() {
+				data, _ := os.ReadFile(dotGit)
+				target, ok := strings.CutPrefix(strings.TrimSpace(string(data)), "gitdir: ")
+				if !ok {
+					return gitRepo{}
+				}
+				if !filepath.IsAbs(target) {
+					target = filepath.Join(d, target)
+				}
+				repo = gitRepo{dir: target, commonDir: target}
+				if common, err := os.ReadFile(filepath.Join(target, "commondir")); err == nil {
+					repo.commonDir = filepath.Join(target, strings.TrimSpace(string(common)))
+				}
 			}
-			if rev, err := os.ReadFile(filepath.Join(gitDir, ref)); err == nil {
-				return strings.TrimSpace(string(rev))
-			}
-			return ref
+			return repo
 		}
 		if d == filepath.Dir(d) {
-			return "unknown"
+			return gitRepo{}
 		}
 	}
+}
+
+// indexEntries reads how many files git tracks from the index header
+// ("DIRC", version, entry count), or 0 when there is no readable index.
+func (r gitRepo) indexEntries() int {
+	if r.dir == "" {
+		return 0
+	}
+	f, err := os.Open(filepath.Join(r.dir, "index"))
+	if err != nil {
+		return 0
+	}
+	defer f.Close()
+	var header [12]byte
+	if _, err := io.ReadFull(f, header[:]); err != nil || string(header[:4]) != "DIRC" {
+		return 0
+	}
+	return int(binary.BigEndian.Uint32(header[8:]))
+}
+
+// head is the checked-out commit: HEAD itself when detached, else the
+// branch's loose ref or its line in packed-refs (where `git gc` moves it).
+func (r gitRepo) head() string {
+	if r.dir == "" {
+		return "unknown"
+	}
+	data, err := os.ReadFile(filepath.Join(r.dir, "HEAD"))
+	if err != nil {
+		return "unknown"
+	}
+	ref, isRef := strings.CutPrefix(strings.TrimSpace(string(data)), "ref: ")
+	if !isRef {
+		return ref
+	}
+	if rev, err := os.ReadFile(filepath.Join(r.commonDir, ref)); err == nil {
+		return strings.TrimSpace(string(rev))
+	}
+	packed, _ := os.ReadFile(filepath.Join(r.commonDir, "packed-refs"))
+	for _, line := range strings.Split(string(packed), "\n") {
+		if rev, name, ok := strings.Cut(line, " "); ok && name == ref {
+			return rev
+		}
+	}
+	return ref
 }
 
 type resolvedRef struct {

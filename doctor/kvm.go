@@ -8,13 +8,14 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"regexp"
 	"sort"
 	"strings"
 	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/claude-sandbox/claude-sandbox/internal/lazyregexp"
 )
 
 // kvmDevice is a variable so tests can point it elsewhere.
@@ -23,7 +24,7 @@ var kvmDevice = "/dev/kvm"
 // kernelLine is a kernel log line ("[    0.000000] Linux version …"): the
 // proof that a guest really runs. Nested KVM can accept the VM and then
 // fail on the first privileged MSR, or spin without ever printing.
-var kernelLine = regexp.MustCompile(`\[\s*\d+\.\d{6}\]`)
+var kernelLine = lazyregexp.New(`\[\s*\d+\.\d{6}\]`)
 
 func qemuArch(system string) string {
 	arch, _, _ := strings.Cut(system, "-")
@@ -169,7 +170,7 @@ func bootProbe(ctx context.Context, env *Env, qemu, kernel string, timeout time.
 // It is QEMU's stdout itself (not a pipe read by a goroutine), so Wait
 // returns only after every byte was seen.
 type lineWatcher struct {
-	match   *regexp.Regexp
+	match   *lazyregexp.Regexp
 	found   func()
 	partial []byte
 	done    bool

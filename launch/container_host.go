@@ -10,10 +10,10 @@ import (
 	"os/exec"
 	"os/user"
 	"path/filepath"
-	"regexp"
 	"strconv"
 	"strings"
 
+	"github.com/claude-sandbox/claude-sandbox/internal/lazyregexp"
 	"github.com/claude-sandbox/claude-sandbox/manifest"
 )
 
@@ -135,7 +135,7 @@ type containerGroup struct {
 	Name string
 }
 
-var containerSafeName = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_.-]*$`)
+var containerSafeName = lazyregexp.New(`^[A-Za-z_][A-Za-z0-9_.-]*$`)
 
 // safeContainerName: at most 32 characters, checked apart from the pattern
 // (a counted repetition would cost every launch its compilation).

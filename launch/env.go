@@ -3,10 +3,10 @@ package launch
 import (
 	"fmt"
 	"path/filepath"
-	"regexp"
 	"sort"
 	"strings"
 
+	"github.com/claude-sandbox/claude-sandbox/internal/lazyregexp"
 	"github.com/claude-sandbox/claude-sandbox/manifest"
 )
 
@@ -24,7 +24,7 @@ var passedThrough = []string{
 // usually there for the user's own tools, not for the agent.
 var ghTokens = []string{"GH_TOKEN", "GITHUB_TOKEN"}
 
-var envName = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
+var envName = lazyregexp.New(`^[A-Za-z_][A-Za-z0-9_]*$`)
 
 // EnvNameError is a --env argument that is not a variable name.
 type EnvNameError struct{ Name string }

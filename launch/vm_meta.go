@@ -9,11 +9,11 @@ import (
 	"io"
 	"os"
 	"path/filepath"
-	"regexp"
 	"sort"
 	"strconv"
 	"strings"
 
+	"github.com/claude-sandbox/claude-sandbox/internal/lazyregexp"
 	"github.com/claude-sandbox/claude-sandbox/manifest"
 )
 
@@ -42,7 +42,7 @@ type vmMeta struct {
 }
 
 // At most 31 bytes, checked apart: see manifest/vm.go's mountTag.
-var guestUserName = regexp.MustCompile(`^[a-z_][a-z0-9_-]*$`)
+var guestUserName = lazyregexp.New(`^[a-z_][a-z0-9_-]*$`)
 
 // guestIdentity is who the command runs as in the guest: the calling
 // user's uid and gid, so the project's files (shared with their host

@@ -2,7 +2,8 @@ package manifest
 
 import (
 	"fmt"
-	"regexp"
+
+	"github.com/claude-sandbox/claude-sandbox/internal/lazyregexp"
 )
 
 // Container is what the container (systemd-nspawn) backend needs beyond the
@@ -20,7 +21,7 @@ type Container struct {
 // passes it to sethostname(2).
 // The length is checked apart: a counted repetition compiles to 61 copies,
 // and this package's init runs on every launch.
-var hostName = regexp.MustCompile(`^[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?$`)
+var hostName = lazyregexp.New(`^[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?$`)
 
 func (c *Container) validate() error {
 	if err := storePaths(map[string]string{

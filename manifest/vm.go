@@ -2,8 +2,9 @@ package manifest
 
 import (
 	"fmt"
-	"regexp"
 	"strings"
+
+	"github.com/claude-sandbox/claude-sandbox/internal/lazyregexp"
 )
 
 // VM is what the vm (QEMU) backend needs beyond the common fields: how to
@@ -51,8 +52,8 @@ var VMShareSources = []string{"store", "meta", "project", "claude", "state", "ss
 var requiredShares = []string{"store", "meta", "project"}
 
 var (
-	mountTag    = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]*$`) // and at most 31 bytes: a counted repetition would cost every launch its compilation
-	kernelParam = regexp.MustCompile(`^[\x21-\x7e]+$`)               // printable, no space or quote games
+	mountTag    = lazyregexp.New(`^[A-Za-z0-9][A-Za-z0-9_.-]*$`) // and at most 31 bytes: a counted repetition would cost every launch its compilation
+	kernelParam = lazyregexp.New(`^[\x21-\x7e]+$`)               // printable, no space or quote games
 )
 
 func (v *VM) validate() error {

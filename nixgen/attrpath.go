@@ -2,15 +2,16 @@ package nixgen
 
 import (
 	"fmt"
-	"regexp"
 	"strings"
+
+	"github.com/claude-sandbox/claude-sandbox/internal/lazyregexp"
 )
 
 // A Nix identifier as nixpkgs uses them for attribute names. Quoted names
 // (`nodePackages."@scope/x"`) are refused rather than escaped: no package a
 // user would reasonably ask for needs one, and refusing keeps every name a
 // plain identifier that cannot carry Nix syntax.
-var identifier = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_'-]*$`)
+var identifier = lazyregexp.New(`^[A-Za-z_][A-Za-z0-9_'-]*$`)
 
 const (
 	maxNameLength  = 200

@@ -54,6 +54,11 @@ func run(args []string) int {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	root := a.newRootCmd()
+	if len(args) > 0 && (args[0] == cobra.ShellCompRequestCmd || args[0] == cobra.ShellCompNoDescRequestCmd) {
+		// Only the shell's completion requests read them, and walking every
+		// command's flags costs each launch a third of a millisecond.
+		a.registerCompletions(root)
+	}
 	root.SetArgs(args)
 	err := root.ExecuteContext(ctx)
 	var status *launch.ExitStatusError
@@ -146,7 +151,6 @@ The first launch of a configuration builds it with Nix; later ones start at once
 	}
 	root.AddCommand(a.newEnterCmd(), a.newStopCmd(), a.newPsCmd())
 	root.AddCommand(a.newDoctorCmd(), a.newTrustCmd(), a.newConfigCmd())
-	a.registerCompletions(root)
 	return root
 }
 
