@@ -2,10 +2,9 @@ package launch
 
 import (
 	"bytes"
-	"debug/elf"
+	"encoding/binary"
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"os/exec"
 	"os/user"
@@ -97,28 +96,58 @@ func selfExecutable() (string, error) {
 	if strings.HasSuffix(exe, " (deleted)") {
 		return "", &ContainerHostError{Reason: "the running claude-sandbox binary was deleted or replaced", Fix: "run the new claude-sandbox again"}
 	}
-	f, err := elf.Open(exe)
+	interp, err := elfInterpreter(exe)
 	if err != nil {
 		return "", &ContainerHostError{Reason: fmt.Sprintf("reading %s: %v", exe, err), Fix: "reinstall claude-sandbox"}
 	}
-	defer f.Close()
-	for _, p := range f.Progs {
-		if p.Type != elf.PT_INTERP {
-			continue
-		}
-		data, err := io.ReadAll(p.Open())
-		if err != nil {
-			return "", &ContainerHostError{Reason: fmt.Sprintf("reading %s: %v", exe, err), Fix: "reinstall claude-sandbox"}
-		}
-		interp := string(bytes.TrimRight(data, "\x00"))
-		if !strings.HasPrefix(interp, manifest.StoreDir+"/") {
-			return "", &ContainerHostError{
-				Reason: fmt.Sprintf("%s is linked against the host's C library (%s), which the container cannot see", exe, interp),
-				Fix:    "use the claude-sandbox from Nix, or build it static: CGO_ENABLED=0 go build ./cmd/claude-sandbox",
-			}
+	if interp != "" && !strings.HasPrefix(interp, manifest.StoreDir+"/") {
+		return "", &ContainerHostError{
+			Reason: fmt.Sprintf("%s is linked against the host's C library (%s), which the container cannot see", exe, interp),
+			Fix:    "use the claude-sandbox from Nix, or build it static: CGO_ENABLED=0 go build ./cmd/claude-sandbox",
 		}
 	}
 	return exe, nil
+}
+
+// elfInterpreter returns the program interpreter (PT_INTERP) a 64-bit
+// little-endian ELF file names, or "" for a static one. debug/elf would do
+// it, but linking it (with DWARF, zlib and zstd behind it) made every
+// launch of every backend pay their package initialisation.
+func elfInterpreter(path string) (string, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	var header [64]byte
+	if _, err := f.ReadAt(header[:], 0); err != nil || string(header[:4]) != "\x7fELF" || header[4] != 2 || header[5] != 1 {
+		return "", errors.New("not a 64-bit little-endian ELF executable")
+	}
+	le := binary.LittleEndian
+	phoff, phentsize, phnum := int64(le.Uint64(header[0x20:])), int64(le.Uint16(header[0x36:])), int(le.Uint16(header[0x38:]))
+	if phentsize < 56 || phnum > 256 {
+		return "", errors.New("malformed ELF program headers")
+	}
+	const ptInterp = 3
+	for i := 0; i < phnum; i++ {
+		var ph [56]byte
+		if _, err := f.ReadAt(ph[:], phoff+int64(i)*phentsize); err != nil {
+			return "", err
+		}
+		if le.Uint32(ph[0:]) != ptInterp {
+			continue
+		}
+		offset, size := int64(le.Uint64(ph[8:])), le.Uint64(ph[32:])
+		if size == 0 || size > 4096 {
+			return "", errors.New("malformed ELF interpreter entry")
+		}
+		interp := make([]byte, size)
+		if _, err := f.ReadAt(interp, offset); err != nil {
+			return "", err
+		}
+		return string(bytes.TrimRight(interp, "\x00")), nil
+	}
+	return "", nil
 }
 
 // containerUser is who the payload runs as: the user who ran sudo, so that

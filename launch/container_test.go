@@ -2,7 +2,11 @@ package launch
 
 import (
 	"context"
+	"debug/elf"
 	"errors"
+	"io"
+	"os"
+	"path/filepath"
 	"regexp"
 	"slices"
 	"strings"
@@ -196,4 +200,44 @@ func TestSudoArgvKeepsNamesOnly(t *testing.T) {
 	if !slices.Equal(argv, want) {
 		t.Errorf("got  %q\nwant %q", argv, want)
 	}
+}
+
+func TestELFInterpreterAgreesWithDebugELF(t *testing.T) {
+	self, _ := os.Executable()
+	candidates := []string{self, "/bin/sh", "/bin/busybox", "/usr/bin/bwrap"}
+	checked := 0
+	for _, path := range candidates {
+		want, ok := debugELFInterpreter(path)
+		if !ok {
+			continue
+		}
+		got, err := elfInterpreter(path)
+		if err != nil || got != want {
+			t.Errorf("%s: interpreter %q, %v; debug/elf says %q", path, got, err, want)
+		}
+		checked++
+	}
+	if checked < 2 {
+		t.Fatalf("only %d of %v readable", checked, candidates)
+	}
+	notELF := filepath.Join(t.TempDir(), "script")
+	os.WriteFile(notELF, []byte("#!/bin/sh\n"), 0o755)
+	if _, err := elfInterpreter(notELF); err == nil {
+		t.Error("a script was read as an ELF executable")
+	}
+}
+
+func debugELFInterpreter(path string) (string, bool) {
+	f, err := elf.Open(path)
+	if err != nil {
+		return "", false
+	}
+	defer f.Close()
+	for _, p := range f.Progs {
+		if p.Type == elf.PT_INTERP {
+			data, _ := io.ReadAll(p.Open())
+			return strings.TrimRight(string(data), "\x00"), true
+		}
+	}
+	return "", true
 }

@@ -6,27 +6,101 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/claude-sandbox/claude-sandbox/nixdaemon"
 )
 
-// BenchmarkLaunch times, side by side in one run, the three ways to start
-// `true` in the sandbox: a warm claude-sandbox launch, a bare bwrap with the
-// very same arguments (the floor), and evaluating with nix-build then
-// exec'ing bwrap (what a tool without a cache pays every time).
+// BenchmarkLaunch times, side by side in one run, the ways to start `true`
+// in the sandbox: a warm claude-sandbox launch, a bare bwrap with the very
+// same arguments (the floor), the least a Go launcher can do (execfloor:
+// read the finished invocation, exec bwrap) and evaluating with nix-build
+// then exec'ing bwrap (what a tool without a cache pays every time).
 //
-//	go test ./tests -run '^$' -bench Launch -benchtime 30x
+// The warm launch takes nixpkgs from the store, as a user's does (the
+// flake's pinned nixpkgs, a channel, the flake registry all resolve to a
+// store path). warm-local-tree-ms is the same launch with nixpkgs as a
+// local directory (the fixture, 56 files), which each launch re-checks.
+//
+//	go test ./tests -run '^$' -bench 'Launch$' -benchtime 30x
 func BenchmarkLaunch(b *testing.B) {
-	requireSandboxHost(b)
-	p := project(b)
-	buildJSON(b, runOpts{})
-	env := []string{"PATH=" + os.Getenv("PATH"), "HOME=" + os.Getenv("HOME"), "USER=" + os.Getenv("USER"),
-		"XDG_CACHE_HOME=" + sharedDirs().cache, "XDG_STATE_HOME=" + sharedDirs().state, "CLAUDE_SANDBOX_NIXPKGS=" + fixture}
+	rig := newLaunchRig(b, "true")
+	localTreeEnv := append(append([]string(nil), rig.env...), "CLAUDE_SANDBOX_NIXPKGS="+fixture)
+	warmLocalTree := func() time.Duration { return rig.timeIt(localTreeEnv, nil, binary, rig.launchArgs...) }
+	expr := filepath.Join(b.TempDir(), "sandbox.nix")
+	printed := run(b, runOpts{}, "build", "--print-expr")
+	os.WriteFile(expr, []byte(printed.stdout), 0o644)
+	evalThenExec := func() time.Duration {
+		start := time.Now()
+		if out, err := exec.Command("nix-build", "--no-out-link", expr).CombinedOutput(); err != nil {
+			b.Fatalf("nix-build: %v\n%s", err, out)
+		}
+		return time.Since(start) + rig.bareBwrap()
+	}
 
-	dry := run(b, runOpts{}, "exec", "--dry-run", p, "--", "true")
-	var inv struct {
+	rig.warmLaunch() // first touches of page cache are not what a user repeats
+	warmLocalTree()
+	rig.bareBwrap()
+	rig.goExecFloor()
+	var warm, local, bare, goFloor, eval time.Duration
+	evals := 0
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		warm += rig.warmLaunch()
+		bare += rig.bareBwrap()
+		goFloor += rig.goExecFloor()
+		local += warmLocalTree()
+		if i < 5 { // nix-build costs seconds; a few samples are enough
+			eval += evalThenExec()
+			evals++
+		}
+	}
+	b.StopTimer()
+	b.ReportMetric(ms(warm, b.N), "warm-ms")
+	b.ReportMetric(ms(local, b.N), "warm-local-tree-ms")
+	b.ReportMetric(ms(bare, b.N), "bare-bwrap-ms")
+	b.ReportMetric(ms(goFloor, b.N), "go-exec-floor-ms")
+	b.ReportMetric(ms(eval, evals), "eval-then-exec-ms")
+	b.ReportMetric(ms(warm, b.N)/ms(bare, b.N), "warm/bare")
+	b.ReportMetric(ms(goFloor, b.N)/ms(bare, b.N), "floor/bare")
+	b.ReportMetric(ms(eval, evals)/ms(warm, b.N), "eval/warm")
+	b.ReportMetric(0, "ns/op")
+}
+
+// BenchmarkLaunchClaude is BenchmarkLaunch for what a user starts: Claude
+// Code itself (`claude --version`, its whole start-up), warm launch against
+// a bare bwrap of the same invocation.
+//
+//	go test ./tests -run '^$' -bench LaunchClaude -benchtime 10x
+func BenchmarkLaunchClaude(b *testing.B) {
+	rig := newLaunchRig(b, "claude", "--version")
+	rig.warmLaunch()
+	rig.bareBwrap()
+	var warm, bare time.Duration
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		warm += rig.warmLaunch()
+		bare += rig.bareBwrap()
+	}
+	b.StopTimer()
+	b.ReportMetric(ms(warm, b.N), "warm-ms")
+	b.ReportMetric(ms(bare, b.N), "bare-bwrap-ms")
+	b.ReportMetric(ms(warm, b.N)/ms(bare, b.N), "warm/bare")
+	b.ReportMetric(0, "ns/op")
+}
+
+func ms(d time.Duration, n int) float64 { return float64(d.Microseconds()) / 1000 / float64(n) }
+
+// launchRig runs one command in a warm sandbox three ways: through
+// claude-sandbox, as the bare bwrap invocation claude-sandbox would exec
+// (from --dry-run), and through execfloor.
+type launchRig struct {
+	b          *testing.B
+	env        []string // claude-sandbox's, without CLAUDE_SANDBOX_NIXPKGS
+	launchArgs []string
+	inv        struct {
 		Path string   `json:"path"`
 		Args []string `json:"args"`
 		Env  []string `json:"env"`
@@ -36,77 +110,82 @@ func BenchmarkLaunch(b *testing.B) {
 			Source string `json:"source"`
 		} `json:"files"`
 	}
-	if dry.code != 0 || json.Unmarshal([]byte(dry.stdout), &inv) != nil {
+	invFile, floor, storeNixpkgs string
+}
+
+func newLaunchRig(b *testing.B, command ...string) *launchRig {
+	requireSandboxHost(b)
+	rig := &launchRig{b: b}
+	p := project(b)
+	rig.launchArgs = append([]string{"exec", p, "--"}, command...)
+	rig.storeNixpkgs = addToStore(b, fixture)
+	fromStore := runOpts{env: []string{"CLAUDE_SANDBOX_NIXPKGS=" + rig.storeNixpkgs}}
+	if buildJSON(b, fromStore).OutPath != buildJSON(b, runOpts{}).OutPath {
+		b.Fatal("the fixture in the store and as a directory built different sandboxes")
+	}
+	rig.env = []string{"PATH=" + os.Getenv("PATH"), "HOME=" + os.Getenv("HOME"), "USER=" + os.Getenv("USER"),
+		"XDG_CACHE_HOME=" + sharedDirs().cache, "XDG_STATE_HOME=" + sharedDirs().state,
+		"XDG_CONFIG_HOME=" + filepath.Join(workDir, "no-config")}
+	dry := run(b, fromStore, append([]string{"exec", "--dry-run"}, rig.launchArgs[1:]...)...)
+	if dry.code != 0 || json.Unmarshal([]byte(dry.stdout), &rig.inv) != nil {
 		b.Fatalf("--dry-run: %s", dry)
 	}
-	expr := filepath.Join(b.TempDir(), "sandbox.nix")
-	printed := run(b, runOpts{}, "build", "--print-expr")
-	os.WriteFile(expr, []byte(printed.stdout), 0o644)
+	rig.invFile = filepath.Join(b.TempDir(), "invocation.json")
+	os.WriteFile(rig.invFile, []byte(dry.stdout), 0o644)
+	rig.floor = filepath.Join(b.TempDir(), "execfloor")
+	build := exec.Command("go", "build", "-o", rig.floor, "./execfloor")
+	build.Env = append(os.Environ(), "CGO_ENABLED=0") // static, as claude-sandbox is built
+	if out, err := build.CombinedOutput(); err != nil {
+		b.Fatalf("building execfloor: %v\n%s", err, out)
+	}
+	return rig
+}
 
-	// extraFiles gives bare bwrap the descriptors the launcher gives it.
-	extraFiles := func() []*os.File {
-		var files []*os.File
-		for _, f := range inv.Files {
-			data := f.Data
-			if f.Source != "" {
-				data, _ = os.ReadFile(f.Source)
-			}
-			tmp, err := os.CreateTemp(b.TempDir(), "fd")
-			if err != nil {
-				b.Fatal(err)
-			}
-			tmp.Write(data)
-			tmp.Seek(0, 0)
-			files = append(files, tmp)
-		}
-		return files
-	}
-	timeIt := func(env []string, files []*os.File, name string, args ...string) time.Duration {
-		cmd := exec.Command(name, args...)
-		cmd.Env = env
-		cmd.ExtraFiles = files
-		defer func() {
-			for _, f := range files {
-				f.Close()
-			}
-		}()
-		start := time.Now()
-		if out, err := cmd.CombinedOutput(); err != nil {
-			b.Fatalf("%s: %v\n%s", name, err, out)
-		}
-		return time.Since(start)
-	}
-	warmLaunch := func() time.Duration { return timeIt(env, nil, binary, "exec", p, "--", "true") }
-	bareBwrap := func() time.Duration { return timeIt(inv.Env, extraFiles(), inv.Path, inv.Args[1:]...) }
-	evalThenExec := func() time.Duration {
-		start := time.Now()
-		if out, err := exec.Command("nix-build", "--no-out-link", expr).CombinedOutput(); err != nil {
-			b.Fatalf("nix-build: %v\n%s", err, out)
-		}
-		return time.Since(start) + bareBwrap()
-	}
+func (r *launchRig) warmLaunch() time.Duration {
+	return r.timeIt(append(r.env, "CLAUDE_SANDBOX_NIXPKGS="+r.storeNixpkgs), nil, binary, r.launchArgs...)
+}
 
-	warmLaunch() // first touches of page cache are not what a user repeats
-	bareBwrap()
-	var warm, bare, eval time.Duration
-	evals := 0
-	b.ResetTimer()
-	for i := 0; i < b.N; i++ {
-		warm += warmLaunch()
-		bare += bareBwrap()
-		if i < 5 { // nix-build costs seconds; a few samples are enough
-			eval += evalThenExec()
-			evals++
+func (r *launchRig) bareBwrap() time.Duration {
+	return r.timeIt(r.inv.Env, r.extraFiles(), r.inv.Path, r.inv.Args[1:]...)
+}
+
+func (r *launchRig) goExecFloor() time.Duration {
+	return r.timeIt(nil, r.extraFiles(), r.floor, r.invFile)
+}
+
+// extraFiles gives bare bwrap the descriptors the launcher gives it.
+func (r *launchRig) extraFiles() []*os.File {
+	var files []*os.File
+	for _, f := range r.inv.Files {
+		data := f.Data
+		if f.Source != "" {
+			data, _ = os.ReadFile(f.Source)
 		}
+		tmp, err := os.CreateTemp(r.b.TempDir(), "fd")
+		if err != nil {
+			r.b.Fatal(err)
+		}
+		tmp.Write(data)
+		tmp.Seek(0, 0)
+		files = append(files, tmp)
 	}
-	b.StopTimer()
-	ms := func(d time.Duration, n int) float64 { return float64(d.Microseconds()) / 1000 / float64(n) }
-	b.ReportMetric(ms(warm, b.N), "warm-ms")
-	b.ReportMetric(ms(bare, b.N), "bare-bwrap-ms")
-	b.ReportMetric(ms(eval, evals), "eval-then-exec-ms")
-	b.ReportMetric(ms(warm, b.N)/ms(bare, b.N), "warm/bare")
-	b.ReportMetric(ms(eval, evals)/ms(warm, b.N), "eval/warm")
-	b.ReportMetric(0, "ns/op")
+	return files
+}
+
+func (r *launchRig) timeIt(env []string, files []*os.File, name string, args ...string) time.Duration {
+	cmd := exec.Command(name, args...)
+	cmd.Env = env
+	cmd.ExtraFiles = files
+	defer func() {
+		for _, f := range files {
+			f.Close()
+		}
+	}()
+	start := time.Now()
+	if out, err := cmd.CombinedOutput(); err != nil {
+		r.b.Fatalf("%s: %v\n%s", name, err, out)
+	}
+	return time.Since(start)
 }
 
 // BenchmarkCacheHitCheck compares, side by side, three ways to confirm a
@@ -197,4 +276,15 @@ func BenchmarkNoopBuild(b *testing.B) {
 	b.ReportMetric(ms(tVersion), "version-ms")
 	b.ReportMetric(ms(tBuild)/ms(tVersion), "build/version")
 	b.ReportMetric(0, "ns/op")
+}
+
+// addToStore copies a directory into the Nix store, as a flake input or a
+// channel would be, and returns its store path.
+func addToStore(t testing.TB, dir string) string {
+	t.Helper()
+	out, err := exec.Command("nix-store", "--add", dir).Output()
+	if err != nil {
+		t.Fatalf("nix-store --add %s: %v", dir, err)
+	}
+	return strings.TrimSpace(string(out))
 }

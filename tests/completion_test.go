@@ -247,7 +247,6 @@ func BenchmarkCompletion(b *testing.B) {
 		version += timeIt(runOpts{dirs: fresh}, "version")
 	}
 	b.StopTimer()
-	ms := func(d time.Duration, n int) float64 { return float64(d.Microseconds()) / 1000 / float64(n) }
 	b.ReportMetric(ms(cached, b.N), "cached-complete-ms")
 	b.ReportMetric(ms(cachedBig, b.N), "cached-complete-25k-names-ms")
 	b.ReportMetric(ms(version, b.N), "version-ms")
