@@ -2,6 +2,7 @@ package doctor
 
 import (
 	"context"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -89,4 +90,54 @@ func TestReportVerdict(t *testing.T) {
 			t.Errorf("text lacks %q:\n%s", want, out)
 		}
 	}
+}
+
+// TestSocketChecksReportWhatALaunchForwards plants sockets where a desktop
+// session has them and names others that are not there.
+func TestSocketChecksReportWhatALaunchForwards(t *testing.T) {
+	run := t.TempDir()
+	listen := func(path string) {
+		os.MkdirAll(filepath.Dir(path), 0o700)
+		l, err := net.Listen("unix", path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { l.Close() })
+	}
+	listen(filepath.Join(run, "wayland-1"))
+	listen(filepath.Join(run, "pulse", "native"))
+	listen(filepath.Join(run, "bus"))
+	listen(filepath.Join(run, "agent.sock"))
+	vars := map[string]string{
+		"HOME":            t.TempDir(),
+		"XDG_RUNTIME_DIR": run,
+		"WAYLAND_DISPLAY": "wayland-1",
+		"DISPLAY":         ":97",           // no /tmp/.X11-unix/X97
+		"PIPEWIRE_REMOTE": "pipewire-gone", // named, absent
+		"SSH_AUTH_SOCK":   filepath.Join(run, "agent.sock"),
+	}
+	env := &Env{Getenv: func(name string) string { return vars[name] }}
+	ctx := context.Background()
+
+	expect := func(c Check, status Status, contains ...string) {
+		t.Helper()
+		if c.Status != status {
+			t.Errorf("%s: %s (%s), want %s", c.ID, c.Status, c.Detail, status)
+		}
+		for _, s := range contains {
+			if !strings.Contains(c.Detail, s) {
+				t.Errorf("%s: %q lacks %q", c.ID, c.Detail, s)
+			}
+		}
+	}
+	expect(checkDisplay(ctx, env), OK, "Wayland "+filepath.Join(run, "wayland-1"), "missing: DISPLAY=:97")
+	expect(checkAudio(ctx, env), OK, "PulseAudio "+filepath.Join(run, "pulse", "native"), "missing: PIPEWIRE_REMOTE=pipewire-gone")
+	expect(checkDBus(ctx, env), OK, "session bus "+filepath.Join(run, "bus"))
+	expect(checkSSHAgent(ctx, env), OK, vars["SSH_AUTH_SOCK"])
+
+	vars["SSH_AUTH_SOCK"] = filepath.Join(run, "gone.sock")
+	expect(checkSSHAgent(ctx, env), Warn, "SSH_AUTH_SOCK="+vars["SSH_AUTH_SOCK"])
+
+	env.NoDesktop = true
+	expect(checkDisplay(ctx, env), None, "desktop forwarding is off")
 }

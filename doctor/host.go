@@ -3,45 +3,57 @@ package doctor
 import (
 	"context"
 	"fmt"
-	"io/fs"
 	"os"
 	"path/filepath"
-	"strconv"
+	"sort"
 	"strings"
 
 	"golang.org/x/sys/unix"
 
 	"github.com/claude-sandbox/claude-sandbox/closure"
+	"github.com/claude-sandbox/claude-sandbox/launch"
 	"github.com/claude-sandbox/claude-sandbox/manifest"
 )
 
-// The host sockets a launch forwards when they exist (launch's
-// bwrap_desktop.go decides; these checks look where it looks, to tell the
-// user what a sandbox will get). None of them is needed: a headless host
-// gets a sandbox without a display.
+// The host sockets a launch forwards when they exist. launch decides
+// (HostForwards, the very code a launch runs); these checks only say which
+// variable named what was not found. None of them is needed: a headless
+// host gets a sandbox without a display.
 
-func isSocket(p string) bool {
-	st, err := os.Stat(p)
-	return err == nil && st.Mode()&fs.ModeSocket != 0
-}
-
-func runtimeDir(env *Env) string {
-	if d := env.Getenv("XDG_RUNTIME_DIR"); filepath.IsAbs(d) {
-		return d
+// hostForwards is what a launch with the default switches would forward,
+// grouped by resource. Desktop forwarding is asked for even when it is off,
+// so the report can say what is there but withheld.
+func hostForwards(env *Env) map[string][]launch.Forward {
+	rt := &launch.Runtime{
+		Network:   true,
+		NixDaemon: true,
+		Home:      env.Getenv("HOME"),
+		LookupEnv: func(name string) (string, bool) { v := env.Getenv(name); return v, v != "" },
 	}
-	if d := "/run/user/" + strconv.Itoa(os.Getuid()); isDir(d) {
-		return d
+	byWhat := map[string][]launch.Forward{}
+	for _, f := range launch.HostForwards(rt) {
+		byWhat[f.What] = append(byWhat[f.What], f)
 	}
-	return ""
+	return byWhat
 }
 
-func isDir(p string) bool {
-	st, err := os.Stat(p)
-	return err == nil && st.IsDir()
-}
-
-// sockets reports found (forwarded) and dangling (named but absent) sockets.
-func socketCheck(env *Env, c Check, found, dangling []string, none string) Check {
+// forwardCheck reports the resources forwarded under the given labels, and
+// as missing each variable that is set although nothing it names was found.
+func forwardCheck(env *Env, c Check, labels map[string]string, namedBy map[string]string, none string) Check {
+	fwd := hostForwards(env)
+	var found, dangling []string
+	for _, what := range sortedKeys(labels) {
+		for _, f := range fwd[what] {
+			label := labels[what] + " " + f.Source
+			if f.NetworkOnly {
+				label += " (over the network; not with --no-network)"
+			}
+			found = append(found, label)
+		}
+		if v := env.Getenv(namedBy[what]); v != "" && len(fwd[what]) == 0 {
+			dangling = append(dangling, namedBy[what]+"="+v)
+		}
+	}
 	switch {
 	case env.NoDesktop && c.ID != "ssh-agent":
 		c.Status, c.Detail = None, "not forwarded: desktop forwarding is off (--no-desktop / desktop = false)"
@@ -59,98 +71,40 @@ func socketCheck(env *Env, c Check, found, dangling []string, none string) Check
 	return c
 }
 
+func sortedKeys(m map[string]string) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	return keys
+}
+
 func checkDisplay(_ context.Context, env *Env) Check {
-	var found, dangling []string
-	if d := env.Getenv("DISPLAY"); d != "" {
-		host, rest := "", d
-		if i := strings.LastIndexByte(d, ':'); i >= 0 {
-			host, rest = d[:i], d[i+1:]
-		}
-		n, _, _ := strings.Cut(rest, ".")
-		sock := "/tmp/.X11-unix/X" + n
-		switch {
-		case host != "" && host != "unix":
-			found = append(found, "X11 "+d+" (over the network; not with --no-network)")
-		case isSocket(sock):
-			found = append(found, "X11 "+d+" ("+sock+")")
-		default:
-			dangling = append(dangling, "X11 DISPLAY="+d+" ("+sock+")")
-		}
-	}
-	if wl := env.Getenv("WAYLAND_DISPLAY"); wl != "" {
-		sock := wl
-		if !filepath.IsAbs(sock) {
-			sock = filepath.Join(runtimeDir(env), wl)
-		}
-		if isSocket(sock) {
-			found = append(found, "Wayland "+sock)
-		} else {
-			dangling = append(dangling, "Wayland WAYLAND_DISPLAY="+wl)
-		}
-	}
-	return socketCheck(env, Check{ID: "display", Title: "display"}, found, dangling,
+	return forwardCheck(env, Check{ID: "display", Title: "display"},
+		map[string]string{"x11": "X11", "wayland": "Wayland"},
+		map[string]string{"x11": "DISPLAY", "wayland": "WAYLAND_DISPLAY"},
 		"none (DISPLAY and WAYLAND_DISPLAY unset): Chromium inside has no window; Claude Code works")
 }
 
 func checkAudio(_ context.Context, env *Env) Check {
-	var found, dangling []string
-	run := runtimeDir(env)
-	pulse := strings.TrimPrefix(env.Getenv("PULSE_SERVER"), "unix:")
-	if !filepath.IsAbs(pulse) && run != "" {
-		pulse = run + "/pulse/native"
-	}
-	if isSocket(pulse) {
-		found = append(found, "PulseAudio "+pulse)
-	} else if env.Getenv("PULSE_SERVER") != "" {
-		dangling = append(dangling, "PULSE_SERVER="+env.Getenv("PULSE_SERVER"))
-	}
-	pw := env.Getenv("PIPEWIRE_REMOTE")
-	if pw == "" {
-		pw = "pipewire-0"
-	}
-	if !filepath.IsAbs(pw) && run != "" {
-		pw = filepath.Join(run, pw)
-	}
-	if isSocket(pw) {
-		found = append(found, "PipeWire "+pw)
-	} else if env.Getenv("PIPEWIRE_REMOTE") != "" {
-		dangling = append(dangling, "PIPEWIRE_REMOTE="+env.Getenv("PIPEWIRE_REMOTE"))
-	}
-	return socketCheck(env, Check{ID: "audio", Title: "audio"}, found, dangling, "none (no PulseAudio or PipeWire socket): no sound inside")
+	return forwardCheck(env, Check{ID: "audio", Title: "audio"},
+		map[string]string{"pulseaudio": "PulseAudio", "pipewire": "PipeWire"},
+		map[string]string{"pulseaudio": "PULSE_SERVER", "pipewire": "PIPEWIRE_REMOTE"},
+		"none (no PulseAudio or PipeWire socket): no sound inside")
 }
 
 func checkDBus(_ context.Context, env *Env) Check {
-	var found, dangling []string
-	addr := env.Getenv("DBUS_SESSION_BUS_ADDRESS")
-	if addr == "" && runtimeDir(env) != "" {
-		addr = "unix:path=" + runtimeDir(env) + "/bus"
-	}
-	if path, ok := strings.CutPrefix(addr, "unix:path="); ok {
-		path, _, _ = strings.Cut(path, ",")
-		if isSocket(path) {
-			found = append(found, "session bus "+path)
-		} else if env.Getenv("DBUS_SESSION_BUS_ADDRESS") != "" {
-			dangling = append(dangling, "DBUS_SESSION_BUS_ADDRESS="+addr)
-		}
-	} else if strings.Contains(addr, "abstract=") {
-		found = append(found, "session bus (abstract; only with the network on)")
-	}
-	if isSocket("/run/dbus/system_bus_socket") {
-		found = append(found, "system bus /run/dbus/system_bus_socket")
-	}
-	return socketCheck(env, Check{ID: "dbus", Title: "D-Bus"}, found, dangling, "none: no session or system bus")
+	return forwardCheck(env, Check{ID: "dbus", Title: "D-Bus"},
+		map[string]string{"dbus-session": "session bus", "dbus-system": "system bus"},
+		map[string]string{"dbus-session": "DBUS_SESSION_BUS_ADDRESS", "dbus-system": "DBUS_SYSTEM_BUS_ADDRESS"},
+		"none: no session or system bus")
 }
 
 func checkSSHAgent(_ context.Context, env *Env) Check {
-	var found, dangling []string
-	if sock := env.Getenv("SSH_AUTH_SOCK"); sock != "" {
-		if filepath.IsAbs(sock) && isSocket(sock) {
-			found = append(found, sock)
-		} else {
-			dangling = append(dangling, "SSH_AUTH_SOCK="+sock)
-		}
-	}
-	return socketCheck(env, Check{ID: "ssh-agent", Title: "SSH agent"}, found, dangling,
+	return forwardCheck(env, Check{ID: "ssh-agent", Title: "SSH agent"},
+		map[string]string{"ssh-agent": "agent"},
+		map[string]string{"ssh-agent": "SSH_AUTH_SOCK"},
 		"none (SSH_AUTH_SOCK unset): git over SSH inside cannot use your keys; HTTPS works")
 }
 

@@ -16,10 +16,11 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/claude-sandbox/claude-sandbox/internal/lazyregexp"
+	"github.com/claude-sandbox/claude-sandbox/launch"
 )
 
-// kvmDevice is a variable so tests can point it elsewhere.
-var kvmDevice = "/dev/kvm"
+// kvmDevice names the device in the report; launch.KVMUsable opens it.
+const kvmDevice = "/dev/kvm"
 
 // kernelLine is a kernel log line ("[    0.000000] Linux version …"): the
 // proof that a guest really runs. Nested KVM can accept the VM and then
@@ -76,23 +77,21 @@ func readable(p string) bool {
 
 func checkKVM(ctx context.Context, env *Env) Check {
 	c := Check{ID: "kvm", Title: "KVM"}
-	if _, err := os.Stat(kvmDevice); err != nil {
+	switch err := launch.KVMUsable(); {
+	case errors.Is(err, os.ErrNotExist):
 		c.Status = Warn
 		c.Detail = "no " + kvmDevice + ": the vm backend emulates the CPU (TCG), several times slower"
 		c.Fix = "enable virtualisation in the firmware and load kvm_intel or kvm_amd; in a VM, enable nested virtualisation"
 		return c
-	}
-	f, err := os.OpenFile(kvmDevice, os.O_RDWR|unix.O_CLOEXEC, 0)
-	if err != nil {
+	case err != nil:
 		c.Status = Fail
-		c.Detail = fmt.Sprintf("%s exists but cannot be opened: %v", kvmDevice, rootCause(err))
+		c.Detail = fmt.Sprintf("%s exists but cannot be used: %v", kvmDevice, rootCause(err))
 		c.Fix = "join the kvm group (sudo usermod -aG kvm $USER, then log in again); until then the vm backend needs --accel tcg"
 		if !errors.Is(err, os.ErrPermission) {
 			c.Fix = "check that the kvm module is loaded; until then use --accel tcg"
 		}
 		return c
 	}
-	f.Close()
 	qemu, _ := findQEMU(env)
 	kernel, kernelFrom := findKernel(env)
 	if qemu == "" || kernel == "" {

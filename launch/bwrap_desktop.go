@@ -56,11 +56,28 @@ func (h hostView) runtimeDir() string {
 }
 
 // forwards is what forwarding adds to a sandbox: bwrap mount arguments,
-// variables to set, and one word per forwarded resource (for -v and tests).
+// variables to set, and the resources forwarded (what doctor reports).
 type forwards struct {
 	args []string
 	env  map[string]string
-	what []string
+	what []Forward
+}
+
+// Forward is one host resource a launch forwards into the sandbox.
+type Forward struct {
+	What   string // ssh-agent, nix-daemon, x11, wayland, dbus-session, dbus-system, pulseaudio, pipewire, keyring, gpu
+	Source string // its host path; its address when it is reached over the network
+	// NetworkOnly: reached through the host's network namespace (a TCP
+	// display, an abstract D-Bus socket), so not with --no-network.
+	NetworkOnly bool
+}
+
+// HostForwards is what a bubblewrap launch with rt's switches forwards from
+// this host. doctor reports it, so that what it says is what a launch does.
+func HostForwards(rt *Runtime) []Forward { return hostForwards(osHost(rt), rt).what }
+
+func (f *forwards) found(what, source string) {
+	f.what = append(f.what, Forward{What: what, Source: source})
 }
 
 func (f *forwards) bind(kind, src, dst string) { f.args = append(f.args, kind, src, dst) }
@@ -83,7 +100,7 @@ func hostForwards(h hostView, rt *Runtime) forwards {
 	if sock := h.env("SSH_AUTH_SOCK"); filepath.IsAbs(sock) && h.isSocket(sock) {
 		f.bind("--ro-bind-try", sock, run+"/ssh-agent")
 		f.env["SSH_AUTH_SOCK"] = run + "/ssh-agent"
-		f.what = append(f.what, "ssh-agent")
+		f.found("ssh-agent", sock)
 	}
 
 	// The Nix daemon: the store stays read-only, builds go through the
@@ -96,7 +113,7 @@ func hostForwards(h hostView, rt *Runtime) forwards {
 		if h.isSocket(sock) {
 			f.bind("--ro-bind-try", sock, "/nix/var/nix/daemon-socket/socket")
 			f.env["NIX_REMOTE"] = "daemon"
-			f.what = append(f.what, "nix-daemon")
+			f.found("nix-daemon", sock)
 		}
 	}
 
@@ -114,12 +131,12 @@ func hostForwards(h hostView, rt *Runtime) forwards {
 				f.args = append(f.args, "--tmpfs", "/tmp/.X11-unix")
 				f.bind("--ro-bind-try", sock, sock)
 				f.env["DISPLAY"] = display
-				f.what = append(f.what, "x11")
+				f.found("x11", sock)
 			}
 		} else if rt.Network {
 			// host:N is TCP (ssh -X): reachable only over the shared network.
 			f.env["DISPLAY"] = display
-			f.what = append(f.what, "x11")
+			f.what = append(f.what, Forward{What: "x11", Source: display, NetworkOnly: true})
 		}
 		if _, ok := f.env["DISPLAY"]; ok {
 			xauth := h.env("XAUTHORITY")
@@ -143,7 +160,7 @@ func hostForwards(h hostView, rt *Runtime) forwards {
 			name := filepath.Base(sock)
 			f.bind("--ro-bind-try", sock, run+"/"+name)
 			f.env["WAYLAND_DISPLAY"] = name
-			f.what = append(f.what, "wayland")
+			f.found("wayland", sock)
 		}
 	}
 	if _, ok := f.env["DISPLAY"]; ok || f.env["WAYLAND_DISPLAY"] != "" {
@@ -162,11 +179,11 @@ func hostForwards(h hostView, rt *Runtime) forwards {
 	if path, abstract := dbusUnixAddress(addr); path != "" && h.isSocket(path) {
 		f.bind("--ro-bind-try", path, run+"/bus")
 		f.env["DBUS_SESSION_BUS_ADDRESS"] = "unix:path=" + run + "/bus"
-		f.what = append(f.what, "dbus-session")
+		f.found("dbus-session", path)
 	} else if abstract && rt.Network {
 		// Abstract sockets live in the network namespace, shared here.
 		f.env["DBUS_SESSION_BUS_ADDRESS"] = addr
-		f.what = append(f.what, "dbus-session")
+		f.what = append(f.what, Forward{What: "dbus-session", Source: addr, NetworkOnly: true})
 	}
 
 	// The D-Bus system bus, at its standard path.
@@ -176,7 +193,7 @@ func hostForwards(h hostView, rt *Runtime) forwards {
 	}
 	if path, _ := dbusUnixAddress(sysAddr); path != "" && h.isSocket(path) {
 		f.bind("--ro-bind-try", path, "/run/dbus/system_bus_socket")
-		f.what = append(f.what, "dbus-system")
+		f.found("dbus-system", path)
 	}
 
 	// PulseAudio (also PipeWire's pulse server).
@@ -187,7 +204,7 @@ func hostForwards(h hostView, rt *Runtime) forwards {
 	if filepath.IsAbs(pulse) && h.isSocket(pulse) {
 		f.bind("--ro-bind-try", pulse, run+"/pulse/native")
 		f.env["PULSE_SERVER"] = "unix:" + run + "/pulse/native"
-		f.what = append(f.what, "pulseaudio")
+		f.found("pulseaudio", pulse)
 	}
 
 	// PipeWire's native socket.
@@ -201,7 +218,7 @@ func hostForwards(h hostView, rt *Runtime) forwards {
 	if filepath.IsAbs(pw) && h.isSocket(pw) {
 		f.bind("--ro-bind-try", pw, run+"/pipewire-0")
 		f.env["PIPEWIRE_REMOTE"] = run + "/pipewire-0"
-		f.what = append(f.what, "pipewire")
+		f.found("pipewire", pw)
 	}
 
 	// The keyring daemon's sockets (gnome-keyring: control, ssh, pkcs11).
@@ -211,13 +228,13 @@ func hostForwards(h hostView, rt *Runtime) forwards {
 		if h.env("GNOME_KEYRING_CONTROL") != "" {
 			f.env["GNOME_KEYRING_CONTROL"] = run + "/keyring"
 		}
-		f.what = append(f.what, "keyring")
+		f.found("keyring", hostRun+"/keyring")
 	}
 
 	// The GPU: render nodes, and NixOS's driver tree.
 	if h.isDir("/dev/dri") {
 		f.bind("--dev-bind-try", "/dev/dri", "/dev/dri")
-		f.what = append(f.what, "gpu")
+		f.found("gpu", "/dev/dri")
 	}
 	if h.exists("/run/opengl-driver") {
 		f.bind("--ro-bind-try", "/run/opengl-driver", "/run/opengl-driver")

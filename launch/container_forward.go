@@ -25,7 +25,6 @@ const claudeJSONInside = "/run/claude-sandbox/claude.json"
 type containerMounts struct {
 	args []string
 	env  map[string]string
-	what []string
 }
 
 func (c *containerMounts) bind(readOnly bool, src, dst string) {
@@ -97,7 +96,6 @@ func containerForwards(m *manifest.Manifest, rt *Runtime, u containerUser, h con
 	for k, v := range fwd.env {
 		c.env[k] = v
 	}
-	c.what = append(c.what, fwd.what...)
 
 	// Chromium's managed policy, from the closure.
 	policy := filepath.Join(m.Env, "etc/chromium/policies/managed")

@@ -38,14 +38,18 @@ func (e *NoKVMError) Hint() string {
 // kvmDevice is where KVM lives; a variable so tests can point it elsewhere.
 var kvmDevice = "/dev/kvm"
 
-// kvmUsable says whether this user can open /dev/kvm and speaks its API.
-// It does not prove a guest will run: nested KVM can pass this and still
-// fail or spin, which the boot watchdog in the supervisor catches.
+// KVMUsable says whether this user can open /dev/kvm and speaks its API;
+// errors.Is tells a missing device (os.ErrNotExist) from a refused one
+// (os.ErrPermission). It does not prove a guest will run: nested KVM can
+// pass this and still fail or spin, which the supervisor's boot watchdog
+// (and doctor's boot probe) catch.
+func KVMUsable() error { return kvmUsable() }
+
 func kvmUsable() error {
 	f, err := os.OpenFile(kvmDevice, os.O_RDWR|unix.O_CLOEXEC, 0)
 	if err != nil {
 		if errors.Is(err, os.ErrPermission) {
-			return fmt.Errorf("%s: permission denied (join the kvm group)", kvmDevice)
+			return fmt.Errorf("%s: %w (join the kvm group)", kvmDevice, os.ErrPermission)
 		}
 		return err
 	}
