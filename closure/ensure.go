@@ -13,6 +13,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/claude-sandbox/claude-sandbox/internal/atomicfile"
+	"github.com/claude-sandbox/claude-sandbox/internal/filelock"
 	"github.com/claude-sandbox/claude-sandbox/manifest"
 	"github.com/claude-sandbox/claude-sandbox/nixgen"
 	"github.com/claude-sandbox/claude-sandbox/templates"
@@ -119,7 +120,8 @@ func (b *Builder) Ensure(ctx context.Context, req Request) (*Closure, error) {
 		}
 	}
 	key := b.Key(req)
-	unlock, err := lockKey(ctx, b.Dirs.lockFile(key))
+	// Builds take minutes: a waiter checking ten times a second is plenty.
+	unlock, err := filelock.Acquire(ctx, b.Dirs.lockFile(key), 100*time.Millisecond)
 	if err != nil {
 		return nil, err
 	}

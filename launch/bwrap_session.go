@@ -11,7 +11,7 @@ import (
 	"strings"
 	"time"
 
-	"golang.org/x/sys/unix"
+	"github.com/claude-sandbox/claude-sandbox/internal/filelock"
 )
 
 // One sandbox per project: deciding whether a launch joins a running
@@ -42,7 +42,8 @@ func ConfigOf(backend, closure string, rt *Runtime) string {
 // another configuration are returned as others. forceNew (--new) never
 // joins.
 func Claim(ctx context.Context, stateDir string, rec *Record, forceNew bool) (join *Record, others []*Record, err error) {
-	unlock, err := lockProjectFile(ctx, filepath.Join(stateDir, "sandboxes.lock"))
+	// Held for milliseconds by a launch deciding: check often.
+	unlock, err := filelock.Acquire(ctx, filepath.Join(stateDir, "sandboxes.lock"), 10*time.Millisecond)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -71,31 +72,6 @@ func Claim(ctx context.Context, stateDir string, rec *Record, forceNew bool) (jo
 		return nil, nil, fmt.Errorf("registering the sandbox: %w", err)
 	}
 	return nil, others, nil
-}
-
-// lockProjectFile takes an exclusive flock, giving up when ctx ends. The
-// descriptor is close-on-exec: an exec'd bwrap does not hold the lock.
-func lockProjectFile(ctx context.Context, path string) (func(), error) {
-	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
-	if err != nil {
-		return nil, fmt.Errorf("locking %s: %w", path, err)
-	}
-	for {
-		err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB)
-		if err == nil {
-			return func() { f.Close() }, nil
-		}
-		if err != unix.EWOULDBLOCK {
-			f.Close()
-			return nil, fmt.Errorf("locking %s: %w", path, err)
-		}
-		select {
-		case <-ctx.Done():
-			f.Close()
-			return nil, ctx.Err()
-		case <-time.After(10 * time.Millisecond):
-		}
-	}
 }
 
 // Notice is appended to Claude Code's system prompt (--append-system-prompt)

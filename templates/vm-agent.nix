@@ -176,6 +176,12 @@ pkgs.writeScript "claude-sandbox-agent" ''
     supervised "''${argv[@]}"
     status=$?
     marker "exit=$status"
+    # The guest powers off the moment this returns (SuccessAction=
+    # poweroff-force), and whatever the serial port has not sent yet is
+    # lost: the kernel's own "Power down" line then reaches the launcher and
+    # the exit marker does not. stty sets attributes with TCSADRAIN, so
+    # setting the current ones again waits until the marker is out.
+    stty "$(stty -g)" 2>/dev/null
     exit 0
     ;;
   enter)
