@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"os"
 	"runtime"
-	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -164,23 +163,4 @@ func bwrapMemFile(name string, data []byte) (*os.File, error) {
 		return nil, err
 	}
 	return f, nil
-}
-
-// loadFilter installs prog on the calling process (all threads) for a
-// process entering a running sandbox: what bwrap gave the sandbox's first
-// process, its later ones get too.
-func loadFilter(prog []unix.SockFilter) error {
-	if len(prog) == 0 {
-		return nil
-	}
-	if err := unix.Prctl(unix.PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0); err != nil {
-		return fmt.Errorf("prctl(NO_NEW_PRIVS): %w", err)
-	}
-	fprog := unix.SockFprog{Len: uint16(len(prog)), Filter: &prog[0]}
-	_, _, errno := unix.RawSyscall(unix.SYS_SECCOMP, unix.SECCOMP_SET_MODE_FILTER, unix.SECCOMP_FILTER_FLAG_TSYNC, uintptr(unsafe.Pointer(&fprog)))
-	runtime.KeepAlive(prog)
-	if errno != 0 {
-		return fmt.Errorf("seccomp: %w", errno)
-	}
-	return nil
 }

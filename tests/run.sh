@@ -66,8 +66,13 @@ usermod -aG nix-users "$user"
 
 export CI="${CI:-true}"
 status=0
-echo "== go vet"
+echo "== go vet, gofmt, staticcheck"
 go vet ./... || status=1
+unformatted=$(gofmt -l $(git ls-files '*.go' 2>/dev/null || find . -name '*.go' -not -path './vendor/*'))
+[ -z "$unformatted" ] || { echo "not gofmt'ed: $unformatted" >&2; status=1; }
+# Pinned, from the module proxy: a new release's new checks must not turn
+# an unchanged tree red.
+go run honnef.co/go/tools/cmd/staticcheck@v0.8.2 ./... || status=1
 echo "== all tests, as root"
 go test -count=1 -timeout 30m ./... || status=1
 
