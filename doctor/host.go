@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"sort"
 	"strings"
 
 	"golang.org/x/sys/unix"
@@ -37,21 +36,25 @@ func hostForwards(env *Env) map[string][]launch.Forward {
 	return byWhat
 }
 
-// forwardCheck reports the resources forwarded under the given labels, and
-// as missing each variable that is set although nothing it names was found.
-func forwardCheck(env *Env, c Check, labels map[string]string, namedBy map[string]string, none string) Check {
+// forwarded is one kind of resource a check reports: launch's name for it,
+// its label in the report, and the variable that names it on the host.
+type forwarded struct{ what, label, namedBy string }
+
+// forwardCheck reports the resources of kinds that are forwarded, and as
+// missing each variable that is set although nothing it names was found.
+func forwardCheck(env *Env, c Check, kinds []forwarded, none string) Check {
 	fwd := hostForwards(env)
 	var found, dangling []string
-	for _, what := range sortedKeys(labels) {
-		for _, f := range fwd[what] {
-			label := labels[what] + " " + f.Source
+	for _, k := range kinds {
+		for _, f := range fwd[k.what] {
+			label := k.label + " " + f.Source
 			if f.NetworkOnly {
 				label += " (over the network; not with --no-network)"
 			}
 			found = append(found, label)
 		}
-		if v := env.Getenv(namedBy[what]); v != "" && len(fwd[what]) == 0 {
-			dangling = append(dangling, namedBy[what]+"="+v)
+		if v := env.Getenv(k.namedBy); v != "" && len(fwd[k.what]) == 0 {
+			dangling = append(dangling, k.namedBy+"="+v)
 		}
 	}
 	switch {
@@ -71,40 +74,27 @@ func forwardCheck(env *Env, c Check, labels map[string]string, namedBy map[strin
 	return c
 }
 
-func sortedKeys(m map[string]string) []string {
-	keys := make([]string, 0, len(m))
-	for k := range m {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	return keys
-}
-
 func checkDisplay(_ context.Context, env *Env) Check {
 	return forwardCheck(env, Check{ID: "display", Title: "display"},
-		map[string]string{"x11": "X11", "wayland": "Wayland"},
-		map[string]string{"x11": "DISPLAY", "wayland": "WAYLAND_DISPLAY"},
+		[]forwarded{{"x11", "X11", "DISPLAY"}, {"wayland", "Wayland", "WAYLAND_DISPLAY"}},
 		"none (DISPLAY and WAYLAND_DISPLAY unset): Chromium inside has no window; Claude Code works")
 }
 
 func checkAudio(_ context.Context, env *Env) Check {
 	return forwardCheck(env, Check{ID: "audio", Title: "audio"},
-		map[string]string{"pulseaudio": "PulseAudio", "pipewire": "PipeWire"},
-		map[string]string{"pulseaudio": "PULSE_SERVER", "pipewire": "PIPEWIRE_REMOTE"},
+		[]forwarded{{"pulseaudio", "PulseAudio", "PULSE_SERVER"}, {"pipewire", "PipeWire", "PIPEWIRE_REMOTE"}},
 		"none (no PulseAudio or PipeWire socket): no sound inside")
 }
 
 func checkDBus(_ context.Context, env *Env) Check {
 	return forwardCheck(env, Check{ID: "dbus", Title: "D-Bus"},
-		map[string]string{"dbus-session": "session bus", "dbus-system": "system bus"},
-		map[string]string{"dbus-session": "DBUS_SESSION_BUS_ADDRESS", "dbus-system": "DBUS_SYSTEM_BUS_ADDRESS"},
+		[]forwarded{{"dbus-session", "session bus", "DBUS_SESSION_BUS_ADDRESS"}, {"dbus-system", "system bus", "DBUS_SYSTEM_BUS_ADDRESS"}},
 		"none: no session or system bus")
 }
 
 func checkSSHAgent(_ context.Context, env *Env) Check {
 	return forwardCheck(env, Check{ID: "ssh-agent", Title: "SSH agent"},
-		map[string]string{"ssh-agent": "agent"},
-		map[string]string{"ssh-agent": "SSH_AUTH_SOCK"},
+		[]forwarded{{"ssh-agent", "agent", "SSH_AUTH_SOCK"}},
 		"none (SSH_AUTH_SOCK unset): git over SSH inside cannot use your keys; HTTPS works")
 }
 

@@ -43,9 +43,7 @@ var kvmDevice = "/dev/kvm"
 // (os.ErrPermission). It does not prove a guest will run: nested KVM can
 // pass this and still fail or spin, which the supervisor's boot watchdog
 // (and doctor's boot probe) catch.
-func KVMUsable() error { return kvmUsable() }
-
-func kvmUsable() error {
+func KVMUsable() error {
 	f, err := os.OpenFile(kvmDevice, os.O_RDWR|unix.O_CLOEXEC, 0)
 	if err != nil {
 		if errors.Is(err, os.ErrPermission) {
@@ -70,12 +68,12 @@ func kvmUsable() error {
 func chooseAccel(want string) (accel string, auto bool, err error) {
 	switch want {
 	case "", AccelAuto:
-		if kvmUsable() == nil {
+		if KVMUsable() == nil {
 			return AccelKVM, true, nil
 		}
 		return AccelTCG, true, nil
 	case AccelKVM:
-		if err := kvmUsable(); err != nil {
+		if err := KVMUsable(); err != nil {
 			return "", false, &NoKVMError{Reason: err.Error()}
 		}
 		return AccelKVM, false, nil

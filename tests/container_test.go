@@ -3,7 +3,6 @@ package tests
 import (
 	"encoding/json"
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"os/user"
@@ -209,36 +208,7 @@ func TestContainerNetworkSwitch(t *testing.T) {
 	requireContainerHost(t)
 	u := containerUser(t)
 	p := userProject(t, u)
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	accepted := make(chan struct{}, 4)
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			accepted <- struct{}{}
-			c.Close()
-		}
-	}()
-	probe := fmt.Sprintf(`exec 3<>/dev/tcp/127.0.0.1/%d && echo CONNECTED`, ln.Addr().(*net.TCPAddr).Port)
-	off := inContainer(t, u, runOpts{}, p, probe, "--no-network")
-	if off.code == 0 || strings.Contains(off.stdout, "CONNECTED") {
-		t.Fatalf("--no-network reached the host's loopback: %s", off)
-	}
-	select {
-	case <-accepted:
-		t.Fatal("the listener saw a connection from a --no-network container")
-	case <-time.After(200 * time.Millisecond):
-	}
-	on := inContainer(t, u, runOpts{}, p, probe)
-	if on.code != 0 || !strings.Contains(on.stdout, "CONNECTED") {
-		t.Fatalf("with the network on, the host listener was not reachable: %s", on)
-	}
+	checkNetworkSwitch(t, "container", func(script string, flags ...string) result { return inContainer(t, u, runOpts{}, p, script, flags...) })
 }
 
 // containerNspawnLeftovers lists what an nspawn run could leave on the host: the

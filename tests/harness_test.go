@@ -8,6 +8,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -177,4 +178,41 @@ func project(t testing.TB) string {
 		t.Fatal(err)
 	}
 	return p
+}
+
+// checkNetworkSwitch probes a listener on the host's loopback from inside,
+// through runIn: with --no-network the probe fails and the listener sees no
+// connection; without, it connects. what names the sandbox in failures.
+func checkNetworkSwitch(t *testing.T, what string, runIn func(script string, flags ...string) result) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	accepted := make(chan struct{}, 4)
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			accepted <- struct{}{}
+			c.Close()
+		}
+	}()
+	probe := fmt.Sprintf(`exec 3<>/dev/tcp/127.0.0.1/%d && echo CONNECTED`, ln.Addr().(*net.TCPAddr).Port)
+	off := runIn(probe, "--no-network")
+	if off.code == 0 || strings.Contains(off.stdout, "CONNECTED") {
+		t.Fatalf("--no-network reached the host's loopback: %s", off)
+	}
+	select {
+	case <-accepted:
+		t.Fatalf("the listener saw a connection from a --no-network %s", what)
+	case <-time.After(200 * time.Millisecond):
+	}
+	on := runIn(probe)
+	if on.code != 0 || !strings.Contains(on.stdout, "CONNECTED") {
+		t.Fatalf("with the network on, the host listener was not reachable: %s", on)
+	}
 }
