@@ -16,7 +16,7 @@ export PATH="/usr/local/go/bin:$PATH"
 # Host packages: the tools claude-sandbox drives, and the host programs the
 # offline package set (tests/fixtures/nixpkgs) wraps.
 mapfile -t fixture_pkgs < <(grep -Ev '^\s*(#|$)' tests/fixtures/host-packages.txt)
-wanted=(nix-bin bubblewrap systemd-container busybox-static patchelf util-linux "${fixture_pkgs[@]}")
+wanted=(nix-bin nix-setup-systemd bubblewrap systemd-container busybox-static patchelf util-linux "${fixture_pkgs[@]}")
 # doctor's KVM check boots a real kernel with QEMU (tests/doctor_test.go);
 # the vm backend's tests boot the fixture's guest (that kernel, its modules
 # resolved with kmod's modprobe) under QEMU (tests/vm_test.go).
@@ -49,6 +49,9 @@ fi
 
 # Nix for an offline machine: no binary cache (every build would first retry
 # it for seconds), flakes on.
+# nix-setup-systemd's tmpfiles rule (the daemon socket's directory, group
+# nix-users), applied by hand where systemd is not running.
+systemd-tmpfiles --create /usr/lib/tmpfiles.d/nix-daemon.conf
 conf=/etc/nix/nix.conf
 grep -q '^substituters *=' "$conf" 2>/dev/null || echo 'substituters =' >>"$conf"
 grep -q '^experimental-features' "$conf" 2>/dev/null || echo 'experimental-features = nix-command flakes' >>"$conf"
