@@ -8,12 +8,7 @@ let
 
   sandboxes = pkgs.callPackage ./sandboxes.nix { nixpkgs = "${nixpkgs}"; inherit system; };
 
-  variants = [
-    { backend = "bubblewrap"; network = true; }
-    { backend = "container"; network = true; }
-    { backend = "vm"; network = true; }
-    { backend = "vm"; network = false; }
-  ];
+  inherit (import ./variants.nix) variants;
 
   # The NixOS module builds from values, the binary from a request: with
   # nothing extra they must be one derivation, or the module's prebuilt
