@@ -21,7 +21,7 @@
         path = ./.;
         filter = path: type:
           let rel = lib.removePrefix (toString ./. + "/") (toString path);
-          in !(builtins.elem rel [ "flake.nix" "flake.lock" "nix" "docs" "bench" ".ci" ".git" "tests/fixtures" ]
+          in !(builtins.elem rel [ "flake.nix" "flake.lock" "nix" "docs" ".ci" ".git" "tests/fixtures" ]
             || lib.hasSuffix ".md" rel
             || lib.hasPrefix "result" rel);
       };
