@@ -46,6 +46,14 @@ func TestFailuresBeforeNixHaveDistinctCodes(t *testing.T) {
 		{"project is root", []string{"exec", "/", "--", "true"}, exitProject, "root directory"},
 		{"unknown backend", []string{"build", "--backend", "docker"}, exitUsage, "unknown backend"},
 		{"nixpkgs not a tree", []string{"build", "--nixpkgs", "/nonexistent"}, exitNixpkgs, "nixpkgs"},
+		// Each command takes its own flags only.
+		{"ps with a launch flag", []string{"ps", "--accel", "kvm"}, exitUsage, "unknown flag: --accel"},
+		{"stop with a build flag", []string{"stop", "--with", "python3"}, exitUsage, "unknown flag: --with"},
+		{"build with a launch flag", []string{"build", "--tmux"}, exitUsage, "unknown flag: --tmux"},
+		// A switch the backend cannot honour is refused before anything is built.
+		{"tmux in a container", []string{"--backend", "container", "--tmux", project}, exitUsage, "--tmux: not supported by the container backend"},
+		{"tmux in a vm", []string{"--backend", "vm", "--tmux", "--dry-run", project}, exitUsage, "--tmux: not supported by the vm backend"},
+		{"an unknown backend at launch", []string{"--backend", "docker", project}, exitUsage, "unknown backend"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -72,6 +80,21 @@ func TestNoNixIsAClearError(t *testing.T) {
 	code, _, stderr := runCaptured(t, "build", "--nixpkgs", nixpkgs)
 	if code != exitNixMissing || !strings.Contains(stderr, "nix-instantiate not found") || !strings.Contains(stderr, "hint:") {
 		t.Fatalf("exit %d, want %d:\n%s", code, exitNixMissing, stderr)
+	}
+}
+
+// TestEntryPresetsReachEveryCommand: the entry commands (claude-sandbox-vm,
+// the Nix package's wrappers) put their preset flags before whatever the
+// user types, a subcommand included.
+func TestEntryPresetsReachEveryCommand(t *testing.T) {
+	for _, sub := range [][]string{{"version"}, {"ps"}, {"cache", "ls"}} {
+		args := append([]string{"--backend=vm", "--no-network", "--prebuilt", "/nonexistent.json"}, sub...)
+		if code, _, stderr := runCaptured(t, args...); code != 0 {
+			t.Errorf("%v: exit %d:\n%s", args, code, stderr)
+		}
+	}
+	if got := entryArgs([]string{"/usr/bin/claude-sandbox-container", "ps"}); len(got) != 2 || got[0] != "--backend=container" || got[1] != "ps" {
+		t.Errorf("claude-sandbox-container ps: %q", got)
 	}
 }
 
