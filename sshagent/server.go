@@ -272,7 +272,9 @@ func (cn *conn) handle(msg []byte) []byte {
 func (cn *conn) list() []byte {
 	ids, err := cn.hostKeys()
 	if err != nil {
-		return cn.upstreamFailed("list", err)
+		// No host agent: an empty agent, as ssh expects, and a note.
+		cn.upstreamFailed("list", err)
+		return encodeIdentities(nil)
 	}
 	var shown []identity
 	var hidden []string
