@@ -78,14 +78,18 @@ func Parse(path string, content []byte) (*Config, error) {
 	if !ok {
 		return nil, &ConfigError{Path: path, Line: keyLine(lines, Table), Key: Table, Msg: "is a table of secrets, not a value"}
 	}
-	for name, v := range tables {
-		b, err := parseSecret(path, lines, name, v)
+	names := make([]string, 0, len(tables))
+	for name := range tables {
+		names = append(names, name)
+	}
+	sort.Strings(names) // the same file reports the same first error
+	for _, name := range names {
+		b, err := parseSecret(path, lines, name, tables[name])
 		if err != nil {
 			return nil, err
 		}
 		cfg.Secrets = append(cfg.Secrets, b)
 	}
-	sort.Slice(cfg.Secrets, func(i, j int) bool { return cfg.Secrets[i].Name < cfg.Secrets[j].Name })
 	if err := uniqueVariables(cfg.Secrets); err != nil {
 		return nil, err
 	}

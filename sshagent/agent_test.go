@@ -353,6 +353,35 @@ func TestProtocolLimits(t *testing.T) {
 	if e := rec.find("extension", sessionlog.Refuse); len(e) != 1 || e[0].Target != "query" {
 		t.Errorf("extension refusal: %+v", rec.all())
 	}
+	// Requests the agent package has no method for are refused and logged
+	// too. (On a connection of their own: the package's client keeps
+	// reading the one it was given.)
+	c.Close()
+	c, err = net.Dial("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+	for _, tc := range []struct {
+		msg []byte
+		op  string
+	}{
+		{[]byte{msgAddSmartcardKey, 0, 0, 0, 1, 'x', 0, 0, 0, 0}, "add-smartcard"},
+		{[]byte{msgRemoveSmartcardKey, 0, 0, 0, 1, 'x', 0, 0, 0, 0}, "remove-smartcard"},
+		{[]byte{99}, "request 99"},
+	} {
+		if err := writeFrame(c, tc.msg); err != nil {
+			t.Fatal(err)
+		}
+		reply, err := readFrame(c, maxReply, time.Second)
+		if err != nil || len(reply) != 1 || reply[0] != msgFailure {
+			t.Errorf("request %d: reply %v, %v; want a failure", tc.msg[0], reply, err)
+		}
+		if e := rec.find(tc.op, sessionlog.Refuse); len(e) != 1 || e[0].Fix == "" {
+			t.Errorf("request %d: refusal %q not logged: %+v", tc.msg[0], tc.op, rec.all())
+		}
+	}
 	// A message larger than any agent request closes the connection.
 	if _, err := c.Write([]byte{0, 0x10, 0, 0, msgSignRequest}); err != nil {
 		t.Fatal(err)

@@ -441,28 +441,40 @@ func (cn *conn) extension(msg []byte) []byte {
 	return reply
 }
 
-// management names the requests that would change the host agent, and
-// what the user can do instead.
-var management = map[byte]struct{ op, what, fix string }{
-	msgAddIdentity:              {"add", "adding a key to the host agent", "add keys on the host (ssh-add KEY outside the sandbox), then allow them with " + ConfigKey},
-	msgAddIDConstrained:         {"add", "adding a key to the host agent", "add keys on the host (ssh-add KEY outside the sandbox), then allow them with " + ConfigKey},
-	msgRemoveIdentity:           {"remove", "removing a key from the host agent", "remove keys on the host (ssh-add -d KEY outside the sandbox), or hide them from the sandbox with " + ConfigKey},
-	msgRemoveAllIdentities:      {"remove-all", "removing every key from the host agent", "remove keys on the host (ssh-add -D outside the sandbox), or hide them from the sandbox with " + ConfigKey},
-	msgV1RemoveAllIdentities:    {"remove-all", "removing every key (protocol 1) from the host agent", "remove keys on the host (ssh-add -D outside the sandbox)"},
-	msgAddSmartcardKey:          {"add-smartcard", "adding smartcard keys to the host agent", "add them on the host (ssh-add -s outside the sandbox)"},
-	msgAddSmartcardKeyConstrain: {"add-smartcard", "adding smartcard keys to the host agent", "add them on the host (ssh-add -s outside the sandbox)"},
-	msgRemoveSmartcardKey:       {"remove-smartcard", "removing smartcard keys from the host agent", "remove them on the host (ssh-add -e outside the sandbox)"},
-	msgLock:                     {"lock", "locking the host agent", "lock it on the host (ssh-add -x outside the sandbox)"},
-	msgUnlock:                   {"unlock", "unlocking the host agent", "unlock it on the host (ssh-add -X outside the sandbox)"},
-	msgV1RequestIdentities:      {"list-v1", "listing protocol 1 keys", "none: protocol 1 is obsolete; use an SSH-2 client"},
+// management names a request that would change the host agent, and what
+// the user can do instead.
+func management(t byte) (op, what, fix string, ok bool) {
+	const addFix = "add keys on the host (ssh-add KEY outside the sandbox), then allow them with " + ConfigKey
+	const smartcardFix = "add them on the host (ssh-add -s outside the sandbox)"
+	switch t {
+	case msgAddIdentity, msgAddIDConstrained:
+		return "add", "adding a key to the host agent", addFix, true
+	case msgRemoveIdentity:
+		return "remove", "removing a key from the host agent", "remove keys on the host (ssh-add -d KEY outside the sandbox), or hide them from the sandbox with " + ConfigKey, true
+	case msgRemoveAllIdentities:
+		return "remove-all", "removing every key from the host agent", "remove keys on the host (ssh-add -D outside the sandbox), or hide them from the sandbox with " + ConfigKey, true
+	case msgV1RemoveAllIdentities:
+		return "remove-all", "removing every key (protocol 1) from the host agent", "remove keys on the host (ssh-add -D outside the sandbox)", true
+	case msgAddSmartcardKey, msgAddSmartcardKeyConstrain:
+		return "add-smartcard", "adding smartcard keys to the host agent", smartcardFix, true
+	case msgRemoveSmartcardKey:
+		return "remove-smartcard", "removing smartcard keys from the host agent", "remove them on the host (ssh-add -e outside the sandbox)", true
+	case msgLock:
+		return "lock", "locking the host agent", "lock it on the host (ssh-add -x outside the sandbox)", true
+	case msgUnlock:
+		return "unlock", "unlocking the host agent", "unlock it on the host (ssh-add -X outside the sandbox)", true
+	case msgV1RequestIdentities:
+		return "list-v1", "listing protocol 1 keys", "none: protocol 1 is obsolete; use an SSH-2 client", true
+	}
+	return "", "", "", false
 }
 
 func (cn *conn) refuseManagement(msg []byte) []byte {
-	m, ok := management[msg[0]]
-	e := sessionlog.Entry{Decision: sessionlog.Refuse, Op: m.op, Rule: "built-in: the sandbox cannot change the host agent"}
+	op, what, fix, ok := management(msg[0])
+	e := sessionlog.Entry{Decision: sessionlog.Refuse, Op: op, Rule: "built-in: the sandbox cannot change the host agent"}
 	if ok {
-		e.Reason = m.what + " is not allowed from inside the sandbox"
-		e.Fix = m.fix
+		e.Reason = what + " is not allowed from inside the sandbox"
+		e.Fix = fix
 		if msg[0] == msgRemoveIdentity {
 			w := &wire{b: msg[1:]}
 			if blob := w.string(); !w.err {
