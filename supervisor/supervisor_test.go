@@ -24,7 +24,7 @@ type fakeSandbox struct {
 func newFake() *fakeSandbox { return &fakeSandbox{done: make(chan struct{})} }
 
 func (f *fakeSandbox) Ready(context.Context) (int, uint64, error) { return 4242, 7, nil }
-func (f *fakeSandbox) Done() <-chan struct{}                        { return f.done }
+func (f *fakeSandbox) Done() <-chan struct{}                      { return f.done }
 func (f *fakeSandbox) Stop(_ context.Context, graceful bool, _ time.Duration) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()

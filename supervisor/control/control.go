@@ -49,8 +49,8 @@ type Reply struct {
 	Ending bool `json:"ending,omitempty"`
 	// Target is the process whose namespaces a session joins, with its
 	// start time (so a recycled pid is never joined).
-	Target      int    `json:"target,omitempty"`
-	TargetStart uint64 `json:"targetStart,omitempty"`
+	Target      int     `json:"target,omitempty"`
+	TargetStart uint64  `json:"targetStart,omitempty"`
 	Status      *Status `json:"status,omitempty"`
 }
 
