@@ -13,18 +13,24 @@ type Arch struct {
 	Console string // a guest kernel's first serial console
 }
 
-// arches is the architecture table, by GOARCH. (The seccomp filter's
-// syscall numbers are in internal/seccomp: facts of a different kind.)
-var arches = map[string]Arch{
-	"amd64": {Nix: "x86_64", QEMU: "x86_64", Machine: "q35", Console: "ttyS0"},
-	"arm64": {Nix: "aarch64", QEMU: "aarch64", Machine: "virt", Console: "ttyAMA0"},
+// arches is the architecture table, by GOARCH (a slice the linker lays
+// out: a map would be built on every start). The seccomp filter's syscall
+// numbers are in internal/seccomp: facts of a different kind.
+var arches = []struct {
+	goarch string
+	arch   Arch
+}{
+	{"amd64", Arch{Nix: "x86_64", QEMU: "x86_64", Machine: "q35", Console: "ttyS0"}},
+	{"arm64", Arch{Nix: "aarch64", QEMU: "aarch64", Machine: "virt", Console: "ttyAMA0"}},
 }
 
 // HostArch is this machine's architecture. One missing from the table
 // goes by Go's name, which Nix and QEMU share for most others.
 func HostArch() Arch {
-	if a, ok := arches[runtime.GOARCH]; ok {
-		return a
+	for _, a := range arches {
+		if a.goarch == runtime.GOARCH {
+			return a.arch
+		}
 	}
 	return Arch{Nix: runtime.GOARCH, QEMU: runtime.GOARCH, Machine: "virt", Console: "ttyS0"}
 }
@@ -36,8 +42,8 @@ func NixSystem() string { return HostArch().Nix + "-" + runtime.GOOS }
 func ArchOfSystem(system string) Arch {
 	name, _, _ := strings.Cut(system, "-")
 	for _, a := range arches {
-		if a.Nix == name {
-			return a
+		if a.arch.Nix == name {
+			return a.arch
 		}
 	}
 	return Arch{Nix: name, QEMU: name, Machine: "virt", Console: "ttyS0"}

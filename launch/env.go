@@ -32,42 +32,59 @@ const (
 	shown
 )
 
-var envPolicy = map[string]envUse{
-	"TERM": passed | shown, "COLORTERM": passed | shown, "LANG": passed | shown, "LANGUAGE": passed | shown, "TZ": passed | shown,
-	"LC_ALL": passed | shown, "LC_CTYPE": passed | shown, "LC_NUMERIC": passed | shown, "LC_TIME": passed | shown,
-	"LC_COLLATE": passed | shown, "LC_MONETARY": passed | shown, "LC_MESSAGES": passed | shown, "LC_PAPER": passed | shown,
-	"LC_NAME": passed | shown, "LC_ADDRESS": passed | shown, "LC_TELEPHONE": passed | shown, "LC_MEASUREMENT": passed | shown,
-	"LC_IDENTIFICATION": passed | shown,
-	"ANTHROPIC_API_KEY": passed,
+// envPolicy is a slice, not a map: a map literal costs every run of the
+// program its construction, the slice is laid out by the linker.
+var envPolicy = []envVar{
+	{"TERM", passed | shown}, {"COLORTERM", passed | shown}, {"LANG", passed | shown}, {"LANGUAGE", passed | shown}, {"TZ", passed | shown},
+	{"LC_ALL", passed | shown}, {"LC_CTYPE", passed | shown}, {"LC_NUMERIC", passed | shown}, {"LC_TIME", passed | shown},
+	{"LC_COLLATE", passed | shown}, {"LC_MONETARY", passed | shown}, {"LC_MESSAGES", passed | shown}, {"LC_PAPER", passed | shown},
+	{"LC_NAME", passed | shown}, {"LC_ADDRESS", passed | shown}, {"LC_TELEPHONE", passed | shown}, {"LC_MEASUREMENT", passed | shown},
+	{"LC_IDENTIFICATION", passed | shown},
+	{"ANTHROPIC_API_KEY", passed},
 
-	"GH_TOKEN": ghToken, "GITHUB_TOKEN": ghToken,
+	{"GH_TOKEN", ghToken}, {"GITHUB_TOKEN", ghToken},
 
-	"PATH": setInside | shown, "HOME": setInside | shown, "USER": setInside | shown, "LOGNAME": setInside | shown,
-	"SHELL": setInside | shown, "NIX_LD": setInside | shown, "NIX_LD_LIBRARY_PATH": setInside | shown,
-	"CLAUDE_SANDBOX": setInside | shown, "CLAUDE_SANDBOX_BACKEND": setInside | shown,
-	"NIX_REMOTE":      setInside | shown, // daemon, when its socket is forwarded
-	"XDG_RUNTIME_DIR": setInside | readOnHost | shown,
+	{"PATH", setInside | shown}, {"HOME", setInside | shown}, {"USER", setInside | shown}, {"LOGNAME", setInside | shown},
+	{"SHELL", setInside | shown}, {"NIX_LD", setInside | shown}, {"NIX_LD_LIBRARY_PATH", setInside | shown},
+	{"CLAUDE_SANDBOX", setInside | shown}, {"CLAUDE_SANDBOX_BACKEND", setInside | shown},
+	{"NIX_REMOTE", setInside | shown}, // daemon, when its socket is forwarded
+	{"XDG_RUNTIME_DIR", setInside | readOnHost | shown},
 
 	// glibc's locale archive: a store path inside (SandboxEnv).
-	"LOCALE_ARCHIVE": readOnHost | shown,
+	{"LOCALE_ARCHIVE", readOnHost | shown},
 	// Which nixpkgs a build uses.
-	"CLAUDE_SANDBOX_NIXPKGS": readOnHost | shown, "NIX_PATH": readOnHost | shown,
+	{"CLAUDE_SANDBOX_NIXPKGS", readOnHost | shown}, {"NIX_PATH", readOnHost | shown},
 	// What host forwarding reads; inside, they name the forwarded paths.
-	"NIX_DAEMON_SOCKET_PATH": readOnHost | shown, "SSH_AUTH_SOCK": readOnHost | shown,
-	"DISPLAY": readOnHost | shown, "XAUTHORITY": readOnHost | shown, "WAYLAND_DISPLAY": readOnHost | shown,
-	"XDG_SESSION_TYPE": readOnHost | shown, "XDG_CURRENT_DESKTOP": readOnHost | shown,
-	"DBUS_SESSION_BUS_ADDRESS": readOnHost | shown, "DBUS_SYSTEM_BUS_ADDRESS": readOnHost | shown,
-	"PULSE_SERVER": readOnHost | shown, "PIPEWIRE_REMOTE": readOnHost | shown, "GNOME_KEYRING_CONTROL": readOnHost | shown,
+	{"NIX_DAEMON_SOCKET_PATH", readOnHost | shown}, {"SSH_AUTH_SOCK", readOnHost | shown},
+	{"DISPLAY", readOnHost | shown}, {"XAUTHORITY", readOnHost | shown}, {"WAYLAND_DISPLAY", readOnHost | shown},
+	{"XDG_SESSION_TYPE", readOnHost | shown}, {"XDG_CURRENT_DESKTOP", readOnHost | shown},
+	{"DBUS_SESSION_BUS_ADDRESS", readOnHost | shown}, {"DBUS_SYSTEM_BUS_ADDRESS", readOnHost | shown},
+	{"PULSE_SERVER", readOnHost | shown}, {"PIPEWIRE_REMOTE", readOnHost | shown}, {"GNOME_KEYRING_CONTROL", readOnHost | shown},
 
 	// What a backend gives the program it executes (systemd-nspawn).
-	"SYSTEMD_NSPAWN_LOCK": shown,
+	{"SYSTEMD_NSPAWN_LOCK", shown},
+}
+
+type envVar struct {
+	name string
+	use  envUse
+}
+
+// policy returns what may happen to a variable (0: nothing).
+func policy(name string) envUse {
+	for _, v := range envPolicy {
+		if v.name == name {
+			return v.use
+		}
+	}
+	return 0
 }
 
 func namesWith(use envUse) []string {
 	var out []string
-	for name, u := range envPolicy {
-		if u&use != 0 {
-			out = append(out, name)
+	for _, v := range envPolicy {
+		if v.use&use != 0 {
+			out = append(out, v.name)
 		}
 	}
 	sort.Strings(out)
@@ -75,7 +92,7 @@ func namesWith(use envUse) []string {
 }
 
 // ShownOnDryRun says whether --dry-run may print a variable's value.
-func ShownOnDryRun(name string) bool { return envPolicy[name]&shown != 0 }
+func ShownOnDryRun(name string) bool { return policy(name)&shown != 0 }
 
 // KeptBySudo lists the variables --sudo carries through sudo (besides the
 // --env names): the sandbox's allowlist and what the launch reads on the
@@ -117,10 +134,10 @@ func SteersRoot(name string) bool {
 // arguments (where other users could read it in /proc/PID/cmdline).
 func SandboxEnv(m *manifest.Manifest, rt *Runtime) ([]string, error) {
 	env := map[string]string{}
-	for name, use := range envPolicy {
-		if use&passed != 0 || use&ghToken != 0 && rt.GHToken {
-			if v, ok := rt.lookupEnv(name); ok {
-				env[name] = v
+	for _, e := range envPolicy {
+		if e.use&passed != 0 || e.use&ghToken != 0 && rt.GHToken {
+			if v, ok := rt.lookupEnv(e.name); ok {
+				env[e.name] = v
 			}
 		}
 	}
@@ -133,7 +150,7 @@ func SandboxEnv(m *manifest.Manifest, rt *Runtime) ([]string, error) {
 		}
 	}
 	for _, name := range rt.ExtraEnv {
-		if !envName.MatchString(name) || envPolicy[name]&setInside != 0 {
+		if !envName.MatchString(name) || policy(name)&setInside != 0 {
 			return nil, &EnvNameError{Name: name}
 		}
 		if v, ok := rt.lookupEnv(name); ok {

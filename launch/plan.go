@@ -110,14 +110,9 @@ func (p *Plan) WillExist(path string, exists func(string) bool) bool {
 	return exists(path)
 }
 
-// PrepareHost creates what the plan's sandbox needs on the host: the
-// project state directory and every HostDir, in order.
+// PrepareHost creates every HostDir of the plan, in order. The project
+// state directory they may lie in exists already: Claim made it.
 func PrepareHost(p *Plan) error {
-	if p.StateDir != "" {
-		if err := EnsureProjectStateDir(p.StateDir, p.Project); err != nil {
-			return err
-		}
-	}
 	for _, d := range p.Prepare {
 		if err := d.create(); err != nil {
 			return err

@@ -47,12 +47,19 @@ type seccompArch struct {
 	compatIoctl    uint32   // ioctl in the 32-bit compat ABI
 }
 
-var seccompArches = map[string]seccompArch{
-	// arch/x86/entry/syscalls/syscall_64.tbl: 16 (64-bit), 514 | __X32_SYSCALL_BIT (x32);
-	// syscall_32.tbl: 54.
-	"amd64": {native: unix.AUDIT_ARCH_X86_64, compat: unix.AUDIT_ARCH_I386, nativeIoctl: []uint32{16, 0x40000000 | 514}, compatIoctl: 54},
-	// include/uapi/asm-generic/unistd.h: 29; arch/arm/tools/syscall.tbl: 54.
-	"arm64": {native: unix.AUDIT_ARCH_AARCH64, compat: unix.AUDIT_ARCH_ARM, nativeIoctl: []uint32{29}, compatIoctl: 54},
+// archOf is the table of architectures, by GOARCH (a switch: a map would
+// be built on every start of the program).
+func archOf(goarch string) (seccompArch, bool) {
+	switch goarch {
+	case "amd64":
+		// arch/x86/entry/syscalls/syscall_64.tbl: 16 (64-bit), 514 | __X32_SYSCALL_BIT (x32);
+		// syscall_32.tbl: 54.
+		return seccompArch{native: unix.AUDIT_ARCH_X86_64, compat: unix.AUDIT_ARCH_I386, nativeIoctl: []uint32{16, 0x40000000 | 514}, compatIoctl: 54}, true
+	case "arm64":
+		// include/uapi/asm-generic/unistd.h: 29; arch/arm/tools/syscall.tbl: 54.
+		return seccompArch{native: unix.AUDIT_ARCH_AARCH64, compat: unix.AUDIT_ARCH_ARM, nativeIoctl: []uint32{29}, compatIoctl: 54}, true
+	}
+	return seccompArch{}, false
 }
 
 // The ioctl requests refused. Both are the same number on x86 and the
@@ -127,7 +134,7 @@ func terminalFilter(a seccompArch) []unix.SockFilter {
 // TerminalFilter returns the filter for this machine, or nil where no
 // table exists (the sandbox then starts without it rather than not at all).
 func TerminalFilter() []unix.SockFilter {
-	a, ok := seccompArches[runtime.GOARCH]
+	a, ok := archOf(runtime.GOARCH)
 	if !ok {
 		return nil
 	}

@@ -1,12 +1,10 @@
 // Package backends is the one place that knows every backend: it picks one
-// by name (a map literal, no init-time registration) and dispatches this
+// by name (a switch, no init-time registration) and dispatches this
 // binary's helper roles inside a sandbox. It sits above the launch core,
 // which cannot import the backends it drives.
 package backends
 
 import (
-	"sort"
-
 	"github.com/claude-sandbox/claude-sandbox/launch"
 	"github.com/claude-sandbox/claude-sandbox/launch/bubblewrap"
 	"github.com/claude-sandbox/claude-sandbox/launch/container"
@@ -18,31 +16,24 @@ import (
 // needs no privilege.
 const Default = bubblewrap.Name
 
-var all = map[string]launch.Backend{
-	bubblewrap.Name: bubblewrap.Backend{},
-	container.Name:  container.Backend{},
-	vm.Name:         vm.Backend{},
-}
-
 // Get returns the backend of a name; an unknown name is the same usage
 // error a build reports (nixgen's list of backends is the build side of
-// this map, and a test keeps them equal).
+// this switch, and a test keeps them equal). A switch, not a map: a map
+// would be built on every start of the program.
 func Get(name string) (launch.Backend, error) {
-	if b, ok := all[name]; ok {
-		return b, nil
+	switch name {
+	case bubblewrap.Name:
+		return bubblewrap.Backend{}, nil
+	case container.Name:
+		return container.Backend{}, nil
+	case vm.Name:
+		return vm.Backend{}, nil
 	}
 	return nil, &nixgen.UnknownBackendError{Name: name}
 }
 
-// Names lists the backends, sorted.
-func Names() []string {
-	out := make([]string, 0, len(all))
-	for name := range all {
-		out = append(out, name)
-	}
-	sort.Strings(out)
-	return out
-}
+// Names lists the backends Get knows, sorted.
+func Names() []string { return []string{bubblewrap.Name, container.Name, vm.Name} }
 
 // EntryPrefix begins the entry command names of the original project's
 // backends: claude-sandbox-container runs the container backend.
@@ -55,8 +46,8 @@ func FromEntryName(command string) (string, bool) {
 		return "", false
 	}
 	name := command[len(EntryPrefix):]
-	_, ok := all[name]
-	return name, ok
+	_, err := Get(name)
+	return name, err == nil
 }
 
 // Helper returns the main of a role this binary plays inside a sandbox

@@ -112,6 +112,9 @@ func TestBubblewrapFullSandbox(t *testing.T) {
 	if _, err := os.Lstat(filepath.Join(home, ".claude")); err == nil {
 		t.Error("planning created ~/.claude on the host: a plan writes nothing")
 	}
+	if err := launch.EnsureProjectStateDir(state, proj); err != nil { // what Claim does
+		t.Fatal(err)
+	}
 	if err := launch.PrepareHost(p); err != nil {
 		t.Fatal(err)
 	}
