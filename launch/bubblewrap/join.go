@@ -138,6 +138,18 @@ func (Backend) Enter(ctx context.Context, rec *launch.Record, rt *launch.Runtime
 	signal.Notify(sigs, syscall.SIGINT, syscall.SIGQUIT, syscall.SIGTERM, syscall.SIGHUP)
 	defer signal.Stop(sigs)
 
+	// A handle on the sandbox, taken before the command joins it: when the
+	// command is killed, whether the sandbox ended too is asked of this
+	// process, not of whatever has its pid by then.
+	sandbox, err := rec.Open()
+	if errors.Is(err, proc.ErrExited) {
+		return &launch.NotRunningError{Project: rec.Project}
+	}
+	if err != nil {
+		return &launch.EnterError{Step: "finding its processes", Err: err}
+	}
+	defer sandbox.Close()
+
 	e, err := nsenter.Start(nsenter.Options{
 		Target: payload, Argv: argv, Env: env, Path: launch.EnvValue(env, "PATH"),
 		Dirs: []string{cwd, launch.EnvValue(env, "HOME"), "/"}, Filter: seccomp.TerminalFilter(),
@@ -169,13 +181,20 @@ func (Backend) Enter(ctx context.Context, rec *launch.Record, rt *launch.Runtime
 				_ = unix.Kill(e.Pid, sig.(syscall.Signal))
 			}
 		case ws := <-done:
-			if ws.Signaled() && ws.Signal() == unix.SIGKILL && !rec.Alive() {
+			if ws.Signaled() && ws.Signal() == unix.SIGKILL && ended(ctx, sandbox) {
 				// Everything in a sandbox ends with its first program.
 				fmt.Fprintf(os.Stderr, "claude-sandbox: the sandbox this joined has ended (the program of the launch that started it exited)\n")
 			}
 			return launch.StatusError(proc.ExitCode(ws))
 		}
 	}
+}
+
+// ended says whether a sandbox whose member was just killed has ended. The
+// kernel kills the members of a pid namespace when its init exits, a
+// moment before bwrap, which waits for that init, exits itself.
+func ended(ctx context.Context, sandbox *proc.Process) bool {
+	return sandbox.Wait(ctx, time.Second)
 }
 
 // Stop ends a sandbox: SIGHUP and SIGTERM to its program (a terminal
