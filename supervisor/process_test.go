@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"strconv"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -30,16 +31,33 @@ func startBwrap(t *testing.T) *Adopted {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// Readiness as a launcher sees it: bwrap's child reads one byte from
+	// --block-fd once its set-up is complete; a pipe of one page holding
+	// that byte turns writable at that moment.
+	blockR, blockW, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := unix.FcntlInt(blockW.Fd(), unix.F_SETPIPE_SZ, 4096); err != nil {
+		t.Fatal(err)
+	}
+	blockW.Write([]byte{0})
 	cmd := exec.Command(bwrap, "--unshare-all", "--ro-bind", "/", "/", "--proc", "/proc", "--dev", "/dev",
-		"--info-fd", "3", cat)
+		"--info-fd", "3", "--block-fd", "4", cat)
 	cmd.Stdin = lifeR
-	cmd.ExtraFiles = []*os.File{infoW}
+	cmd.ExtraFiles = []*os.File{infoW, blockR}
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
 	lifeR.Close()
 	infoW.Close()
+	blockR.Close()
+	fds := []unix.PollFd{{Fd: int32(blockW.Fd()), Events: unix.POLLOUT}}
+	if n, err := unix.Poll(fds, 10000); n != 1 || err != nil {
+		t.Fatalf("bwrap did not finish its set-up: %d %v", n, err)
+	}
+	blockW.Close()
 	t.Cleanup(func() { _ = cmd.Process.Kill() })
 	var info struct {
 		ChildPID int `json:"child-pid"`
@@ -72,15 +90,20 @@ func TestAdoptedStopEndsEveryProcess(t *testing.T) {
 	// A process of the sandbox that ignores SIGTERM: what a graceful stop
 	// cannot end, the init's death must.
 	stubborn := exec.Command("nsenter", "--target", strconv.Itoa(a.InitPID), "--all", "--", "sh", "-c", "trap '' TERM HUP; exec sleep 300")
+	var stubbornOut strings.Builder
+	stubborn.Stdout, stubborn.Stderr = &stubbornOut, &stubbornOut
 	if err := stubborn.Start(); err != nil {
 		t.Fatal(err)
 	}
 	defer stubborn.Process.Kill()
 	waited := make(chan error, 1)
 	go func() { waited <- stubborn.Wait() }()
-	time.Sleep(200 * time.Millisecond)
-	if n := len(pidNamespaceMembers(a.InitPID)); n < 2 {
-		t.Fatalf("found %d members of the sandbox, want the keeper and the sleeper", n)
+	var members []int
+	for deadline := time.Now().Add(5 * time.Second); len(members) < 2 && time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		members = pidNamespaceMembers(a.InitPID)
+	}
+	if len(members) < 2 {
+		t.Fatalf("found members %v of the sandbox, want the keeper and the sleeper (nsenter said %q)", members, stubbornOut.String())
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
