@@ -63,7 +63,6 @@ type Supervisor struct {
 	joined   bool // a session was ever registered
 	ending   bool
 	started  time.Time
-	endOnce  sync.Once
 	endReq   chan bool // true: graceful
 	ended    chan struct{}
 }
