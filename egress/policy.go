@@ -176,41 +176,27 @@ func (p *Policy) decide(ctx context.Context, d Destination, r Resolver, upstream
 		}
 	}
 
-	// byName: the rule that allows the name (or the mode, which allows
-	// every public address); methodsOnly: a method-limited rule that
-	// would, were the methods visible.
-	var byName *Rule
-	var methodsOnly []string
+	// The name's grant: the rule (or the mode) that allows the name, and
+	// the methods it is limited to when the proxy cannot see them.
+	var byName *grant
 	switch {
 	case p.mode != Allowlist:
-		byName = &Rule{Text: RuleOpen}
-	case name == "":
-	default:
-		for i, rule := range p.allow {
-			if !rule.matchName(name) || !rule.matchPort(d.Port) {
-				continue
-			}
-			if rule.matchMethod(d.Method) {
-				byName = &p.allow[i]
-				break
-			}
-			if d.Method == "" {
-				methodsOnly = mergeMethods(methodsOnly, rule.methods)
-			}
+		byName = &grant{rule: &Rule{Text: RuleOpen}}
+	case name != "":
+		byName = matchGrant(p.allow, d, func(r Rule) bool { return r.matchName(name) })
+		if byName == nil {
+			return v.refuse(RuleNotListed, "", v.Target+" is not in the sandbox's network allowlist.", v.Target)
 		}
 	}
 
 	var addrs []netip.Addr
-	switch {
-	case name == "":
+	if name == "" {
 		addrs = []netip.Addr{addr}
-	case byName == nil && methodsOnly == nil:
-		return v.refuse(RuleNotListed, "", v.Target+" is not in the sandbox's network allowlist.", v.Target)
-	default:
+	} else {
 		found, err := r.LookupNetIP(ctx, "ip", name)
 		if err != nil || len(found) == 0 {
-			if upstreamResolves && byName != nil && ctx.Err() == nil {
-				v.Allowed, v.Rule, v.RuleSource = true, byName.Text, byName.Source
+			if upstreamResolves && byName.methods == nil && ctx.Err() == nil {
+				v.Allowed, v.Rule, v.RuleSource = true, byName.rule.Text, byName.rule.Source
 				v.Reason = name + " does not resolve here; the upstream proxy resolves it."
 				return v
 			}
@@ -231,42 +217,80 @@ func (p *Policy) decide(ctx context.Context, d Destination, r Resolver, upstream
 	}
 
 	// Every address is checked on its own, and only those that pass are
-	// connected to.
+	// connected to: those granted every method if any are, else those
+	// granted the methods every such address shares.
 	var first *Verdict
-	var allowedBy *Rule
-	var pending []netip.Addr // allowed by a method-limited rule only
+	var full, limited []netip.Addr
+	var fullBy, limitedBy *Rule
+	var methods []string
 	for _, a := range addrs {
-		rule, refusal := p.checkAddr(a, d, name, byName, methodsOnly)
+		g, refusal := p.checkAddr(a, d, name, byName)
 		switch {
 		case refusal != nil:
 			if first == nil {
 				first = refusal
 			}
-		case rule == nil:
-			pending = append(pending, a)
-		default:
-			if allowedBy == nil {
-				allowedBy = rule
+		case g.methods == nil:
+			if fullBy == nil {
+				fullBy = g.rule
 			}
-			v.Addrs = append(v.Addrs, a)
+			full = append(full, a)
+		default:
+			if limitedBy == nil {
+				limitedBy, methods = g.rule, g.methods
+			} else if methods = intersectMethods(methods, g.methods); methods == nil {
+				continue
+			}
+			limited = append(limited, a)
 		}
 	}
 	switch {
-	case allowedBy != nil:
-		v.Allowed, v.Rule, v.RuleSource = true, allowedBy.Text, allowedBy.Source
+	case full != nil:
+		v.Allowed, v.Addrs, v.Rule, v.RuleSource = true, full, fullBy.Text, fullBy.Source
 		return v
-	case pending != nil:
+	case limited != nil:
 		v = v.refuse(RuleMethodOnly, "", fmt.Sprintf("%s is allowed only for %s, and the proxy cannot see the methods of requests inside an encrypted tunnel.",
-			v.Target, strings.Join(methodsOnly, ", ")), v.Target)
-		v.MethodsOnly, v.Addrs = methodsOnly, pending
+			v.Target, strings.Join(methods, ", ")), v.Target)
+		v.MethodsOnly, v.Addrs = methods, limited
 		return v
 	}
 	return v.refuse(first.Rule, first.RuleSource, first.Reason, first.Fix)
 }
 
-// checkAddr decides one address of d. It returns the allowing rule, or a
-// refusal; both nil means allowed by a method-limited name rule only.
-func (p *Policy) checkAddr(a netip.Addr, d Destination, name string, byName *Rule, methodsOnly []string) (*Rule, *Verdict) {
+// grant is what a rule (or the mode) allows: every method (methods nil),
+// or, for a tunnel, only these methods (which the proxy cannot see).
+type grant struct {
+	rule    *Rule
+	methods []string
+}
+
+// matchGrant finds the allow rules that match d where match says so: the
+// first that allows d's method, or, for a tunnel, the methods that
+// method-limited ones allow. nil when none matches.
+func matchGrant(allow []Rule, d Destination, match func(Rule) bool) *grant {
+	var limited *grant
+	for i, r := range allow {
+		if !match(r) || !r.matchPort(d.Port) {
+			continue
+		}
+		if r.matchMethod(d.Method) {
+			return &grant{rule: &allow[i]}
+		}
+		if d.Method == "" {
+			if limited == nil {
+				limited = &grant{rule: &allow[i]}
+			}
+			limited.methods = mergeMethods(limited.methods, r.methods)
+		}
+	}
+	return limited
+}
+
+// checkAddr decides one address of d, given the name's grant (nil for an
+// address destination in allowlist mode). An address rule opens a
+// non-public address; a name needs its own grant as well, and the
+// methods allowed are those both allow.
+func (p *Policy) checkAddr(a netip.Addr, d Destination, name string, byName *grant) (*grant, *Verdict) {
 	target := joinHostPort(a.String(), d.Port)
 	for _, rule := range p.deny {
 		if rule.matchAddr(a) && rule.matchPort(d.Port) && denyMatchesMethod(rule, d.Method) {
@@ -274,22 +298,35 @@ func (p *Policy) checkAddr(a netip.Addr, d Destination, name string, byName *Rul
 				Reason: describeAddr(name, a) + ": the deny rule " + rule.describe() + " refuses it" + tunnelNote(rule, d.Method) + "."}
 		}
 	}
-	for i, rule := range p.allow {
-		if rule.matchAddr(a) && rule.matchPort(d.Port) && rule.matchMethod(d.Method) {
-			return &p.allow[i], nil
+	byAddr := matchGrant(p.allow, d, func(r Rule) bool { return r.matchAddr(a) })
+	switch {
+	case byAddr == nil && nonPublic(a) != "":
+		return nil, &Verdict{Rule: RuleNonPublic, Fix: target,
+			Reason: describeAddr(name, a) + ", a " + nonPublic(a) + " address: only a rule naming the address opens it."}
+	case byAddr == nil && byName == nil:
+		return nil, &Verdict{Rule: RuleNotListed, Fix: target, Reason: target + " is not in the sandbox's network allowlist."}
+	case byAddr == nil:
+		return byName, nil
+	case byName == nil || byName.methods == nil:
+		return byAddr, nil
+	case byAddr.methods == nil:
+		return &grant{rule: byAddr.rule, methods: byName.methods}, nil
+	}
+	if m := intersectMethods(byName.methods, byAddr.methods); m != nil {
+		return &grant{rule: byAddr.rule, methods: m}, nil
+	}
+	return nil, &Verdict{Rule: RuleMethodOnly, Fix: target,
+		Reason: fmt.Sprintf("the rules for %s (%s) and for %s (%s) share no method.", name, strings.Join(byName.methods, ","), a, strings.Join(byAddr.methods, ","))}
+}
+
+func intersectMethods(a, b []string) []string {
+	var out []string
+	for _, m := range a {
+		if slices.Contains(b, m) {
+			out = append(out, m)
 		}
 	}
-	if why := nonPublic(a); why != "" {
-		return nil, &Verdict{Rule: RuleNonPublic, Fix: target,
-			Reason: describeAddr(name, a) + ", a " + why + " address: only a rule naming the address opens it."}
-	}
-	switch {
-	case byName != nil:
-		return byName, nil
-	case methodsOnly != nil:
-		return nil, nil
-	}
-	return nil, &Verdict{Rule: RuleNotListed, Fix: target, Reason: target + " is not in the sandbox's network allowlist."}
+	return out
 }
 
 func describeAddr(name string, a netip.Addr) string {

@@ -175,7 +175,7 @@ func (r *Rule) parsePorts(s string) error {
 		return nil
 	}
 	if s == "" {
-		return fmt.Errorf("empty port after :")
+		return fmt.Errorf("no port after the colon")
 	}
 	for _, part := range strings.Split(s, ",") {
 		lo, hi, isRange := strings.Cut(part, "-")

@@ -83,7 +83,7 @@ func TestParseRuleRefusesHostileForms(t *testing.T) {
 		{"example.com:65536", "out of range"},
 		{"example.com:+80", "not a port"},
 		{"example.com:0x50", "not a port"},
-		{"example.com:", "empty port"},
+		{"example.com:", "no port after the colon"},
 		{"example.com:90-80", "backwards"},
 		{"example.com:80,", "not a port"},
 		{"https://example.com/", "not a URL"},
