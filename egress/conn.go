@@ -182,32 +182,103 @@ func isTimeout(err error) bool {
 	return errors.Is(err, os.ErrDeadlineExceeded)
 }
 
-// bufPool holds tunnel buffers: two per tunnel, reused.
-var bufPool = sync.Pool{New: func() any { b := make([]byte, 64<<10); return &b }}
+// splice copies a tunnel both ways until both directions end, with the
+// kernel's splice(2) where the two sockets allow it (a Unix socket and
+// TCP, or TCP and TCP: io.Copy finds it through the connections'
+// ReadFrom and WriteTo), so bulk data does not pass through this
+// process. A direction that reaches the end of its input half-closes its
+// output; an error in either, the idle limit, or the server closing ends
+// both.
+//
+// The idle limit cannot be kept by a wrapper here (it would hide the
+// sockets from splice): each direction's read deadline instead expires
+// every idle/4, and each expiry reports whether bytes moved. The tunnel
+// ends when none moved either way for idle. Write deadlines stay unset: a
+// splice interrupted while writing would lose what it holds.
+func splice(client *conn, up net.Conn, idle time.Duration) {
+	clk := client.clock
+	var once sync.Once
+	closeAll := func() {
+		once.Do(func() {
+			client.Close()
+			up.Close()
+		})
+	}
+	defer closeAll()
+	clientRaw := client.Conn
+	upRaw := up
+	if len(client.prefix) > 0 {
+		// What the client sent before the tunnel opened (a TLS hello).
+		if _, err := up.Write(client.prefix); err != nil {
+			return
+		}
+		client.prefix = nil
+	}
+	if p, ok := up.(*prefixed); ok {
+		// What the destination sent before the tunnel opened, through an
+		// upstream proxy (an SSH banner).
+		if len(p.prefix) > 0 {
+			if _, err := clientRaw.Write(p.prefix); err != nil {
+				return
+			}
+			p.prefix = nil
+		}
+		upRaw = p.Conn
+	}
+	_ = clientRaw.SetDeadline(time.Time{})
+	_ = upRaw.SetDeadline(time.Time{})
+	clk.touch()
 
-// splice copies both ways until both directions end. A direction that
-// reaches the end of its input half-closes its output; an error in
-// either (a reset, the idle limit, the server closing) ends both.
-func splice(a, b *conn) {
-	done := make(chan struct{})
+	period := max(idle/4, time.Millisecond)
+	otherDone := make(chan struct{})
 	go func() {
-		defer close(done)
-		copyHalf(b, a)
+		defer close(otherDone)
+		pump(clientRaw, upRaw, clk, idle, period, closeAll, nil)
 	}()
-	copyHalf(a, b)
-	<-done
-	a.Close()
-	b.Close()
+	pump(upRaw, clientRaw, clk, idle, period, closeAll, otherDone)
+	<-otherDone
 }
 
-func copyHalf(dst, src *conn) {
-	bp := bufPool.Get().(*[]byte)
-	defer bufPool.Put(bp)
-	_, err := io.CopyBuffer(dst, src, *bp)
-	if err == nil {
-		_ = dst.CloseWrite()
-		return
+// pump copies src to dst (see splice). After its own end of input it
+// watches the other direction (done closes when that one ends), which
+// may be stuck writing to a peer that does not read.
+func pump(dst, src net.Conn, clk *clock, idle, period time.Duration, closeAll func(), done <-chan struct{}) {
+	for {
+		_ = src.SetReadDeadline(time.Now().Add(period))
+		n, err := io.Copy(dst, src)
+		if n > 0 {
+			clk.touch()
+		}
+		switch {
+		case err == nil:
+			closeWrite(dst)
+			if done == nil {
+				return
+			}
+			t := time.NewTicker(period)
+			defer t.Stop()
+			for {
+				select {
+				case <-done:
+					return
+				case <-t.C:
+					if time.Since(clk.lastMove()) >= idle {
+						closeAll()
+						return
+					}
+				}
+			}
+		case isTimeout(err) && time.Since(clk.lastMove()) < idle:
+			continue
+		default:
+			closeAll()
+			return
+		}
 	}
-	dst.Close()
-	src.Close()
+}
+
+func closeWrite(c net.Conn) {
+	if cw, ok := c.(interface{ CloseWrite() error }); ok {
+		_ = cw.CloseWrite()
+	}
 }

@@ -493,7 +493,7 @@ func (s *Server) tunnel(op string, rt route, ready func(err error) *conn) {
 		up.Close()
 		return
 	}
-	splice(client, newConn(up, client.clock, s.t.Idle, nil))
+	splice(client, up, s.t.Idle)
 }
 
 // refusal is a policy's refusal passed to ready.

@@ -575,6 +575,7 @@ func TestIdleTunnelEnds(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer ln.Close()
+	flooded := make(chan time.Time, 1)
 	// The destination streams a byte every 100ms for 2s when asked ("s"),
 	// and otherwise says nothing.
 	go func() {
@@ -586,9 +587,19 @@ func TestIdleTunnelEnds(t *testing.T) {
 			go func() {
 				defer c.Close()
 				var b [1]byte
-				if _, err := c.Read(b[:]); err != nil || b[0] != 's' {
+				if _, err := c.Read(b[:]); err != nil || (b[0] != 's' && b[0] != 'f') {
 					io.Copy(io.Discard, c)
 					return
+				}
+				if b[0] == 'f' {
+					// Flood a client that does not read, until the proxy gives up.
+					buf := make([]byte, 64<<10)
+					for {
+						if _, err := c.Write(buf); err != nil {
+							flooded <- time.Now()
+							return
+						}
+					}
 				}
 				for i := 0; i < 20; i++ {
 					time.Sleep(100 * time.Millisecond)
@@ -636,6 +647,21 @@ func TestIdleTunnelEnds(t *testing.T) {
 	n, _ := io.Copy(io.Discard, c2)
 	if n != 20 {
 		t.Errorf("streamed %d bytes through a tunnel whose client was silent, want 20 (ended after %v)", n, time.Since(start))
+	}
+	// A client that has finished sending and stops reading: the proxy's
+	// write to it blocks, nothing moves, and the tunnel ends all the same.
+	c3 := open()
+	defer c3.Close()
+	c3.Write([]byte{'f'})
+	c3.(*net.UnixConn).CloseWrite()
+	start = time.Now()
+	select {
+	case <-flooded:
+		if d := time.Since(start); d < 450*time.Millisecond {
+			t.Errorf("stalled tunnel ended after %v, before the idle limit", d)
+		}
+	case <-time.After(5 * time.Second):
+		t.Error("a tunnel to a client that stopped reading did not end")
 	}
 }
 
@@ -729,5 +755,71 @@ func TestUnresolvableNameIsBadGateway(t *testing.T) {
 	}
 	if st := p.Stats(); st.Failed != 2 || st.Refused != 0 {
 		t.Errorf("stats %+v: an unknown name is a failure, not a refusal", st)
+	}
+}
+
+// TestTunnelHalfCloseAndEarlyBytes: bytes a client sends together with
+// its CONNECT (before the answer) arrive first; a client that finishes
+// sending (half-close) still gets the whole answer; both through the
+// kernel-splice path, for a megabyte each way.
+func TestTunnelHalfCloseAndEarlyBytes(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				n, _ := io.Copy(io.Discard, c) // to the client's half-close
+				fmt.Fprintf(c, "got %d\n", n)
+				c.Write(make([]byte, 1<<20))
+			}()
+		}
+	}()
+	_, port, _ := net.SplitHostPort(ln.Addr().String())
+	p := startProxy(t, allowOrigin(t, port), loopbackResolver(), nil)
+	payload := strings.Repeat("x", 1<<20)
+	for _, proto := range []string{"CONNECT", "socks5"} {
+		c, err := net.Dial("unix", p.sock)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.SetDeadline(time.Now().Add(10 * time.Second))
+		var br *bufio.Reader
+		if proto == "CONNECT" {
+			io.WriteString(c, "CONNECT origin.test:"+port+" HTTP/1.1\r\n\r\nEARLY"+payload)
+			br = bufio.NewReader(c)
+			resp, err := http.ReadResponse(br, &http.Request{Method: "CONNECT"})
+			if err != nil || resp.StatusCode != 200 {
+				t.Fatal(resp, err)
+			}
+		} else {
+			pn, _ := strconv.Atoi(port)
+			req := append([]byte{5, 1, 0, 5, 1, 0, 3, 11}, "origin.test"...)
+			req = binary.BigEndian.AppendUint16(req, uint16(pn))
+			c.Write(req)
+			var reply [12]byte
+			if _, err := io.ReadFull(c, reply[:]); err != nil || reply[3] != 0 {
+				t.Fatal(reply, err)
+			}
+			io.WriteString(c, "EARLY"+payload)
+			br = bufio.NewReader(c)
+		}
+		c.(*net.UnixConn).CloseWrite()
+		line, err := br.ReadString('\n')
+		if want := fmt.Sprintf("got %d\n", len(payload)+5); err != nil || line != want {
+			t.Errorf("%s: destination says %q (%v), want %q", proto, line, err, want)
+		}
+		n, err := io.Copy(io.Discard, br)
+		if err != nil || n != 1<<20 {
+			t.Errorf("%s: %d bytes after the half-close (%v), want 1 MiB", proto, n, err)
+		}
+		c.Close()
 	}
 }
