@@ -182,6 +182,9 @@ func isTimeout(err error) bool {
 	return errors.Is(err, os.ErrDeadlineExceeded)
 }
 
+// tunnelSendBuffer is the send buffer asked for a tunnel's Unix socket.
+const tunnelSendBuffer = 4 << 20
+
 // splice copies a tunnel both ways until both directions end, with the
 // kernel's splice(2) where the two sockets allow it (a Unix socket and
 // TCP, or TCP and TCP: io.Copy finds it through the connections'
@@ -227,6 +230,13 @@ func splice(client *conn, up net.Conn, idle time.Duration) {
 	}
 	_ = clientRaw.SetDeadline(time.Time{})
 	_ = upRaw.SetDeadline(time.Time{})
+	if uc, ok := clientRaw.(*net.UnixConn); ok {
+		// A Unix socket's default send buffer (208 KiB) makes the
+		// download direction stop and wake every 208 KiB; a larger one
+		// keeps pace with TCP's (measured: about 0.75x direct throughput
+		// becomes 0.85-0.95x). The kernel caps it at net.core.wmem_max.
+		_ = uc.SetWriteBuffer(tunnelSendBuffer)
+	}
 	clk.touch()
 
 	period := max(idle/4, time.Millisecond)

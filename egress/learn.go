@@ -100,6 +100,19 @@ type LearnedRule struct {
 	Reason  string // for refused ones: why
 }
 
+// Proposed are the learned rules the allow rules do not cover yet: the
+// lines a diff to claude-sandbox.toml would add (and trust would then
+// have to approve, like any widening).
+func (l *Learned) Proposed() []string {
+	var out []string
+	for _, r := range l.Allow {
+		if !r.Covered {
+			out = append(out, r.Rule)
+		}
+	}
+	return out
+}
+
 // Learned returns what the policy recorded (nil unless the mode is Learn).
 func (p *Policy) Learned() *Learned {
 	if p.learn == nil {

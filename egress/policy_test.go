@@ -317,6 +317,9 @@ func TestLearn(t *testing.T) {
 	if !slices.Equal(allow, want) {
 		t.Errorf("learned\n%s\nwant\n%s", strings.Join(allow, "\n"), strings.Join(want, "\n"))
 	}
+	if p := got.Proposed(); len(p) != len(want)-1 || slices.Contains(p, "api.anthropic.com:443") {
+		t.Errorf("proposed %v: every learned rule but the covered one", p)
+	}
 	if len(got.Refused) != 1 || got.Refused[0].Rule != "127.0.0.1:3000" || !strings.Contains(got.Refused[0].Reason, "loopback") {
 		t.Errorf("refused: %+v", got.Refused)
 	}
