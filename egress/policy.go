@@ -238,8 +238,10 @@ func (p *Policy) decide(ctx context.Context, d Destination, r Resolver, upstream
 		default:
 			if limitedBy == nil {
 				limitedBy, methods = g.rule, g.methods
-			} else if methods = intersectMethods(methods, g.methods); methods == nil {
-				continue
+			} else if m := intersectMethods(methods, g.methods); m != nil {
+				methods = m
+			} else {
+				continue // no method in common with the addresses before it
 			}
 			limited = append(limited, a)
 		}

@@ -113,6 +113,10 @@ func TestPolicyAllowlist(t *testing.T) {
 		{d: Destination{Host: "0x7f.1", Port: 80}, says: "non-standard form"},
 		{d: Destination{Host: "2130706433", Port: 80}, says: "non-standard form"},
 		{d: Destination{Host: "evil.example.com", Port: 0}, says: "port 0"},
+		{d: Destination{Host: "fe80::1%eth0", Port: 22}, says: "scoped address"},
+		{d: Destination{Host: "[::1%lo]", Port: 3001}, says: "scoped address"},
+		{d: Destination{Host: "evil.example.com:443", Port: 443}, says: "not an address"},
+		{d: Destination{Host: "", Port: 443}, says: "no host name"},
 		// Methods: visible in plain HTTP, not in a tunnel.
 		{d: Destination{Host: "registry.npmjs.org", Port: 80, Method: "GET"}, allowed: true, rule: "registry.npmjs.org GET,HEAD"},
 		{d: Destination{Host: "registry.npmjs.org", Port: 80, Method: "PUT"}, fix: "registry.npmjs.org:80", says: "not in the sandbox's network allowlist"},
