@@ -371,16 +371,18 @@ func (x *relay) unreadable(ctx context.Context, op Op, err error) error {
 	if !errors.As(err, &pe) {
 		return err // I/O: nobody to tell
 	}
-	msg := ""
 	if !op.Known() {
+		// Decided and answered: the end of this connection is the
+		// protocol's, not a fault.
 		verdict := x.cfg.Decide(ctx, &Request{Op: op, Version: x.v}, x.upC)
-		msg = verdict.Refusal
+		msg := verdict.Refusal
 		if msg == "" {
 			msg = fmt.Sprintf("worker operation %d is not supported by this gateway", uint64(op))
 		}
-	} else {
-		msg = fmt.Sprintf("the sandbox's Nix daemon gateway could not read this %s request: %s", op, pe.Msg)
+		_ = WriteStderrError(x.cw, x.v, msg)
+		return x.cw.Flush()
 	}
+	msg := fmt.Sprintf("the sandbox's Nix daemon gateway could not read this %s request: %s", op, pe.Msg)
 	_ = WriteStderrError(x.cw, x.v, msg)
 	_ = x.cw.Flush()
 	return err
