@@ -2,6 +2,7 @@ package nixdaemon
 
 import (
 	"fmt"
+	"maps"
 	"math"
 	"slices"
 	"strings"
@@ -141,9 +142,7 @@ func readRequest(r *reader, op Op, v ProtocolVersion) (*Request, error) {
 		// StorePathCAMap: path → optional content address ("" for none).
 		var m map[string]string
 		m, err = r.stringMap("paths", maxListLen, maxPathLen)
-		for p := range m {
-			q.Paths = append(q.Paths, p)
-		}
+		q.Paths = sortedCopy(slices.Collect(maps.Keys(m)))
 
 	case OpQueryAllValidPaths, OpSyncWithGC, OpFindRoots, OpOptimiseStore, OpImportPaths,
 		OpQueryFailedPaths, OpClearFailedPaths:

@@ -546,3 +546,120 @@ func readRawError(t *testing.T, c net.Conn, v uint64) string {
 	}
 	return msg
 }
+
+// TestLiveSandboxedDaemon: where the host daemon sandboxes builds, a
+// substitution-free build of an input-addressed derivation works through
+// the gateway, and its builder stays inside the daemon's sandbox.
+//
+// It needs a daemon with sandbox = true. NIXGATE_TEST_SANDBOXED_SOCKET
+// (with NIXGATE_TEST_SANDBOXED_CONF_DIR) names one; otherwise, as root, the
+// test starts a second nix-daemon on the same store with its own
+// NIX_CONF_DIR saying sandbox = true and its own socket (nix-daemon forks
+// per connection, so two listeners on one store are what one daemon does
+// anyway). The builder must be in the store for a sandboxed build to see
+// it: static busybox (Debian's busybox-static), added as <dir>/busybox so
+// that busybox recognises its own name.
+func TestLiveSandboxedDaemon(t *testing.T) {
+	e := live(t)
+	e.socket = os.Getenv("NIXGATE_TEST_SANDBOXED_SOCKET")
+	e.confDir = os.Getenv("NIXGATE_TEST_SANDBOXED_CONF_DIR")
+	if e.socket == "" {
+		e.socket, e.confDir = startSandboxedDaemon(t, e)
+	}
+	h := e.probe(t)
+	if h.Sandbox != SandboxOn {
+		t.Fatalf("the daemon at %s reports sandbox = %q, want true", e.socket, h.Sandbox)
+	}
+	_, err := os.Stat("/bin/busybox")
+	testenv.Require(t, err == nil, "static busybox at /bin/busybox (Debian package busybox-static)")
+
+	g := startGate(t, e, Config{Host: h}) // no opt-in, no network
+	bbDir := filepath.Join(t.TempDir(), "busybox-static")
+	if err := os.Mkdir(bbDir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile("/bin/busybox")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(bbDir, "busybox"), b, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	bb := g.mustRun(t, "nix-store", "--add", bbDir)
+
+	marker := filepath.Join(os.TempDir(), unique(t, "sandboxed-escape"))
+	t.Cleanup(func() { _ = os.Remove(marker) })
+	const expr = `{ name, script, busybox }: derivation {
+  inherit name;
+  system = builtins.currentSystem;
+  builder = "${builtins.storePath busybox}/busybox";
+  args = [ "sh" "-c" script ];
+}`
+	drv := g.instantiate(t, expr, map[string]string{
+		"name": unique(t, "sandboxed"), "busybox": bb,
+		"script": "touch " + marker + " 2>/dev/null; if [ -e /etc/passwd ] && [ -e /usr ]; then echo host > $out; else echo sandboxed > $out; fi",
+	})
+	out := g.mustRun(t, "nix-build", "--no-out-link", drv)
+	if got, err := os.ReadFile(out); err != nil || string(got) != "sandboxed\n" {
+		t.Errorf("the build's output %s says %q (%v), want \"sandboxed\"", out, got, err)
+	}
+	if _, err := os.Stat(marker); err == nil {
+		t.Errorf("the sandboxed builder wrote %s on the host", marker)
+	}
+	if allowed := g.log.find("BuildPaths", sessionlog.Allow); len(allowed) != 1 || allowed[0].Rule != RuleBuildSandboxed || allowed[0].Target != drv {
+		t.Errorf("want one BuildPaths of %s allowed under %s, got %+v", drv, RuleBuildSandboxed, g.log.all())
+	}
+
+	// A fixed-output derivation still gets the host's network in a
+	// sandboxed daemon: refused without network.
+	content := unique(t, "sandboxed-fod")
+	sum := sha256.Sum256([]byte(content))
+	fod := g.instantiate(t, fixedOutputDrv, map[string]string{
+		"name": unique(t, "sandboxed-fod"), "content": content, "hash": hex.EncodeToString(sum[:]), "url": "https://example.org/x",
+	})
+	if _, errOut, err := g.run(t, "nix-build", "--no-out-link", fod); err == nil || !strings.Contains(errOut, RuleFixedOutput) {
+		t.Errorf("fixed-output build on a sandboxed daemon without network: err=%v\n%s", err, errOut)
+	}
+}
+
+func startSandboxedDaemon(t *testing.T, e liveEnv) (socket, confDir string) {
+	t.Helper()
+	testenv.RequireRoot(t)
+	daemon, err := exec.LookPath(e.tool("nix-daemon"))
+	testenv.Require(t, err == nil, "nix-daemon is not installed")
+	dir := t.TempDir()
+	confDir = filepath.Join(dir, "conf")
+	socket = filepath.Join(dir, "socket")
+	if err := os.Mkdir(confDir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	conf := "sandbox = true\nsubstituters =\nbuild-users-group = nixbld\nexperimental-features = nix-command\n"
+	if err := os.WriteFile(filepath.Join(confDir, "nix.conf"), []byte(conf), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	var logBuf bytes.Buffer
+	cmd := exec.Command(daemon)
+	cmd.Env = append(os.Environ(), "NIX_CONF_DIR="+confDir, "NIX_DAEMON_SOCKET_PATH="+socket)
+	cmd.Stdout, cmd.Stderr = &logBuf, &logBuf
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		_ = cmd.Wait()
+		if t.Failed() {
+			t.Logf("second nix-daemon's log:\n%s", logBuf.String())
+		}
+	})
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		if c, err := net.Dial("unix", socket); err == nil {
+			c.Close()
+			return socket, confDir
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the second nix-daemon did not listen on %s", socket)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
