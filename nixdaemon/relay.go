@@ -36,6 +36,11 @@ type RelayConfig struct {
 	Decide func(ctx context.Context, q *Request, up *Client) Verdict
 	// Trust is what the client is told about its trust (from 1.35).
 	Trust TrustStatus
+	// Decided, if set, is called with each verdict: for a forwarded
+	// request once it went to the daemon (so a log write overlaps the
+	// daemon's work instead of delaying the request), for a refusal before
+	// the client hears it. Either way before the client has its answer.
+	Decided func(q *Request, v Verdict)
 	// HandshakeTimeout bounds the handshake with both sides (default 30s).
 	HandshakeTimeout time.Duration
 	// OnProtocolError, if set, hears about a client or daemon that broke
@@ -49,6 +54,8 @@ type Verdict struct {
 	// error (a normal Nix error, which the client prints) instead of
 	// forwarding the request.
 	Refusal string
+	// Note is passed back to Decided untouched.
+	Note any
 }
 
 // maxFrame bounds one frame of a framed body. Nix's clients send frames of
@@ -351,12 +358,13 @@ func (x *relay) serve(ctx context.Context) error {
 		}
 		_ = x.up.SetDeadline(time.Time{})
 		if verdict.Refusal != "" {
+			x.decided(q, verdict)
 			if err := x.refuse(q, verdict.Refusal); err != nil {
 				return err
 			}
 			continue
 		}
-		if err := x.forward(q); err != nil {
+		if err := x.forward(q, verdict); err != nil {
 			return err
 		}
 	}
@@ -374,11 +382,13 @@ func (x *relay) unreadable(ctx context.Context, op Op, err error) error {
 	if !op.Known() {
 		// Decided and answered: the end of this connection is the
 		// protocol's, not a fault.
-		verdict := x.cfg.Decide(ctx, &Request{Op: op, Version: x.v}, x.upC)
+		q := &Request{Op: op, Version: x.v}
+		verdict := x.cfg.Decide(ctx, q, x.upC)
 		msg := verdict.Refusal
 		if msg == "" {
 			msg = fmt.Sprintf("worker operation %d is not supported by this gateway", uint64(op))
 		}
+		x.decided(q, verdict)
 		_ = WriteStderrError(x.cw, x.v, msg)
 		return x.cw.Flush()
 	}
@@ -416,7 +426,7 @@ func (x *relay) refuse(q *Request, msg string) error {
 }
 
 // forward sends q to the daemon and relays everything it answers.
-func (x *relay) forward(q *Request) error {
+func (x *relay) forward(q *Request, verdict Verdict) error {
 	x.ur.reset(q.Op.String())
 	head := q.raw
 	if q.Op == OpAddToStoreNar {
@@ -449,10 +459,11 @@ func (x *relay) forward(q *Request) error {
 	} else if err := x.uw.Flush(); err != nil {
 		return err
 	}
+	x.decided(q, verdict)
 
 	pulls := q.Op == OpImportPaths || (q.Op == OpAddToStoreNar && q.body == bodyNone)
 	var stopWatch func()
-	if bodyDone == nil && !pulls {
+	if bodyDone == nil && !pulls && mayRunLong(q) {
 		stopWatch = x.watchHangup()
 	}
 	failed, err := x.relayStderr(q)
@@ -474,6 +485,12 @@ func (x *relay) forward(q *Request) error {
 		return err
 	}
 	return x.cw.Flush()
+}
+
+func (x *relay) decided(q *Request, v Verdict) {
+	if x.cfg.Decided != nil {
+		x.cfg.Decided(q, v)
+	}
 }
 
 // copyFrames consumes a framed body from the client up to its empty
@@ -517,7 +534,7 @@ func (x *relay) relayStderr(q *Request) (failed bool, err error) {
 		}
 		switch msg {
 		case stderrLast:
-			return false, nil
+			return false, nil // flushed with the reply
 		case stderrError:
 			err := readDaemonError(r, x.v)
 			var de *DaemonError
@@ -601,6 +618,22 @@ func (x *relay) pull(n uint64) error {
 		return err
 	}
 	return x.uw.Flush()
+}
+
+// mayRunLong reports whether the daemon may work on q for long (build,
+// substitute, ask substituters over the network): only then is a client's
+// hang-up watched for, which costs a goroutine and a wake-up per request.
+func mayRunLong(q *Request) bool {
+	switch q.Op {
+	case OpBuildPaths, OpBuildPathsWithResults, OpBuildDerivation, OpEnsurePath, OpQueryMissing,
+		OpHasSubstitutes, OpQuerySubstitutablePaths, OpQuerySubstitutablePathInfo,
+		OpQuerySubstitutablePathInfos, OpOptimiseStore, OpVerifyStore, OpCollectGarbage,
+		OpFindRoots, OpQueryAllValidPaths, OpNarFromPath, OpExportPath:
+		return true
+	case OpQueryValidPaths:
+		return q.Substitute
+	}
+	return false
 }
 
 // watchHangup watches the client while the daemon works on a request

@@ -83,6 +83,11 @@ func (g *Gateway) ServeConn(ctx context.Context, conn net.Conn) error {
 			return d.DialContext(ctx, "unix", g.cfg.Socket)
 		},
 		Decide: g.decide,
+		Decided: func(_ *nixdaemon.Request, v nixdaemon.Verdict) {
+			if e, ok := v.Note.(sessionlog.Entry); ok {
+				g.cfg.Logger.Log(e)
+			}
+		},
 		// A sandbox is never a trusted client, whatever the host's trust
 		// in this user: say so, as the daemon says it to the untrusted.
 		Trust: nixdaemon.TrustNotTrusted,
@@ -93,8 +98,8 @@ func (g *Gateway) ServeConn(ctx context.Context, conn net.Conn) error {
 	})
 }
 
-// decide is the relay's decision function: one policy decision, logged,
-// per request.
+// decide is the relay's decision function: one policy decision per
+// request, logged once acted on.
 func (g *Gateway) decide(ctx context.Context, q *nixdaemon.Request, up *nixdaemon.Client) nixdaemon.Verdict {
 	var d decision
 	switch {
@@ -103,9 +108,10 @@ func (g *Gateway) decide(ctx context.Context, q *nixdaemon.Request, up *nixdaemo
 	default:
 		d = g.decideStatic(q)
 	}
-	g.cfg.Logger.Log(d.entry(q))
+	// Logged by Decided, once the verdict has been acted on.
+	v := nixdaemon.Verdict{Note: d.entry(q)}
 	if d.refuse {
-		return nixdaemon.Verdict{Refusal: d.message()}
+		v.Refusal = d.message()
 	}
-	return nixdaemon.Verdict{}
+	return v
 }
