@@ -132,9 +132,21 @@ func handshake(client, daemon peer, v ProtocolVersion) {
 	if got := client.word(); got != uint64(v) {
 		client.t.Fatalf("relay offered %#x to the client, want %#x", got, uint64(v))
 	}
-	client.words(uint64(v), 1, 7, 0) // version; CPU affinity set (7); reserveSpace
+	client.words(uint64(v))
+	if v.Minor() >= 38 {
+		client.send(new(request).strs([]string{"some-client-feature"}).Bytes())
+	}
+	client.words(1, 7, 0) // CPU affinity set (7); reserveSpace
 	if got := daemon.word(); got != uint64(v) {
 		daemon.t.Fatalf("relay asked the daemon for %#x, want %#x", got, uint64(v))
+	}
+	if v.Minor() >= 38 {
+		// The relay offers no feature to either side.
+		daemon.expect(new(request).strs(nil).Bytes())
+		daemon.send(new(request).strs([]string{"realisation-with-path-not-hash"}).Bytes())
+		if n := client.word(); n != 0 {
+			client.t.Fatalf("relay offered the client %d features", n)
+		}
 	}
 	daemon.expect(new(request).u64(0).u64(0).Bytes())
 	if v.Minor() >= 33 {
@@ -261,4 +273,34 @@ func TestRelayClientHangupReachesDaemon(t *testing.T) {
 	if _, err := daemon.conn.Read(make([]byte, 1)); err != io.EOF {
 		t.Fatalf("daemon read %v, want EOF after the client hung up", err)
 	}
+}
+
+// At 1.38: the feature exchange, and a BuildPathsWithResults reply with
+// 1.37's CPU times and 1.28's built outputs, relayed byte for byte.
+func TestRelayProtocol138(t *testing.T) {
+	v := proto(38)
+	client, daemon := relayPair(t, allowAll)
+	handshake(client, daemon, v)
+	const drv = "/nix/store/00000000000000000000000000000000-x.drv"
+	req := new(request).u64(uint64(OpBuildPathsWithResults)).strs([]string{drv + "!out"}).u64(0).Bytes()
+	client.send(req)
+	daemon.expect(req)
+	reply := new(request).u64(stderrStartActivity).u64(7).u64(uint64(VerbosityInfo)).u64(uint64(ActBuild)).str("building").
+		u64(2).u64(fieldString).str(drv).u64(fieldInt).u64(1).u64(0).
+		u64(stderrResult).u64(7).u64(uint64(ResBuildLogLine)).u64(1).u64(fieldString).str("hello").
+		u64(stderrStopActivity).u64(7).
+		u64(stderrLast).
+		u64(1).str(drv + "!out").        // one KeyedBuildResult
+		u64(0).str("").                  // status built, no error
+		u64(1).u64(0).u64(100).u64(200). // timesBuilt, isNonDeterministic, start, stop
+		u64(1).u64(1500).u64(0).         // cpuUser 1500µs, cpuSystem none
+		u64(1).str("sha256:abc!out").str(`{"id":"sha256:abc!out","outPath":"11111111111111111111111111111111-x","signatures":[],"dependentRealisations":{}}`).
+		Bytes()
+	daemon.send(reply)
+	client.expect(reply)
+
+	// The next request still lines up.
+	next := new(request).u64(uint64(OpIsValidPath)).str(drv).Bytes()
+	client.send(next)
+	daemon.expect(next)
 }

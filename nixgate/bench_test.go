@@ -7,6 +7,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/claude-sandbox/claude-sandbox/nixdaemon"
@@ -29,32 +30,42 @@ func BenchmarkQueryPathInfo(b *testing.B) {
 		b.Fatal(err)
 	}
 	defer logFile.Close()
-	gwSocket := filepath.Join(dir, "socket")
-	l, err := net.Listen("unix", gwSocket)
-	if err != nil {
-		b.Fatal(err)
-	}
 	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- New(Config{Socket: e.socket, Host: h, Logger: benchLogger(logFile)}).Serve(ctx, l) }()
-	defer func() { cancel(); <-done }()
-
+	var wg sync.WaitGroup
+	defer func() { cancel(); wg.Wait() }()
+	serve := func(name string, logger sessionlog.Logger) string {
+		socket := filepath.Join(dir, name)
+		l, err := net.Listen("unix", socket)
+		if err != nil {
+			b.Fatal(err)
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_ = New(Config{Socket: e.socket, Host: h, Logger: logger}).Serve(ctx, l)
+		}()
+		return socket
+	}
+	gateway := serve("gateway", logFile)
+	// The same without the session log, to show what logging costs.
+	gatewayNoLog := serve("gateway-nolog", sessionlog.Discard)
 	path := benchPath(b, e)
 
-	for _, via := range []struct{ name, socket string }{{"raw", e.socket}, {"gateway", gwSocket}} {
+	for _, via := range []struct{ name, socket string }{{"raw", e.socket}, {"gateway", gateway}, {"gateway-nolog", gatewayNoLog}} {
 		b.Run("conn=open/via="+via.name, func(b *testing.B) {
 			c, err := nixdaemon.Dial(ctx, via.socket)
 			if err != nil {
 				b.Fatal(err)
 			}
 			defer c.Close()
-			b.ResetTimer()
 			for b.Loop() {
 				if _, err := c.QueryPathInfo(ctx, path); err != nil {
 					b.Fatal(err)
 				}
 			}
 		})
+	}
+	for _, via := range []struct{ name, socket string }{{"raw", e.socket}, {"gateway", gateway}} {
 		b.Run("conn=fresh/via="+via.name, func(b *testing.B) {
 			for b.Loop() {
 				c, err := nixdaemon.Dial(ctx, via.socket)
@@ -85,11 +96,4 @@ func benchPath(b *testing.B, e liveEnv) string {
 		b.Fatalf("nix-store --add: %v", err)
 	}
 	return strings.TrimSpace(string(out))
-}
-
-func benchLogger(f *sessionlog.File) sessionlog.Logger {
-	if os.Getenv("NIXGATE_BENCH_NOLOG") != "" {
-		return sessionlog.Discard
-	}
-	return f
 }

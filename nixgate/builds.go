@@ -42,7 +42,13 @@ type drvInfo struct {
 // daemon what the build would actually run (QueryMissing with the very
 // targets, on the connection that will build them, so with the client's
 // settings in force), then judges each derivation that would be built.
-func (g *Gateway) decideBuild(ctx context.Context, q *nixdaemon.Request, up *nixdaemon.Client) decision {
+//
+// With fallback (the client's --fallback), a path QueryMissing says will be
+// substituted is built when its substitution fails, by a derivation the
+// gateway cannot see from here: such builds are allowed only where every
+// build would be (the host sandboxes or the user opted in, the network is
+// open, and no FetchPolicy needs to see URLs).
+func (g *Gateway) decideBuild(ctx context.Context, q *nixdaemon.Request, up *nixdaemon.Client, fallback bool) decision {
 	if q.Mode == nixdaemon.BuildModeRepair {
 		return refusal(RuleRepair, "building in repair mode", "repairing rewrites paths that are already valid in the host store, which needs the daemon's trust", fixOnHost)
 	}
@@ -76,6 +82,15 @@ func (g *Gateway) decideBuild(ctx context.Context, q *nixdaemon.Request, up *nix
 			}
 		}
 	}
+	sandboxed := g.cfg.Host.Sandbox.Sandboxed()
+	anyBuildAllowed := (sandboxed || g.cfg.AllowUnsandboxedBuilds) && g.cfg.Network && g.cfg.FetchPolicy == nil
+	if fallback && len(missing.WillSubstitute) > 0 && !anyBuildAllowed {
+		d := refusal(RuleFallback, "substituting "+listTarget(missing.WillSubstitute)+" with --fallback",
+			"if a substitution failed, the host daemon would build the path instead, a build the gateway cannot check first",
+			"run it without --fallback (nix: --option fallback false)")
+		d.target = listTarget(missing.WillSubstitute)
+		return d
+	}
 	if len(willBuild) == 0 {
 		if len(missing.WillSubstitute) > 0 {
 			d := allow(RuleSubstitute)
@@ -85,7 +100,6 @@ func (g *Gateway) decideBuild(ctx context.Context, q *nixdaemon.Request, up *nix
 		return allow(RuleQuery) // everything is valid already: nothing runs
 	}
 
-	sandboxed := g.cfg.Host.Sandbox.Sandboxed()
 	if !sandboxed && !g.cfg.AllowUnsandboxedBuilds {
 		d := refusal(RuleUnsandboxedBuilds, "building "+listTarget(willBuild),
 			fmt.Sprintf("the host's Nix daemon has sandbox = %s, so the builder would run on the host, outside this sandbox", sandboxWord(g.cfg.Host.Sandbox)),

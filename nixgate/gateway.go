@@ -78,11 +78,12 @@ func (g *Gateway) Serve(ctx context.Context, l net.Listener) error {
 // ServeConn serves one client connection and closes it.
 func (g *Gateway) ServeConn(ctx context.Context, conn net.Conn) error {
 	var d net.Dialer
+	s := &session{g: g}
 	return nixdaemon.Relay(ctx, conn, nixdaemon.RelayConfig{
 		Dial: func(ctx context.Context) (net.Conn, error) {
 			return d.DialContext(ctx, "unix", g.cfg.Socket)
 		},
-		Decide: g.decide,
+		Decide: s.decide,
 		Decided: func(_ *nixdaemon.Request, v nixdaemon.Verdict) {
 			if e, ok := v.Note.(sessionlog.Entry); ok {
 				g.cfg.Logger.Log(e)
@@ -98,15 +99,28 @@ func (g *Gateway) ServeConn(ctx context.Context, conn net.Conn) error {
 	})
 }
 
+// session is one client connection's state: what its SetOptions said, as
+// far as the policy cares.
+type session struct {
+	g *Gateway
+	// fallback is the client's --fallback (SetOptions' tryFallback): a
+	// substitution that fails is then built instead.
+	fallback bool
+}
+
 // decide is the relay's decision function: one policy decision per
 // request, logged once acted on.
-func (g *Gateway) decide(ctx context.Context, q *nixdaemon.Request, up *nixdaemon.Client) nixdaemon.Verdict {
+func (s *session) decide(ctx context.Context, q *nixdaemon.Request, up *nixdaemon.Client) nixdaemon.Verdict {
+	g := s.g
 	var d decision
-	switch {
-	case q.Op == nixdaemon.OpBuildPaths || q.Op == nixdaemon.OpBuildPathsWithResults:
-		d = g.decideBuild(ctx, q, up)
+	switch q.Op {
+	case nixdaemon.OpBuildPaths, nixdaemon.OpBuildPathsWithResults:
+		d = g.decideBuild(ctx, q, up, s.fallback)
 	default:
 		d = g.decideStatic(q)
+		if q.Op == nixdaemon.OpSetOptions && !d.refuse {
+			s.fallback = q.Settings.TryFallback
+		}
 	}
 	// Logged by Decided, once the verdict has been acted on.
 	v := nixdaemon.Verdict{Note: d.entry(q)}

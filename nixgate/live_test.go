@@ -564,38 +564,19 @@ func TestLiveSandboxedDaemon(t *testing.T) {
 	e.socket = os.Getenv("NIXGATE_TEST_SANDBOXED_SOCKET")
 	e.confDir = os.Getenv("NIXGATE_TEST_SANDBOXED_CONF_DIR")
 	if e.socket == "" {
-		e.socket, e.confDir = startSandboxedDaemon(t, e)
+		e.socket, e.confDir = startSandboxedDaemon(t, e, "")
 	}
 	h := e.probe(t)
 	if h.Sandbox != SandboxOn {
 		t.Fatalf("the daemon at %s reports sandbox = %q, want true", e.socket, h.Sandbox)
 	}
-	_, err := os.Stat("/bin/busybox")
-	testenv.Require(t, err == nil, "static busybox at /bin/busybox (Debian package busybox-static)")
 
 	g := startGate(t, e, Config{Host: h}) // no opt-in, no network
-	bbDir := filepath.Join(t.TempDir(), "busybox-static")
-	if err := os.Mkdir(bbDir, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	b, err := os.ReadFile("/bin/busybox")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(filepath.Join(bbDir, "busybox"), b, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	bb := g.mustRun(t, "nix-store", "--add", bbDir)
+	bb := addBusybox(t, g)
 
 	marker := filepath.Join(os.TempDir(), unique(t, "sandboxed-escape"))
 	t.Cleanup(func() { _ = os.Remove(marker) })
-	const expr = `{ name, script, busybox }: derivation {
-  inherit name;
-  system = builtins.currentSystem;
-  builder = "${builtins.storePath busybox}/busybox";
-  args = [ "sh" "-c" script ];
-}`
-	drv := g.instantiate(t, expr, map[string]string{
+	drv := g.instantiate(t, busyboxDrv, map[string]string{
 		"name": unique(t, "sandboxed"), "busybox": bb,
 		"script": "touch " + marker + " 2>/dev/null; if [ -e /etc/passwd ] && [ -e /usr ]; then echo host > $out; else echo sandboxed > $out; fi",
 	})
@@ -622,7 +603,77 @@ func TestLiveSandboxedDaemon(t *testing.T) {
 	}
 }
 
-func startSandboxedDaemon(t *testing.T, e liveEnv) (socket, confDir string) {
+const busyboxDrv = `{ name, script, busybox }: derivation {
+  inherit name;
+  system = builtins.currentSystem;
+  builder = "${builtins.storePath busybox}/busybox";
+  args = [ "sh" "-c" script ];
+}`
+
+// addBusybox adds static busybox to the store through g, as
+// <dir>/busybox, and returns the directory's store path.
+func addBusybox(t *testing.T, g *gate) string {
+	t.Helper()
+	_, err := os.Stat("/bin/busybox")
+	testenv.Require(t, err == nil, "static busybox at /bin/busybox (Debian package busybox-static)")
+	bbDir := filepath.Join(t.TempDir(), "busybox-static")
+	if err := os.Mkdir(bbDir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile("/bin/busybox")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(bbDir, "busybox"), b, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	return g.mustRun(t, "nix-store", "--add", bbDir)
+}
+
+// TestLiveSubstitutionAndFallback: substitution from the daemon's own
+// configured cache works through the gateway, with no network and no build
+// allowed; --fallback, which would build when a substitution fails, is
+// refused there. The cache is a file:// binary cache the test fills.
+func TestLiveSubstitutionAndFallback(t *testing.T) {
+	e := live(t)
+	cache := filepath.Join(t.TempDir(), "cache")
+	e.socket, e.confDir = startSandboxedDaemon(t, e, "substituters = file://"+cache+"\nrequire-sigs = false\n")
+	h := e.probe(t)
+	// A host that does not sandbox, no opt-in, no network: only
+	// substitution can realise anything.
+	h.Sandbox = SandboxOff
+	g := startGate(t, e, Config{Host: h})
+	bb := addBusybox(t, g)
+	drv := g.instantiate(t, busyboxDrv, map[string]string{"name": unique(t, "substituted"), "busybox": bb, "script": "echo built > $out"})
+	out := g.mustRun(t, "nix-store", "-q", "--outputs", drv)
+
+	// Build it directly on the daemon, put it in the cache, delete it.
+	direct := func(name string, args ...string) {
+		t.Helper()
+		cmd := exec.Command(e.tool(name), args...)
+		cmd.Env = append(os.Environ(), "NIX_REMOTE=daemon", "NIX_DAEMON_SOCKET_PATH="+e.socket)
+		if b, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("%s %s: %v\n%s", name, strings.Join(args, " "), err, b)
+		}
+	}
+	direct("nix-store", "--realise", drv)
+	direct("nix", "--extra-experimental-features", "nix-command", "copy", "--to", "file://"+cache, out)
+	direct("nix-store", "--delete", out)
+
+	_, errOut, err := g.run(t, "nix-build", "--fallback", "--no-out-link", drv)
+	if err == nil || !strings.Contains(errOut, RuleFallback) || !strings.Contains(errOut, "without --fallback") {
+		t.Errorf("nix-build --fallback: err=%v\n%s", err, errOut)
+	}
+	got := g.mustRun(t, "nix-build", "--no-out-link", drv)
+	if b, err := os.ReadFile(got); got != out || err != nil || string(b) != "built\n" {
+		t.Errorf("substituted %s (want %s): %q, %v", got, out, b, err)
+	}
+	if allowed := g.log.find("BuildPaths", sessionlog.Allow); len(allowed) != 1 || allowed[0].Rule != RuleSubstitute || allowed[0].Target != out {
+		t.Errorf("want one BuildPaths allowed under %s for %s, got %+v", RuleSubstitute, out, g.log.all())
+	}
+}
+
+func startSandboxedDaemon(t *testing.T, e liveEnv, extraConf string) (socket, confDir string) {
 	t.Helper()
 	testenv.RequireRoot(t)
 	daemon, err := exec.LookPath(e.tool("nix-daemon"))
@@ -633,7 +684,10 @@ func startSandboxedDaemon(t *testing.T, e liveEnv) (socket, confDir string) {
 	if err := os.Mkdir(confDir, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	conf := "sandbox = true\nsubstituters =\nbuild-users-group = nixbld\nexperimental-features = nix-command\n"
+	conf := "sandbox = true\nbuild-users-group = nixbld\nexperimental-features = nix-command\n" + extraConf
+	if !strings.Contains(extraConf, "substituters") {
+		conf += "substituters =\n"
+	}
 	if err := os.WriteFile(filepath.Join(confDir, "nix.conf"), []byte(conf), 0o644); err != nil {
 		t.Fatal(err)
 	}

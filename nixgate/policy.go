@@ -25,6 +25,7 @@ const (
 	RuleUnsandboxedBuilds  = OptInFlag
 	RuleFixedOutput        = "nix-fixed-output-network"
 	RuleBuildUnclassified  = "nix-build-unclassified"
+	RuleFallback           = "nix-fallback"
 	RuleTrust              = "nix-needs-trust"
 	RuleHostMaintenance    = "nix-host-maintenance"
 	RuleGC                 = "nix-gc"
