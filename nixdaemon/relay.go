@@ -330,6 +330,9 @@ func (x *relay) serve(ctx context.Context) error {
 	for {
 		cr := x.cr
 		cr.reset("request")
+		if raw.Cap() > 1<<20 {
+			raw = bytes.Buffer{} // one large AddTextToStore must not pin its size
+		}
 		raw.Reset()
 		cr.capture = &raw
 		n, err := cr.uint64("operation")

@@ -304,3 +304,46 @@ func TestRelayProtocol138(t *testing.T) {
 	client.send(next)
 	daemon.expect(next)
 }
+
+// A hostile client announcing a huge string gets an error and the end of
+// the connection; nothing reaches the daemon and nothing is allocated for
+// the announced length.
+func TestRelayHostileLengths(t *testing.T) {
+	for name, req := range map[string][]byte{
+		"path of 1 TiB":        new(request).u64(uint64(OpIsValidPath)).u64(1 << 40).Bytes(),
+		"2^60 targets":         new(request).u64(uint64(OpBuildPaths)).u64(1 << 60).Bytes(),
+		"overrides of 1 GiB":   new(request).u64(uint64(OpSetOptions)).u64(0).u64(0).u64(0).u64(0).u64(0).u64(0).u64(0).u64(0).u64(0).u64(0).u64(0).u64(0).u64(1).u64(1 << 30).Bytes(),
+		"a frame of 1 TiB":     new(request).u64(uint64(OpAddMultipleToStore)).u64(0).u64(0).u64(1 << 40).Bytes(),
+		"a NAR token of 1 GiB": append(new(request).u64(uint64(OpAddToStore)).str("x").u64(1).u64(1).str("sha256").Bytes(), new(request).u64(1<<30).Bytes()...),
+	} {
+		t.Run(name, func(t *testing.T) {
+			v := proto(34)
+			if strings.Contains(name, "NAR") {
+				v = proto(24)
+			}
+			client, daemon := relayPair(t, allowAll)
+			handshake(client, daemon, v)
+			client.send(req)
+			if strings.Contains(name, "frame") || strings.Contains(name, "NAR") {
+				// The header was allowed and forwarded; the body then
+				// breaks the stream, and the relay hangs up on both.
+				buf := make([]byte, 4096)
+				for {
+					if _, err := daemon.conn.Read(buf); err != nil {
+						break
+					}
+				}
+			} else {
+				if m := client.word(); m != stderrError {
+					t.Fatalf("client got %#x, want STDERR_ERROR", m)
+				}
+				if _, err := daemon.conn.Read(make([]byte, 1)); err != io.EOF {
+					t.Errorf("daemon read %v, want EOF (nothing forwarded)", err)
+				}
+			}
+			if _, err := io.ReadAll(client.conn); err != nil {
+				t.Errorf("client connection not closed cleanly: %v", err)
+			}
+		})
+	}
+}

@@ -274,6 +274,24 @@ func TestLiveBuildRefusedOnUnsandboxedHost(t *testing.T) {
 	if len(refused) != 2 || refused[0].Rule != RuleUnsandboxedBuilds || refused[0].Target != drv {
 		t.Errorf("want two refusals of BuildPaths for %s under %s, got %+v", drv, RuleUnsandboxedBuilds, refused)
 	}
+	// BuildPathsWithResults (what `nix build` sends) is judged the same way.
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if c, err := nixdaemon.Dial(ctx, g.socket); err != nil {
+		t.Error(err)
+	} else {
+		defer c.Close()
+		var de *nixdaemon.DaemonError
+		if c.ProtocolVersion().Minor() >= 34 {
+			_, err = c.BuildPathsWithResults(ctx, nixdaemon.DerivationOutputs(drv))
+			if !errors.As(err, &de) || !strings.Contains(de.Message, "claude-sandbox refused building "+drv) {
+				t.Errorf("BuildPathsWithResults: %v", err)
+			}
+		}
+	}
+	if _, err := os.Stat(marker); err == nil {
+		t.Fatalf("the builder ran on the host: %s exists", marker)
+	}
 
 	// With the opt-in the same build runs, on the host.
 	g2 := startGate(t, e, Config{Host: h, AllowUnsandboxedBuilds: true})
