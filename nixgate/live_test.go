@@ -654,6 +654,9 @@ func addBusybox(t *testing.T, g *gate) string {
 // refused there. The cache is a file:// binary cache the test fills.
 func TestLiveSubstitutionAndFallback(t *testing.T) {
 	e := live(t)
+	if os.Getenv("NIXGATE_TEST_SOCKET") != "" {
+		t.Skip("starts a second daemon of the default Nix on the default store; not run against another Nix")
+	}
 	cache := filepath.Join(t.TempDir(), "cache")
 	e.socket, e.confDir = startSandboxedDaemon(t, e, "substituters = file://"+cache+"\nrequire-sigs = false\n")
 	h := e.probe(t)
@@ -711,7 +714,13 @@ func startSandboxedDaemon(t *testing.T, e liveEnv, extraConf string) (socket, co
 	}
 	var logBuf bytes.Buffer
 	cmd := exec.Command(daemon)
-	cmd.Env = append(os.Environ(), "NIX_CONF_DIR="+confDir, "NIX_DAEMON_SOCKET_PATH="+socket)
+	for _, kv := range os.Environ() {
+		// The daemon must serve its own store, not forward to another.
+		if !strings.HasPrefix(kv, "NIX_REMOTE=") && !strings.HasPrefix(kv, "NIX_CONF_DIR=") && !strings.HasPrefix(kv, "NIX_DAEMON_SOCKET_PATH=") {
+			cmd.Env = append(cmd.Env, kv)
+		}
+	}
+	cmd.Env = append(cmd.Env, "NIX_CONF_DIR="+confDir, "NIX_DAEMON_SOCKET_PATH="+socket)
 	cmd.Stdout, cmd.Stderr = &logBuf, &logBuf
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
