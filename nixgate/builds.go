@@ -102,7 +102,7 @@ func (g *Gateway) decideBuild(ctx context.Context, q *nixdaemon.Request, up *nix
 
 	if !sandboxed && !g.cfg.AllowUnsandboxedBuilds {
 		d := refusal(RuleUnsandboxedBuilds, "building "+listTarget(willBuild),
-			fmt.Sprintf("the host's Nix daemon has sandbox = %s, so the builder would run on the host, outside this sandbox", sandboxWord(g.cfg.Host.Sandbox)),
+			fmt.Sprintf("the host's Nix daemon has %s, so the builder would run on the host, outside this sandbox", g.cfg.Host.sandboxSetting()),
 			fmt.Sprintf("to allow builds that run unsandboxed on the host, start the sandbox with --%s or set %s = true in the claude-sandbox configuration", OptInFlag, OptInFlag))
 		d.target = listTarget(willBuild)
 		return d

@@ -10,7 +10,9 @@ import (
 	"os/exec"
 	"os/user"
 	"slices"
+	"strconv"
 	"strings"
+	"time"
 
 	"github.com/claude-sandbox/claude-sandbox/nixdaemon"
 )
@@ -36,6 +38,11 @@ type HostFacts struct {
 	DaemonProtocol   nixdaemon.ProtocolVersion
 	Sandbox          SandboxMode
 	SandboxFallback  bool   // sandbox-fallback: builds run unsandboxed where the kernel cannot sandbox
+	// SandboxVerified says whether a probe build showed the daemon really
+	// sandboxing (ProbeOptions.VerifySandbox); SandboxProbe says what the
+	// probe found, when one ran.
+	SandboxVerified bool
+	SandboxProbe    string
 	ConfigSource     string // how Sandbox and TrustedUsers were found out
 	Trust            nixdaemon.TrustStatus
 	TrustSource      string // "the daemon's handshake" or "trusted-users in the daemon's nix.conf"
@@ -51,6 +58,14 @@ type ProbeOptions struct {
 	// User is whose trust to judge from trusted-users when the daemon is
 	// too old to say (protocol < 1.35); default the current user.
 	User *user.User
+	// VerifySandbox, where the daemon says sandbox = true but would fall
+	// back (sandbox-fallback = true, Nix's default), builds a probe
+	// derivation to see whether builds really run sandboxed: a daemon in a
+	// chroot or an unprivileged container cannot make mount and PID
+	// namespaces and then builds unsandboxed without a word. The probe is a
+	// fixed shell script that only looks for the daemon's database; it
+	// costs one build (about a second).
+	VerifySandbox bool
 }
 
 // ProbeHost asks the host's Nix how its daemon builds and whether it
@@ -83,13 +98,19 @@ func ProbeHost(ctx context.Context, opts ProbeOptions) (HostFacts, error) {
 		facts.TrustSource = "the daemon's handshake"
 	}
 
-	cfg, source, err := showConfig(ctx, opts)
+	cfg, source, err := showConfig(ctx, opts, newerThan(facts.DaemonNixVersion, 2, 20))
 	if err != nil {
 		return facts, err
 	}
 	facts.ConfigSource = source
 	facts.Sandbox = cfg.sandbox
 	facts.SandboxFallback = cfg.sandboxFallback
+	if opts.VerifySandbox && facts.Sandbox == SandboxOn {
+		facts.SandboxVerified, facts.SandboxProbe = verifySandbox(ctx, opts, facts.Socket)
+		if facts.SandboxProbe == probeUnsandboxed {
+			facts.Sandbox = SandboxOff
+		}
+	}
 	facts.TrustedUsers = cfg.trustedUsers
 	if facts.Trust == nixdaemon.TrustUnknown {
 		u := opts.User
@@ -114,30 +135,29 @@ type hostConfig struct {
 }
 
 // showConfig runs the host's nix to print its configuration as JSON.
-func showConfig(ctx context.Context, opts ProbeOptions) (hostConfig, string, error) {
+// newCLIFirst tries `nix config show` (Nix ≥ 2.20) before `nix
+// show-config`, saving a failed process where the daemon is that new.
+func showConfig(ctx context.Context, opts ProbeOptions, newCLIFirst bool) (hostConfig, string, error) {
 	nix := opts.Nix
 	if nix == "" {
 		nix = "nix"
 	}
-	env := []string{"NIX_USER_CONF_FILES="}
-	for _, kv := range os.Environ() {
-		if strings.HasPrefix(kv, "NIX_CONFIG=") || strings.HasPrefix(kv, "NIX_USER_CONF_FILES=") ||
-			(opts.ConfDir != "" && strings.HasPrefix(kv, "NIX_CONF_DIR=")) {
-			continue
-		}
-		env = append(env, kv)
-	}
+	env := nixEnv(opts, "")
 	where := "the default NIX_CONF_DIR"
 	if opts.ConfDir != "" {
-		env = append(env, "NIX_CONF_DIR="+opts.ConfDir)
 		where = "NIX_CONF_DIR=" + opts.ConfDir
 	}
 	var lastErr error
-	for _, sub := range [][]string{{"config", "show"}, {"show-config"}} {
+	subs := [][]string{{"show-config"}, {"config", "show"}}
+	if newCLIFirst {
+		subs[0], subs[1] = subs[1], subs[0]
+	}
+	for _, sub := range subs {
 		args := append([]string{"--extra-experimental-features", "nix-command"}, sub...)
 		args = append(args, "--json")
 		cmd := exec.CommandContext(ctx, nix, args...)
 		cmd.Env = env
+		cmd.WaitDelay = time.Second
 		var stderr bytes.Buffer
 		cmd.Stderr = &stderr
 		out, err := cmd.Output()
@@ -152,6 +172,95 @@ func showConfig(ctx context.Context, opts ProbeOptions) (hostConfig, string, err
 		return cfg, fmt.Sprintf("`nix %s --json` with %s", strings.Join(sub, " "), where), nil
 	}
 	return hostConfig{}, "", fmt.Errorf("nixgate: asking the host's Nix for its configuration: %w", lastErr)
+}
+
+// nixEnv is the environment of a nix CLI asking the daemon at socket,
+// without user configuration.
+func nixEnv(opts ProbeOptions, socket string) []string {
+	env := []string{"NIX_USER_CONF_FILES="}
+	if socket != "" {
+		env = append(env, "NIX_REMOTE=daemon", "NIX_DAEMON_SOCKET_PATH="+socket)
+	}
+	for _, kv := range os.Environ() {
+		name, _, _ := strings.Cut(kv, "=")
+		switch name {
+		case "NIX_CONFIG", "NIX_USER_CONF_FILES", "NIX_REMOTE", "NIX_DAEMON_SOCKET_PATH":
+			continue
+		case "NIX_CONF_DIR":
+			if opts.ConfDir != "" {
+				continue
+			}
+		}
+		env = append(env, kv)
+	}
+	if opts.ConfDir != "" {
+		env = append(env, "NIX_CONF_DIR="+opts.ConfDir)
+	}
+	return env
+}
+
+const (
+	probeSandboxed   = "sandboxed"
+	probeUnsandboxed = "unsandboxed: a probe build ran outside any sandbox (the daemon falls back where it cannot sandbox)"
+)
+
+// probeExpr is the probe derivation. Inside Nix's sandbox the daemon's
+// database does not exist; outside it does. /bin/sh inside the sandbox
+// comes from sandbox-paths (NixOS, Debian and the upstream installer set
+// it). The nonce makes every probe a new build.
+const probeExpr = `{ nonce }: derivation {
+  name = "claude-sandbox-sandbox-probe";
+  system = builtins.currentSystem;
+  builder = "/bin/sh";
+  args = [ "-c" "if [ -e /nix/var/nix/db ]; then echo claude-sandbox-probe: unsandboxed; exit 1; fi; echo ${nonce} > $out" ];
+}`
+
+// verifySandbox builds the probe and says whether the build was sandboxed
+// and, if not verified, why.
+func verifySandbox(ctx context.Context, opts ProbeOptions, socket string) (bool, string) {
+	nix := opts.Nix
+	dir := "" // the nix-* tools live beside nix
+	if nix != "" && strings.Contains(nix, "/") {
+		dir = nix[:strings.LastIndex(nix, "/")+1]
+	}
+	env := nixEnv(opts, socket)
+	run := func(name string, args ...string) (string, string, error) {
+		cmd := exec.CommandContext(ctx, dir+name, args...)
+		cmd.Env = env
+		cmd.WaitDelay = time.Second
+		var stdout, stderr bytes.Buffer
+		cmd.Stdout, cmd.Stderr = &stdout, &stderr
+		err := cmd.Run()
+		return strings.TrimSpace(stdout.String()), stderr.String(), err
+	}
+	nonce := strconv.FormatInt(time.Now().UnixNano(), 36)
+	drv, errOut, err := run("nix-instantiate", "--argstr", "nonce", nonce, "-E", probeExpr)
+	if err != nil {
+		return false, "probe not run: nix-instantiate: " + lastLine(errOut)
+	}
+	_, errOut, err = run("nix-store", "--realise", drv)
+	switch {
+	case err == nil:
+		return true, probeSandboxed
+	case strings.Contains(errOut, "claude-sandbox-probe: unsandboxed"):
+		return false, probeUnsandboxed
+	}
+	return false, "probe inconclusive: " + lastLine(errOut)
+}
+
+// newerThan reports whether Nix version v ("2.26.3", "2.18.1pre…") is at
+// least major.minor.
+func newerThan(v string, major, minor int) bool {
+	parts := strings.SplitN(v, ".", 3)
+	if len(parts) < 2 {
+		return false
+	}
+	ma, err1 := strconv.Atoi(parts[0])
+	mi, err2 := strconv.Atoi(strings.TrimFunc(parts[1], func(r rune) bool { return r < '0' || r > '9' }))
+	if err1 != nil || err2 != nil {
+		return false
+	}
+	return ma > major || (ma == major && mi >= minor)
 }
 
 func parseConfigJSON(b []byte) (hostConfig, error) {
@@ -229,15 +338,21 @@ func Explain(h HostFacts, cfg Config) []string {
 		ver = "unknown version"
 	}
 	out = append(out, fmt.Sprintf("host Nix daemon: Nix %s, worker protocol %s, at %s", ver, h.DaemonProtocol, h.Socket))
-	switch h.Sandbox {
-	case SandboxOn:
-		s := "host builds: sandboxed (sandbox = true"
-		if h.SandboxFallback {
-			s += "; sandbox-fallback = true would run builds unsandboxed where the kernel cannot sandbox them"
+	switch {
+	case h.Sandbox == SandboxOn && h.SandboxVerified:
+		out = append(out, "host builds: sandboxed (sandbox = true, and a probe build ran sandboxed)")
+	case h.Sandbox == SandboxOn && h.SandboxFallback:
+		s := "host builds: sandboxed (sandbox = true; but sandbox-fallback = true makes the daemon build unsandboxed, silently, where it cannot sandbox"
+		if h.SandboxProbe != "" {
+			s += "; " + h.SandboxProbe
 		}
 		out = append(out, s+")")
-	case SandboxUnknown:
+	case h.Sandbox == SandboxOn:
+		out = append(out, "host builds: sandboxed (sandbox = true, sandbox-fallback = false)")
+	case h.Sandbox == SandboxUnknown:
 		out = append(out, "host builds: unknown whether sandboxed; treated as not sandboxed")
+	case h.SandboxProbe == probeUnsandboxed:
+		out = append(out, "host builds: not sandboxed (nix.conf says sandbox = true, but "+strings.TrimPrefix(h.SandboxProbe, "unsandboxed: ")+")")
 	default:
 		out = append(out, fmt.Sprintf("host builds: not sandboxed (sandbox = %s)", h.Sandbox))
 	}
@@ -258,9 +373,9 @@ func Explain(h HostFacts, cfg Config) []string {
 		"substitution inside: allowed from the host daemon's own substituters")
 	switch {
 	case !h.Sandbox.Sandboxed() && !cfg.AllowUnsandboxedBuilds:
-		out = append(out, fmt.Sprintf("builds inside: refused (host daemon has sandbox = %s); opt in with --%s or %s = true, which lets the sandbox run builders on the host without a sandbox", sandboxWord(h.Sandbox), OptInFlag, OptInFlag))
+		out = append(out, fmt.Sprintf("builds inside: refused (host daemon has %s); opt in with --%s or %s = true, which lets the sandbox run builders on the host without a sandbox", h.sandboxSetting(), OptInFlag, OptInFlag))
 	case !h.Sandbox.Sandboxed():
-		out = append(out, fmt.Sprintf("builds inside: allowed by --%s, and they run on the host WITHOUT a sandbox (host daemon has sandbox = %s): as the Nix build user, with the host's file system and network", OptInFlag, sandboxWord(h.Sandbox)))
+		out = append(out, fmt.Sprintf("builds inside: allowed by --%s, and they run on the host WITHOUT a sandbox (host daemon has %s): as the Nix build user, with the host's file system and network", OptInFlag, h.sandboxSetting()))
 	default:
 		out = append(out, "builds inside: allowed (the host daemon sandboxes them)")
 	}
@@ -276,9 +391,14 @@ func Explain(h HostFacts, cfg Config) []string {
 	return out
 }
 
-func sandboxWord(m SandboxMode) string {
-	if m == SandboxUnknown {
-		return "unknown"
+// sandboxSetting names the host's sandboxing the way a refusal and doctor
+// say it: "sandbox = false", or what a probe found out.
+func (h HostFacts) sandboxSetting() string {
+	switch {
+	case h.SandboxProbe == probeUnsandboxed:
+		return "sandbox = true but sandbox-fallback = true, and it cannot sandbox here, so it builds unsandboxed"
+	case h.Sandbox == SandboxUnknown:
+		return "sandbox = unknown"
 	}
-	return string(m)
+	return "sandbox = " + string(h.Sandbox)
 }

@@ -588,6 +588,13 @@ func TestLiveSandboxedDaemon(t *testing.T) {
 	if h.Sandbox != SandboxOn {
 		t.Fatalf("the daemon at %s reports sandbox = %q, want true", e.socket, h.Sandbox)
 	}
+	// The probe build sees the sandbox for real.
+	pctx, pcancel := context.WithTimeout(context.Background(), time.Minute)
+	defer pcancel()
+	verified, err := ProbeHost(pctx, ProbeOptions{Socket: e.socket, Nix: e.tool("nix"), ConfDir: e.confDir, VerifySandbox: true})
+	if err != nil || verified.Sandbox != SandboxOn || !verified.SandboxVerified {
+		t.Errorf("ProbeHost with VerifySandbox: %v; sandbox %q, verified %v (%s)", err, verified.Sandbox, verified.SandboxVerified, verified.SandboxProbe)
+	}
 
 	g := startGate(t, e, Config{Host: h}) // no opt-in, no network
 	bb := addBusybox(t, g)
@@ -697,6 +704,8 @@ func TestLiveSubstitutionAndFallback(t *testing.T) {
 func startSandboxedDaemon(t *testing.T, e liveEnv, extraConf string) (socket, confDir string) {
 	t.Helper()
 	testenv.RequireRoot(t)
+	_, err := os.Stat("/bin/busybox")
+	testenv.Require(t, err == nil, "static busybox at /bin/busybox (Debian package busybox-static)")
 	daemon, err := exec.LookPath(e.tool("nix-daemon"))
 	testenv.Require(t, err == nil, "nix-daemon is not installed")
 	dir := t.TempDir()
@@ -705,7 +714,11 @@ func startSandboxedDaemon(t *testing.T, e liveEnv, extraConf string) (socket, co
 	if err := os.Mkdir(confDir, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	conf := "sandbox = true\nbuild-users-group = nixbld\nexperimental-features = nix-command\n" + extraConf
+	// sandbox-fallback = false: where the kernel cannot sandbox, fail rather
+	// than build unsandboxed and pass for a sandboxed daemon.
+	// /bin/sh in the sandbox, as NixOS and Debian 13 provide it, for
+	// ProbeHost's probe build.
+	conf := "sandbox = true\nsandbox-fallback = false\nsandbox-paths = /bin/sh=/bin/busybox\nbuild-users-group = nixbld\nexperimental-features = nix-command\n" + extraConf
 	if !strings.Contains(extraConf, "substituters") {
 		conf += "substituters =\n"
 	}
