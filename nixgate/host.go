@@ -37,16 +37,16 @@ type HostFacts struct {
 	DaemonNixVersion string // from the handshake (protocol ≥ 1.33), else the CLI's
 	DaemonProtocol   nixdaemon.ProtocolVersion
 	Sandbox          SandboxMode
-	SandboxFallback  bool   // sandbox-fallback: builds run unsandboxed where the kernel cannot sandbox
+	SandboxFallback  bool // sandbox-fallback: builds run unsandboxed where the kernel cannot sandbox
 	// SandboxVerified says whether a probe build showed the daemon really
 	// sandboxing (ProbeOptions.VerifySandbox); SandboxProbe says what the
 	// probe found, when one ran.
 	SandboxVerified bool
 	SandboxProbe    string
-	ConfigSource     string // how Sandbox and TrustedUsers were found out
-	Trust            nixdaemon.TrustStatus
-	TrustSource      string // "the daemon's handshake" or "trusted-users in the daemon's nix.conf"
-	TrustedUsers     []string
+	ConfigSource    string // how Sandbox and TrustedUsers were found out
+	Trust           nixdaemon.TrustStatus
+	TrustSource     string // "the daemon's handshake" or "trusted-users in the daemon's nix.conf"
+	TrustedUsers    []string
 }
 
 // ProbeOptions says where the host daemon is and how to ask about it. The
