@@ -12,7 +12,7 @@ func (e *NixMissingError) Error() string {
 	return fmt.Sprintf("%s not found: Nix is needed to build a sandbox the first time", e.Program)
 }
 func (e *NixMissingError) Hint() string {
-	return "install Nix (Debian: apt-get install nix-bin) or put it on PATH; once built, sandboxes start without Nix"
+	return "put Nix on PATH, or " + UpgradeNixHint + "; once built, sandboxes start without Nix"
 }
 
 // NoDaemonError: Nix is there but its daemon is not reachable.
