@@ -39,8 +39,16 @@
         };
       });
 
-      # services.claude-sandbox; see nix/module.nix.
-      nixosModules.default = import ./nix/module.nix { inherit self nixpkgs; };
+      # services.claude-sandbox; see nix/module.nix. A module value carries
+      # no file of its own: _file names it in the module system's messages
+      # (else "<unknown-file>"), and key makes a second import of the same
+      # module (directly and through another flake) count once, as a module
+      # imported by path does (lib/modules.nix deduplicates by key).
+      nixosModules.default = {
+        _file = ./nix/module.nix;
+        key = toString ./nix/module.nix;
+        imports = [ (import ./nix/module.nix { inherit self nixpkgs; }) ];
+      };
 
       devShells = forAllSystems (pkgs: {
         default = pkgs.mkShell {
