@@ -418,13 +418,25 @@ func TestFlake(t *testing.T) {
 
 // checks.templates evaluates every template (each backend and network
 // variant, a --with request, the module's value path) and fails if the
-// NixOS module's closures drift from the ones the binary builds.
+// NixOS module's closures drift from the ones the binary builds. It runs
+// against a copy of the fixture with as many top-level names as nixpkgs
+// has (~20,000, ~500 KB as JSON): the check lists them.
 func TestFlakeTemplatesCheck(t *testing.T) {
 	h := requireFlakeHost(t)
-	out := h.build(t, "checks."+flakeSystem+".templates")[0]
-	data, err := os.ReadFile(out)
-	if err != nil || strings.Count(string(data), ".drv\n") < 8 {
-		t.Fatalf("checks.templates evaluated too little: %v\n%s", err, data)
+	large := fixtureCopy(t, func(root string) {
+		replaceIn(t, filepath.Join(root, "pkgs/all-packages.nix"), "flakeSupport // trivial // {",
+			`(builtins.listToAttrs (builtins.genList (i: { name = "padding-to-nixpkgs-size-${toString i}"; value = null; }) 20000))
+  // flakeSupport // trivial // {`)
+	})
+	check := "checks." + flakeSystem + ".templates"
+	r := nixRun(context.Background(), "build", "--json", "--no-link", "--override-input", "nixpkgs", "path:"+large, h.ref(check))
+	var built []struct{ Outputs map[string]string }
+	if r.code != 0 || json.Unmarshal([]byte(r.stdout), &built) != nil || len(built) != 1 {
+		t.Fatalf("nix build %s: %s", check, r)
+	}
+	data, err := os.ReadFile(built[0].Outputs["out"])
+	if err != nil || strings.Count(string(data), ".drv\n") < 8 || !strings.Contains(string(data), "padding-to-nixpkgs-size-19999") {
+		t.Fatalf("checks.templates evaluated too little: %v\n%.2000s", err, data)
 	}
 }
 
