@@ -196,6 +196,9 @@ func (b *Builder) build(ctx context.Context, req Request) (*Closure, error) {
 const (
 	unknownMarker     = "claude-sandbox:unknown-packages:"
 	notPackagesMarker = "claude-sandbox:not-packages:"
+	// nixos/modules/misc/nixpkgs.nix's assertion for nixpkgs.config beside
+	// nixpkgs.pkgs, which eval-config sets from its `pkgs` argument.
+	nixosExternalInstance = "Your system configures nixpkgs with an externally created instance"
 )
 
 // evaluationError recognises the templates' own failures and explains them.
@@ -218,6 +221,11 @@ func (b *Builder) evaluationError(ctx context.Context, req Request, exprPath str
 			upe.Suggestions = b.suggest(ctx, req, paths)
 		}
 		return upe
+	}
+	for _, line := range tail {
+		if strings.Contains(line, nixosExternalInstance) {
+			return &ModuleNixpkgsConfigError{}
+		}
 	}
 	if old, ok := nixpkgsRefused(tail); ok {
 		old.Nixpkgs = req.Nixpkgs.Path

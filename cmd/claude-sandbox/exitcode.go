@@ -53,6 +53,7 @@ func exitCode(err error) int {
 		tooOld    *closure.NixTooOldError
 		daemon    *closure.NoDaemonError
 		build     *closure.BuildError
+		pkgsCfg   *closure.ModuleNixpkgsConfigError
 		project   *launch.ProjectError
 		userns    *launch.UserNamespaceError
 		envName   *launch.EnvNameError
@@ -92,7 +93,7 @@ func exitCode(err error) int {
 		return exitNixTooOld
 	case errors.As(err, &daemon):
 		return exitNoDaemon
-	case errors.As(err, &build):
+	case errors.As(err, &build), errors.As(err, &pkgsCfg):
 		return exitBuild
 	case errors.As(err, &userns):
 		return exitUserNamespaces
