@@ -49,6 +49,11 @@ in
     in
     {
       loader = "${pkgs.nix-ld}/libexec/nix-ld";
+      # Where prebuilt binaries look for the loader: the FHS path of this
+      # platform's, derived as nixos/modules/config/ldso.nix derives it
+      # (/lib64/ld-linux-x86-64.so.2, /lib/ld-linux-aarch64.so.1, …).
+      path = "/${pkgs.stdenv.hostPlatform.libDir}/"
+        + builtins.unsafeDiscardStringContext (baseNameOf pkgs.stdenv.cc.bintools.dynamicLinker);
       NIX_LD = "${libraries}/share/nix-ld/lib/ld.so";
       NIX_LD_LIBRARY_PATH = "${libraries}/share/nix-ld/lib";
     };

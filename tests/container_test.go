@@ -463,3 +463,16 @@ func TestModuleSettingNixpkgsConfigIsExplained(t *testing.T) {
 		t.Errorf("a module setting nixpkgs.config: %s", r)
 	}
 }
+
+// Claude Code is an unpatched binary: it runs through the loader at the
+// place the closure's platform names (the manifest's nixLd.path), which the
+// container's root tree provides.
+func TestContainerRunsClaudeCode(t *testing.T) {
+	requireContainerHost(t)
+	u := containerUser(t)
+	p := userProject(t, u)
+	r := inContainer(t, u, runOpts{}, p, `claude --version`)
+	if r.code != 0 || !strings.Contains(r.stdout, "(Claude Code)") {
+		t.Fatalf("claude --version in the container: %s", r)
+	}
+}

@@ -275,7 +275,11 @@ func TestFlake(t *testing.T) {
 		if err := json.Unmarshal([]byte(r.stdout), &show); err != nil {
 			t.Fatalf("nix flake show --json: %v\n%s", err, r.stdout)
 		}
-		for _, system := range []string{"x86_64-linux", "aarch64-linux"} {
+		// aarch64-linux is left out until the vm backend boots there (see flake.nix).
+		if _, ok := show["packages"]["aarch64-linux"]; ok {
+			t.Errorf("the flake offers aarch64-linux packages, whose vm backend cannot boot")
+		}
+		for _, system := range []string{"x86_64-linux"} {
 			for _, p := range packages {
 				if show["packages"][system][p] == nil {
 					t.Errorf("packages.%s.%s missing", system, p)
