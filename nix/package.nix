@@ -66,7 +66,6 @@ buildGo126Module {
 
   meta = {
     description = "Run Claude Code in a sandbox (bubblewrap, systemd-nspawn or QEMU) whose userland comes from nixpkgs";
-    homepage = "https://github.com/claude-sandbox/claude-sandbox";
     mainProgram = "claude-sandbox";
     platforms = [ "x86_64-linux" ];
   };
