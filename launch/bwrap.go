@@ -150,7 +150,7 @@ func Bubblewrap(m *manifest.Manifest, rt *Runtime) (inv *Invocation, err error) 
 	}
 	a = append(a, "--ro-bind-try", "/etc/machine-id", "/etc/machine-id")
 	a = append(a,
-		"--ro-bind", m.NixLd.Loader, "/lib64/ld-linux-x86-64.so.2",
+		"--ro-bind", m.NixLd.Loader, m.NixLd.Path,
 		"--symlink", m.Shell, "/bin/sh",
 		"--symlink", m.Shell, "/bin/bash",
 		"--symlink", m.UsrBinEnv, "/usr/bin/env",

@@ -66,8 +66,7 @@ buildGo126Module {
 
   meta = {
     description = "Run Claude Code in a sandbox (bubblewrap, systemd-nspawn or QEMU) whose userland comes from nixpkgs";
-    homepage = "https://github.com/claude-sandbox/claude-sandbox";
     mainProgram = "claude-sandbox";
-    platforms = [ "x86_64-linux" "aarch64-linux" ];
+    platforms = [ "x86_64-linux" ];
   };
 }
