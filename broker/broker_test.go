@@ -368,7 +368,7 @@ func TestBodiesOnlyWhenEnabled(t *testing.T) {
 	f := newFixture(t, fixtureOptions{
 		allow: []string{bound.addr},
 		bindings: []secrets.Binding{
-			envBinding(t, "GH_TOKEN", false, bound.addr),  // headers only
+			envBinding(t, "GH_TOKEN", false, bound.addr), // headers only
 			envBinding(t, "OTHER_KEY", true, bound.addr), // bodies too
 		},
 		values:  map[string]string{"GH_TOKEN": realToken, "OTHER_KEY": realKey},

@@ -272,7 +272,6 @@ func (f *fixture) run(t testing.TB, extraEnv []string, name string, args ...stri
 	return string(out), err
 }
 
-
 func pemOf(c *x509.Certificate) []byte {
 	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: c.Raw})
 }
@@ -289,3 +288,5 @@ func envBinding(t testing.TB, name string, bodies bool, hosts ...string) secrets
 	}
 	return b
 }
+
+func discardLog() *log.Logger { return log.New(io.Discard, "", 0) }
