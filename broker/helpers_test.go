@@ -85,7 +85,16 @@ func startOrigin(t testing.TB, handler http.Handler) *origin {
 		w.Header().Set("X-Echo-Auth", sr.Auth)
 		fmt.Fprintf(w, "method=%s\nauth=%s\ntoken=%s\nbody=%s\n", sr.Method, sr.Auth, sr.Token, sr.Body)
 	})
-	o.Server = httptest.NewUnstartedServer(mux)
+	return serveOrigin(t, o, mux)
+}
+
+// startOriginRoot is an origin whose every path is handler's.
+func startOriginRoot(t testing.TB, handler http.Handler) *origin {
+	return serveOrigin(t, &origin{}, handler)
+}
+
+func serveOrigin(t testing.TB, o *origin, h http.Handler) *origin {
+	o.Server = httptest.NewUnstartedServer(h)
 	o.EnableHTTP2 = false
 	o.Config.ErrorLog = log.New(io.Discard, "", 0) // a client refusing its certificate is what some tests want
 	o.StartTLS()
