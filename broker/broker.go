@@ -170,7 +170,8 @@ func (ic *interception) serve(ctx context.Context, client net.Conn) error {
 	if err != nil {
 		return err
 	}
-	tc := tls.Server(client, &tls.Config{
+	batched := &batchConn{Conn: client}
+	tc := tls.Server(batched, &tls.Config{
 		Certificates: []tls.Certificate{*leaf},
 		// HTTP/1.1 only: a client that asks for h2 settles for it, and
 		// every request stays visible to the broker.
@@ -201,7 +202,7 @@ func (ic *interception) serve(ctx context.Context, client net.Conn) error {
 		ModifyResponse: ic.maskResponse,
 		BufferPool:     copyBuffers,
 	}
-	conn := &closeNotifyConn{Conn: tc, closed: make(chan struct{})}
+	conn := &closeNotifyConn{Conn: &batchWriter{Conn: tc, under: batched}, closed: make(chan struct{})}
 	ln := &oneConnListener{conn: conn, done: make(chan struct{})}
 	srv := &http.Server{
 		Handler:                      http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { ic.handle(w, r, rp, tr) }),
@@ -456,6 +457,9 @@ func (ic *interception) maskResponse(resp *http.Response) error {
 	}
 	masked := set.MaskReader(login.maskReader(body))
 	if masked != io.Reader(body) {
+		if resp.ContentLength >= fillAbove {
+			masked = &fillReader{r: masked}
+		}
 		resp.Body = readCloser{masked, body}
 		if !set.MaskKeepsLength() || !login.maskKeepsLength() {
 			resp.Header.Del("Content-Length")
@@ -463,6 +467,30 @@ func (ic *interception) maskResponse(resp *http.Response) error {
 		}
 	}
 	return nil
+}
+
+// A download of a known length is passed on in chunks of fillTo bytes
+// rather than one TLS record (16 KiB) at a time: a quarter of the writes
+// to the sandbox's connection, each a full set of records. A stream of
+// unknown length (server-sent events) is passed on as it comes.
+const (
+	fillAbove = 1 << 20
+	fillTo    = 128 << 10
+)
+
+type fillReader struct{ r io.Reader }
+
+func (f *fillReader) Read(p []byte) (int, error) {
+	want := min(len(p), fillTo)
+	n := 0
+	for n < want {
+		k, err := f.r.Read(p[n:want])
+		n += k
+		if err != nil {
+			return n, err
+		}
+	}
+	return n, nil
 }
 
 type readCloser struct {
@@ -507,6 +535,67 @@ func headerValue(s string) string {
 		b = append(b[:1021], "..."...)
 	}
 	return string(b)
+}
+
+// batchConn gathers the TLS records of one large write into one write
+// to the sandbox's connection (crypto/tls writes each 16 KiB record on
+// its own): a download costs a system call per 128 KiB, not per record.
+type batchConn struct {
+	net.Conn
+	mu       sync.Mutex
+	batching bool
+	buf      []byte
+}
+
+func (c *batchConn) Write(p []byte) (int, error) {
+	c.mu.Lock()
+	if c.batching {
+		c.buf = append(c.buf, p...)
+		c.mu.Unlock()
+		return len(p), nil
+	}
+	c.mu.Unlock()
+	return c.Conn.Write(p)
+}
+
+func (c *batchConn) begin() {
+	c.mu.Lock()
+	c.batching = true
+	c.mu.Unlock()
+}
+
+// end writes what was gathered; records written meanwhile by another
+// path of crypto/tls (an alert) follow in order.
+func (c *batchConn) end() error {
+	c.mu.Lock()
+	c.batching = false
+	buf := c.buf
+	c.buf = c.buf[:0]
+	c.mu.Unlock()
+	if len(buf) == 0 {
+		return nil
+	}
+	_, err := c.Conn.Write(buf)
+	return err
+}
+
+// batchWriter is the TLS connection as the HTTP server sees it: a large
+// write's records leave together.
+type batchWriter struct {
+	*tls.Conn
+	under *batchConn
+}
+
+func (w *batchWriter) Write(p []byte) (int, error) {
+	if len(p) < 2*16<<10 {
+		return w.Conn.Write(p)
+	}
+	w.under.begin()
+	n, err := w.Conn.Write(p)
+	if ferr := w.under.end(); err == nil && ferr != nil {
+		return 0, ferr
+	}
+	return n, err
 }
 
 // closeNotifyConn tells when the HTTP server (or a handler that took the
