@@ -118,8 +118,6 @@ func (o *origin) count() int {
 	return len(o.seen)
 }
 
-func (o *origin) port() string { _, p, _ := net.SplitHostPort(o.addr); return p }
-
 // fixture is the whole path a sandbox's request takes: the egress proxy
 // with the broker as its interceptor, the trust files, and the secrets.
 type fixture struct {

@@ -49,7 +49,7 @@ func (e *tokenEndpoint) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if r.URL.Path != "/v1/oauth/token" || req["grant_type"] != "refresh_token" || !e.valid[rt] {
 		e.refused++
 		w.Header().Set("Content-Type", "application/json")
-		w.WriteHeader(400)
+		w.WriteHeader(http.StatusBadRequest)
 		fmt.Fprint(w, `{"error":"invalid_grant","error_description":"Refresh token not found or invalid"}`)
 		return
 	}
@@ -65,7 +65,7 @@ func (e *tokenEndpoint) api(w http.ResponseWriter, r *http.Request) {
 	ok := e.access[tok]
 	e.mu.Unlock()
 	if !ok {
-		http.Error(w, `{"error":"authentication_error"}`, 401)
+		http.Error(w, `{"error":"authentication_error"}`, http.StatusUnauthorized)
 		return
 	}
 	fmt.Fprintf(w, `{"you":%q}`, tok) // echoes the token: masking must hide it
