@@ -11,6 +11,7 @@ import (
 	"log"
 	"net"
 	"net/http"
+	"net/netip"
 	"net/http/httptest"
 	"net/url"
 	"os"
@@ -143,6 +144,19 @@ type fixtureOptions struct {
 	roots    []*x509.Certificate // what the broker trusts upstream; nil: every origin started
 	origins  []*origin
 	maxBody  int64
+	// names the proxy resolves to 127.0.0.1 (stand-ins named like real hosts)
+	loopbackNames []string
+}
+
+type loopbackResolver []string
+
+func (r loopbackResolver) LookupNetIP(ctx context.Context, network, host string) ([]netip.Addr, error) {
+	for _, n := range r {
+		if n == host {
+			return []netip.Addr{netip.MustParseAddr("127.0.0.1")}, nil
+		}
+	}
+	return nil, &net.DNSError{Err: "no such host", Name: host, IsNotFound: true}
 }
 
 func newFixture(t testing.TB, fo fixtureOptions) *fixture {
@@ -186,7 +200,11 @@ func newFixture(t testing.TB, fo fixtureOptions) *fixture {
 	if err != nil {
 		t.Fatal(err)
 	}
-	f.proxy, err = egress.New(egress.Options{Policy: egress.NewPolicy(egress.Allowlist, rules, nil), Log: f.log, Intercept: f.broker.Intercept})
+	eo := egress.Options{Policy: egress.NewPolicy(egress.Allowlist, rules, nil), Log: f.log, Intercept: f.broker.Intercept}
+	if fo.loopbackNames != nil {
+		eo.Resolver = loopbackResolver(fo.loopbackNames)
+	}
+	f.proxy, err = egress.New(eo)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -270,7 +288,7 @@ func (f *fixture) goClientTrusting(pool *x509.CertPool) *http.Client {
 func (f *fixture) run(t testing.TB, extraEnv []string, name string, args ...string) (string, error) {
 	t.Helper()
 	bin := testenv.RequireProgram(t, name)
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, bin, args...)
 	cmd.Env = append([]string{"PATH=" + os.Getenv("PATH"), "HOME=" + f.tempDir, "LANG=C"}, f.env...)
