@@ -472,6 +472,11 @@ func (s *Server) tunnel(op string, rt route, ready func(err error) *conn) {
 			return
 		}
 		defer client.Close()
+		if uc, ok := client.Conn.(*net.UnixConn); ok {
+			// As for a spliced tunnel (see splice): an interceptor that
+			// relays a download writes faster than 208 KiB at a time.
+			_ = uc.SetWriteBuffer(tunnelSendBuffer)
+		}
 		if err := handler(s.ctx, client); err != nil {
 			s.log.Log(sessionlog.Entry{Service: "net", Decision: sessionlog.Note, Op: op, Target: rt.v.Target, Reason: "interceptor: " + err.Error()})
 		}
