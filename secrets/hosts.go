@@ -112,6 +112,21 @@ func checkName(name string) error {
 	return nil
 }
 
+// Host is the pattern without its port: a name, "*." and a domain, or
+// an address.
+func (p HostPattern) Host() string {
+	switch {
+	case p.addr.IsValid():
+		return p.addr.String()
+	case p.wildcard:
+		return "*." + p.name
+	}
+	return p.name
+}
+
+// Port is the pattern's port (443 unless written).
+func (p HostPattern) Port() int { return p.port }
+
 // Matches says whether a request to host:port may carry the secret. host
 // is what the client asked for (a name or an address literal).
 func (p HostPattern) Matches(host string, port int) bool {

@@ -3,7 +3,11 @@ package secrets
 import (
 	"bytes"
 	"encoding/base64"
+	"io"
+	"slices"
 	"strings"
+
+	"github.com/claude-sandbox/claude-sandbox/internal/streamreplace"
 )
 
 // Injector puts real values back for one destination: the proxy, having
@@ -98,4 +102,68 @@ func (s *Set) Mask(data []byte) []byte {
 		}
 	}
 	return data
+}
+
+// Bodies says whether a secret bound here may be put into request
+// bodies: only then must the proxy read a body before sending it.
+func (in *Injector) Bodies() bool {
+	if in == nil {
+		return false
+	}
+	for _, sec := range in.secrets {
+		if sec.Bodies {
+			return true
+		}
+	}
+	return false
+}
+
+// MaskReader is Mask for a stream (a response body): it returns what r
+// gives with every real value replaced by its placeholder, holding back
+// only a tail that could be the start of a value.
+func (s *Set) MaskReader(r io.Reader) io.Reader {
+	if s == nil {
+		return r
+	}
+	var pairs []streamreplace.Pair
+	for _, sec := range s.byLength() {
+		pairs = append(pairs, streamreplace.Pair{Old: []byte(string(sec.value)), New: []byte(sec.placeholder)})
+	}
+	return streamreplace.NewReader(r, pairs)
+}
+
+// MaskKeepsLength says whether masking leaves data's length unchanged
+// (every placeholder as long as its value, the usual case): a response's
+// Content-Length then still holds.
+func (s *Set) MaskKeepsLength() bool {
+	if s == nil {
+		return true
+	}
+	for _, sec := range s.byLength() {
+		if len(sec.value) != len(sec.placeholder) {
+			return false
+		}
+	}
+	return true
+}
+
+// Hosts are the hosts of every resolved secret, without ports, as
+// written ("api.example.com", "*.github.com", "127.0.0.1", "::1"): the
+// names the proxy's certificate authority may issue for.
+func (s *Set) Hosts() []string {
+	if s == nil {
+		return nil
+	}
+	var out []string
+	for _, sec := range s.secrets {
+		if sec.Status != Resolved {
+			continue
+		}
+		for _, h := range sec.Hosts {
+			if host := h.Host(); !slices.Contains(out, host) {
+				out = append(out, host)
+			}
+		}
+	}
+	return out
 }

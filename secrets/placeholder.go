@@ -99,6 +99,11 @@ func onlyFrom(s, alphabet string) bool {
 	return true
 }
 
+// NewPlaceholder makes a placeholder for value, as Resolve does for a
+// secret: for values the supervisor learns otherwise (Claude Code's
+// login tokens). prefix is a configured public prefix, or "".
+func NewPlaceholder(value, prefix string) (string, error) { return newPlaceholder(value, prefix) }
+
 // newPlaceholder makes a placeholder for value.
 func newPlaceholder(value, configuredPrefix string) (string, error) {
 	prefix := publicPrefix(value, configuredPrefix)

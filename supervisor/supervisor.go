@@ -38,7 +38,6 @@ type Service interface {
 	Name() string
 	// Serve runs until ctx ends; its listener was made before the sandbox started.
 	Serve(ctx context.Context) error
-	Counts() control.Counts
 }
 
 // Supervisor runs one sandbox's lifetime.
@@ -48,7 +47,10 @@ type Supervisor struct {
 	Control  net.Listener
 	First    *control.Conn // the session of the launcher that started the sandbox, registered at birth
 	Services []Service
-	Log      sessionlog.Logger
+	// Log receives the supervisor's own entries; services log through
+	// the same logger, wrapped in a Counter whose counts status reports.
+	Log     sessionlog.Logger
+	Counter *Counter
 	// OnEnd runs once the sandbox is decided to end, before it is stopped:
 	// the launcher's registry record goes, so no new launch finds it.
 	OnEnd func()
@@ -63,7 +65,6 @@ type Supervisor struct {
 	joined   bool // a session was ever registered
 	ending   bool
 	started  time.Time
-	endOnce  sync.Once
 	endReq   chan bool // true: graceful
 	ended    chan struct{}
 }
@@ -266,11 +267,47 @@ func (s *Supervisor) status() *control.Status {
 	s.mu.Lock()
 	st := &control.Status{ID: s.ID, Sessions: s.sessions, Started: s.started.UTC()}
 	s.mu.Unlock()
-	if len(s.Services) > 0 {
-		st.Services = map[string]control.Counts{}
-		for _, svc := range s.Services {
-			st.Services[svc.Name()] = svc.Counts()
-		}
+	if s.Counter != nil {
+		st.Services = s.Counter.Counts()
 	}
 	return st
+}
+
+// Counter counts the decisions logged through it, per service, and passes
+// every entry on.
+type Counter struct {
+	Next sessionlog.Logger
+
+	mu     sync.Mutex
+	counts map[string]control.Counts
+}
+
+func (c *Counter) Log(e sessionlog.Entry) {
+	c.mu.Lock()
+	if c.counts == nil {
+		c.counts = map[string]control.Counts{}
+	}
+	n := c.counts[e.Service]
+	switch e.Decision {
+	case sessionlog.Allow:
+		n.Allowed++
+	case sessionlog.Refuse:
+		n.Refused++
+	}
+	c.counts[e.Service] = n
+	c.mu.Unlock()
+	if c.Next != nil {
+		c.Next.Log(e)
+	}
+}
+
+// Counts returns a copy of the counts so far.
+func (c *Counter) Counts() map[string]control.Counts {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	out := make(map[string]control.Counts, len(c.counts))
+	for k, v := range c.counts {
+		out[k] = v
+	}
+	return out
 }

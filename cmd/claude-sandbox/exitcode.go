@@ -29,6 +29,7 @@ const (
 	exitSandboxStart   = 73
 	exitNoDaemon       = 74
 	exitNotRunning     = 75 // enter/stop: no sandbox runs for the project
+	exitNixTooOld      = 76 // the Nix here is older than the chosen nixpkgs supports
 	exitNotRoot        = 77 // a backend that needs root, without it (EX_NOPERM)
 	exitNoKVM          = 78 // KVM asked for (or chosen by auto) does not work
 	exitUntrusted      = 79 // a project configuration file widens access and is not trusted
@@ -49,8 +50,10 @@ func exitCode(err error) int {
 		unknown   *closure.UnknownPackagesError
 		nixpkgs   *closure.NixpkgsError
 		missing   *closure.NixMissingError
+		tooOld    *closure.NixTooOldError
 		daemon    *closure.NoDaemonError
 		build     *closure.BuildError
+		pkgsCfg   *closure.ModuleNixpkgsConfigError
 		project   *launch.ProjectError
 		userns    *launch.UserNamespaceError
 		envName   *launch.EnvNameError
@@ -87,9 +90,11 @@ func exitCode(err error) int {
 		return exitNixpkgs
 	case errors.As(err, &missing):
 		return exitNixMissing
+	case errors.As(err, &tooOld):
+		return exitNixTooOld
 	case errors.As(err, &daemon):
 		return exitNoDaemon
-	case errors.As(err, &build):
+	case errors.As(err, &build), errors.As(err, &pkgsCfg):
 		return exitBuild
 	case errors.As(err, &userns):
 		return exitUserNamespaces

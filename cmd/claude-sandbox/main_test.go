@@ -12,7 +12,12 @@ import (
 // failures may need (or reach) Nix.
 func runCaptured(t *testing.T, args ...string) (int, string, string) {
 	t.Helper()
-	t.Setenv("PATH", t.TempDir())
+	return runCapturedWithPath(t, t.TempDir(), args...)
+}
+
+func runCapturedWithPath(t *testing.T, path string, args ...string) (int, string, string) {
+	t.Helper()
+	t.Setenv("PATH", path)
 	t.Setenv("XDG_CACHE_HOME", t.TempDir())
 	t.Setenv("XDG_STATE_HOME", t.TempDir())
 	t.Setenv("CLAUDE_SANDBOX_NIXPKGS", t.TempDir())
@@ -95,6 +100,32 @@ func TestEntryPresetsReachEveryCommand(t *testing.T) {
 	}
 	if got := entryArgs([]string{"/usr/bin/claude-sandbox-container", "ps"}); len(got) != 2 || got[0] != "--backend=container" || got[1] != "ps" {
 		t.Errorf("claude-sandbox-container ps: %q", got)
+	}
+}
+
+// A cold build whose nixpkgs needs a newer Nix than the one on PATH stops
+// before any evaluation, with its own code, the versions and the fix.
+func TestNixTooOldIsAClearError(t *testing.T) {
+	nixpkgs := t.TempDir()
+	os.WriteFile(filepath.Join(nixpkgs, "default.nix"), []byte("{ ... }: { }"), 0o644)
+	os.MkdirAll(filepath.Join(nixpkgs, "lib"), 0o755)
+	os.WriteFile(filepath.Join(nixpkgs, "lib", "minver.nix"), []byte(`"2.18.0"`), 0o644)
+	bin := t.TempDir()
+	evaluated := filepath.Join(bin, "evaluated")
+	fake := "#!/bin/sh\n[ \"$1\" = --version ] && { echo 'nix-instantiate (Nix) 2.8.0'; exit 0; }\ntouch " + evaluated + "\nexit 1\n"
+	os.WriteFile(filepath.Join(bin, "nix-instantiate"), []byte(fake), 0o755)
+
+	code, _, stderr := runCapturedWithPath(t, bin, "build", "--nixpkgs", nixpkgs)
+	if code != exitNixTooOld {
+		t.Fatalf("exit %d, want %d:\n%s", code, exitNixTooOld, stderr)
+	}
+	for _, says := range []string{"Nix 2.8.0", "needs Nix 2.18.0 or newer", "Debian 13", "hint:"} {
+		if !strings.Contains(stderr, says) {
+			t.Errorf("stderr does not say %q:\n%s", says, stderr)
+		}
+	}
+	if _, err := os.Stat(evaluated); err == nil {
+		t.Error("nix-instantiate was asked to evaluate")
 	}
 }
 

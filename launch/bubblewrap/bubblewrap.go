@@ -42,10 +42,6 @@ func (Backend) Check(rt *launch.Runtime) error {
 	return launch.CheckUserNamespaces(rt.EffectiveUID())
 }
 
-// loaderPath is where the sandbox's programs find the dynamic loader
-// (nix-ld): the path glibc-linked binaries from outside Nix name.
-const loaderPath = "/lib64/ld-linux-x86-64.so.2"
-
 // Plan decides the sandbox's mounts and environment, and renders them.
 func (Backend) Plan(p *launch.Plan, m *manifest.Manifest, rt *launch.Runtime) error {
 	env, err := launch.SandboxEnv(m, rt)
@@ -76,7 +72,9 @@ func (Backend) Plan(p *launch.Plan, m *manifest.Manifest, rt *launch.Runtime) er
 		launch.Mount{Kind: launch.File, Dest: "/etc/passwd", Data: []byte(passwd), Mode: 0o644},
 		launch.Mount{Kind: launch.File, Dest: "/etc/group", Data: []byte(group), Mode: 0o644},
 		launch.Mount{Kind: launch.ROBind, Source: "/etc/machine-id", Dest: "/etc/machine-id", Optional: true},
-		launch.Mount{Kind: launch.ROBind, Source: m.NixLd.Loader, Dest: loaderPath},
+		// nix-ld where prebuilt binaries look for their loader (the
+		// closure's platform says where).
+		launch.Mount{Kind: launch.ROBind, Source: m.NixLd.Loader, Dest: m.NixLd.Path},
 		launch.Mount{Kind: launch.Symlink, Source: m.Shell, Dest: "/bin/sh"},
 		launch.Mount{Kind: launch.Symlink, Source: m.Shell, Dest: "/bin/bash"},
 		launch.Mount{Kind: launch.Symlink, Source: m.UsrBinEnv, Dest: "/usr/bin/env"},

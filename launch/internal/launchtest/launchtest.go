@@ -23,7 +23,7 @@ func Manifest() *manifest.Manifest {
 		Schema: 1, Backend: "bubblewrap",
 		Bwrap: s + "bubblewrap/bin/bwrap", Env: s + "env", Path: []string{s + "env/bin"},
 		Shell: s + "bash/bin/bash", UsrBinEnv: s + "coreutils/bin/env", Claude: s + "claude-code/bin/claude",
-		NixLd:   manifest.NixLd{Loader: s + "nix-ld/libexec/nix-ld", NixLd: s + "libs/share/nix-ld/lib/ld.so", NixLdLibraryDir: s + "libs/share/nix-ld/lib"},
+		NixLd:   manifest.NixLd{Loader: s + "nix-ld/libexec/nix-ld", Path: "/lib64/ld-linux-x86-64.so.2", NixLd: s + "libs/share/nix-ld/lib/ld.so", NixLdLibraryDir: s + "libs/share/nix-ld/lib"},
 		HostEtc: []string{"resolv.conf", "hosts"},
 	}
 }
