@@ -6,6 +6,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/claude-sandbox/claude-sandbox/launch/backends"
 )
 
 // runCaptured runs the CLI in-process with an empty PATH: none of these
@@ -55,10 +57,26 @@ func TestFailuresBeforeNixHaveDistinctCodes(t *testing.T) {
 		{"ps with a launch flag", []string{"ps", "--accel", "kvm"}, exitUsage, "unknown flag: --accel"},
 		{"stop with a build flag", []string{"stop", "--with", "python3"}, exitUsage, "unknown flag: --with"},
 		{"build with a launch flag", []string{"build", "--tmux"}, exitUsage, "unknown flag: --tmux"},
-		// A switch the backend cannot honour is refused before anything is built.
-		{"tmux in a container", []string{"--backend", "container", "--tmux", project}, exitUsage, "--tmux: not supported by the container backend"},
-		{"tmux in a vm", []string{"--backend", "vm", "--tmux", "--dry-run", project}, exitUsage, "--tmux: not supported by the vm backend"},
 		{"an unknown backend at launch", []string{"--backend", "docker", project}, exitUsage, "unknown backend"},
+	}
+	// A switch a backend cannot honour is refused before anything is built
+	// (with --dry-run too).
+	refused := 0
+	for _, name := range backends.Names() {
+		if b, _ := backends.Get(name); !b.Traits().Tmux {
+			refused++
+			for _, dry := range []string{"--dry-run=false", "--dry-run"} {
+				cases = append(cases, struct {
+					name string
+					args []string
+					code int
+					says string
+				}{"tmux, " + name + " " + dry, []string{"--backend", name, "--tmux", dry, project}, exitUsage, "--tmux: not supported by the " + name + " backend"})
+			}
+		}
+	}
+	if refused == 0 {
+		t.Fatal("every backend supports --tmux: nothing to refuse")
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -98,8 +116,11 @@ func TestEntryPresetsReachEveryCommand(t *testing.T) {
 			t.Errorf("%v: exit %d:\n%s", args, code, stderr)
 		}
 	}
-	if got := entryArgs([]string{"/usr/bin/claude-sandbox-container", "ps"}); len(got) != 2 || got[0] != "--backend=container" || got[1] != "ps" {
-		t.Errorf("claude-sandbox-container ps: %q", got)
+	for _, name := range backends.Names() {
+		entry := "/usr/bin/" + backends.EntryPrefix + name
+		if got := entryArgs([]string{entry, "ps"}); len(got) != 2 || got[0] != "--backend="+name || got[1] != "ps" {
+			t.Errorf("%s ps: %q", entry, got)
+		}
 	}
 }
 
