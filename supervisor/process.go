@@ -5,11 +5,11 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"strconv"
-	"strings"
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/claude-sandbox/claude-sandbox/internal/proc"
 )
 
 // Adopted is a sandbox whose process a launcher started before this
@@ -35,7 +35,7 @@ func (a *Adopted) Watch() {
 		defer close(a.done)
 		// The init outlives bwrap's own process only while something
 		// in the sandbox does; it is the sandbox's real end.
-		waitPidfd(a.Init, -1)
+		proc.WaitPidfd(a.Init, -1)
 	}()
 }
 
@@ -46,11 +46,11 @@ func (a *Adopted) Ready(context.Context) (int, uint64, error) {
 		return 0, 0, errors.New("the sandbox has ended")
 	default:
 	}
-	start, err := processStart(a.InitPID)
+	st, err := proc.ReadStat(a.InitPID)
 	if err != nil {
 		return 0, 0, fmt.Errorf("the sandbox's init: %w", err)
 	}
-	return a.InitPID, start, nil
+	return a.InitPID, st.StartTime, nil
 }
 
 func (a *Adopted) Done() <-chan struct{} { return a.done }
@@ -61,7 +61,7 @@ func (a *Adopted) Done() <-chan struct{} { return a.done }
 // init is killed, which ends every process left in its pid namespace.
 func (a *Adopted) Stop(ctx context.Context, graceful bool, grace time.Duration) error {
 	if graceful {
-		members := pidNamespaceMembers(a.InitPID)
+		members := proc.PIDNamespaceMembers(a.InitPID)
 		for _, pid := range members {
 			_ = unix.Kill(pid, unix.SIGHUP)
 			_ = unix.Kill(pid, unix.SIGTERM)
@@ -69,7 +69,7 @@ func (a *Adopted) Stop(ctx context.Context, graceful bool, grace time.Duration) 
 		deadline := time.Now().Add(grace)
 		for len(members) > 0 && time.Now().Before(deadline) && ctx.Err() == nil {
 			time.Sleep(20 * time.Millisecond)
-			members = pidNamespaceMembers(a.InitPID)
+			members = proc.PIDNamespaceMembers(a.InitPID)
 		}
 	}
 	if a.Lifetime != nil {
@@ -77,74 +77,15 @@ func (a *Adopted) Stop(ctx context.Context, graceful bool, grace time.Duration) 
 		a.Lifetime = nil
 	}
 	_ = unix.PidfdSendSignal(a.Init, unix.SIGKILL, nil, 0)
-	ms := 5000
+	wait := 5 * time.Second
 	if d, ok := ctx.Deadline(); ok {
-		ms = max(int(time.Until(d)/time.Millisecond), 0)
+		wait = max(time.Until(d), 0)
 	}
-	if !waitPidfd(a.Init, ms) {
+	if !proc.WaitPidfd(a.Init, wait) {
 		return errors.New("the sandbox's init did not end")
 	}
 	// bwrap's own process ends with its init; it is the launcher's child,
 	// reaped by whoever inherited it.
-	waitPidfd(a.Outer, 2000)
+	proc.WaitPidfd(a.Outer, 2*time.Second)
 	return nil
-}
-
-// waitPidfd waits for the process behind a pidfd to exit (ms < 0: forever).
-func waitPidfd(fd, ms int) bool {
-	for {
-		fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
-		n, err := unix.Poll(fds, ms)
-		if errors.Is(err, unix.EINTR) {
-			continue
-		}
-		return err == nil && n > 0
-	}
-}
-
-// pidNamespaceMembers lists the processes in init's pid namespace other
-// than init itself: the keeper, the sessions and whatever they started.
-func pidNamespaceMembers(init int) []int {
-	ns, err := os.Readlink(fmt.Sprintf("/proc/%d/ns/pid", init))
-	if err != nil {
-		return nil
-	}
-	entries, _ := os.ReadDir("/proc")
-	var out []int
-	for _, e := range entries {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil || pid == init {
-			continue
-		}
-		if theirs, err := os.Readlink("/proc/" + e.Name() + "/ns/pid"); err != nil || theirs != ns {
-			continue
-		}
-		out = append(out, pid)
-	}
-	return out
-}
-
-func statFields(pid int) ([]string, error) {
-	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return nil, err
-	}
-	s := string(data)
-	i := strings.LastIndexByte(s, ')')
-	if i < 0 {
-		return nil, errors.New("malformed stat")
-	}
-	f := strings.Fields(s[i+1:])
-	if len(f) < 20 {
-		return nil, errors.New("malformed stat")
-	}
-	return f, nil
-}
-
-func processStart(pid int) (uint64, error) {
-	f, err := statFields(pid)
-	if err != nil {
-		return 0, err
-	}
-	return strconv.ParseUint(f[19], 10, 64)
 }

@@ -13,6 +13,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/claude-sandbox/claude-sandbox/internal/proc"
 	"github.com/claude-sandbox/claude-sandbox/internal/testenv"
 )
 
@@ -100,7 +101,7 @@ func TestAdoptedStopEndsEveryProcess(t *testing.T) {
 	go func() { waited <- stubborn.Wait() }()
 	var members []int
 	for deadline := time.Now().Add(5 * time.Second); len(members) < 2 && time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
-		members = pidNamespaceMembers(a.InitPID)
+		members = proc.PIDNamespaceMembers(a.InitPID)
 	}
 	if len(members) < 2 {
 		t.Fatalf("found members %v of the sandbox, want the keeper and the sleeper (nsenter said %q)", members, stubbornOut.String())

@@ -275,15 +275,54 @@ func (p *Process) Signal(sig unix.Signal) error {
 func (p *Process) Wait(ctx context.Context, d time.Duration) bool {
 	deadline := time.Now().Add(d)
 	for {
-		ms := min(max(int(time.Until(deadline)/time.Millisecond), 0), 100) // look at ctx now and then
-		fds := []unix.PollFd{{Fd: int32(p.fd), Events: unix.POLLIN}}
-		if n, _ := unix.Poll(fds, ms); n > 0 {
+		// Look at ctx now and then.
+		if WaitPidfd(p.fd, min(max(time.Until(deadline), 0), 100*time.Millisecond)) {
 			return true
 		}
 		if ctx.Err() != nil || time.Now().After(deadline) {
 			return false
 		}
 	}
+}
+
+// WaitPidfd waits up to timeout (forever when negative) for the process
+// behind a pidfd to exit, and says whether it did.
+func WaitPidfd(fd int, timeout time.Duration) bool {
+	ms := -1
+	if timeout >= 0 {
+		ms = int(timeout / time.Millisecond)
+	}
+	for {
+		fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
+		n, err := unix.Poll(fds, ms)
+		if errors.Is(err, unix.EINTR) {
+			continue
+		}
+		return err == nil && n > 0
+	}
+}
+
+// PIDNamespaceMembers lists the processes in init's pid namespace other
+// than init itself (a walk of /proc: the kernel lists a namespace's
+// members nowhere else).
+func PIDNamespaceMembers(init int) []int {
+	ns, err := os.Readlink("/proc/" + strconv.Itoa(init) + "/ns/pid")
+	if err != nil {
+		return nil
+	}
+	entries, _ := os.ReadDir("/proc")
+	var out []int
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil || pid == init {
+			continue
+		}
+		if theirs, err := os.Readlink("/proc/" + e.Name() + "/ns/pid"); err != nil || theirs != ns {
+			continue
+		}
+		out = append(out, pid)
+	}
+	return out
 }
 
 // Close releases the handle.

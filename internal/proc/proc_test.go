@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/claude-sandbox/claude-sandbox/internal/testenv"
 )
 
 // sleepers starts n children, each from a goroutine locked to its own OS
@@ -206,5 +208,51 @@ func TestExitCodes(t *testing.T) {
 	}
 	if sig := SignalOf(exec.Command("sh", "-c", "kill -9 $$").Run()); sig != 9 {
 		t.Errorf("SignalOf = %d, want 9", sig)
+	}
+}
+
+// TestPIDNamespaceMembers: a process in its own pid namespace (unshare, as
+// root) has as members exactly the processes started inside it.
+func TestPIDNamespaceMembers(t *testing.T) {
+	testenv.RequireRoot(t)
+	testenv.RequireProgram(t, "unshare")
+	// unshare forks the namespace's init (sh), which starts one sleeper.
+	holder := exec.Command("unshare", "--pid", "--fork", "--mount-proc", "sh", "-c", "sleep 30 & wait")
+	if err := holder.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { holder.Process.Kill(); holder.Wait() }()
+	var init int
+	for deadline := time.Now().Add(5 * time.Second); init == 0 && time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+		if kids := Children(holder.Process.Pid); len(kids) == 1 {
+			if same, err := SharesNamespace(kids[0], "pid"); err == nil && !same {
+				init = kids[0]
+			}
+		}
+	}
+	if init == 0 {
+		t.Fatal("no init in a new pid namespace")
+	}
+	var members []int
+	for deadline := time.Now().Add(5 * time.Second); len(members) == 0 && time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+		members = PIDNamespaceMembers(init)
+	}
+	if len(members) != 1 || !slices.Contains(Children(init), members[0]) {
+		t.Errorf("members %v, want the sleeper (the init's child %v)", members, Children(init))
+	}
+	if slices.Contains(PIDNamespaceMembers(init), os.Getpid()) {
+		t.Error("this process is listed in another pid namespace")
+	}
+	fd, err := unix.PidfdOpen(init, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(fd)
+	if WaitPidfd(fd, 50*time.Millisecond) {
+		t.Fatal("WaitPidfd returned for a running process")
+	}
+	unix.Kill(init, unix.SIGKILL)
+	if !WaitPidfd(fd, -1) {
+		t.Error("WaitPidfd without a timeout did not see the process exit")
 	}
 }

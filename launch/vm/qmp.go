@@ -5,13 +5,13 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"path/filepath"
 	"time"
 
 	"github.com/digitalocean/go-qemu/qmp"
 	"github.com/digitalocean/go-qemu/qmp/raw"
 	"golang.org/x/sys/unix"
 
+	"github.com/claude-sandbox/claude-sandbox/internal/sockpath"
 	"github.com/claude-sandbox/claude-sandbox/launch"
 )
 
@@ -34,7 +34,7 @@ type qmpConn struct {
 func dialQMP(ctx context.Context, path string) (*qmpConn, error) {
 	ctx, cancel := context.WithTimeout(ctx, qmpTimeout)
 	defer cancel()
-	addr, dir, err := shortSocketPath(path)
+	addr, dir, err := sockpath.Short(path)
 	if err != nil {
 		return nil, err
 	}
@@ -131,17 +131,4 @@ func status(ctx context.Context, rec *launch.Record) (string, error) {
 		accel = "kvm"
 	}
 	return state + ", " + accel, nil
-}
-
-// shortSocketPath returns an address for a Unix socket that connect(2) can
-// take whatever the length of path: sun_path holds 107 bytes, and a state
-// directory under a long home or project name exceeds that. The directory
-// is opened and named through /proc/self/fd, which the kernel resolves like
-// the real path. The returned file must stay open until connected.
-func shortSocketPath(path string) (string, *os.File, error) {
-	dir, err := os.OpenFile(filepath.Dir(path), unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
-	if err != nil {
-		return "", nil, err
-	}
-	return fmt.Sprintf("/proc/self/fd/%d/%s", dir.Fd(), filepath.Base(path)), dir, nil
 }

@@ -17,6 +17,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/claude-sandbox/claude-sandbox/internal/proc"
+	"github.com/claude-sandbox/claude-sandbox/internal/sockpath"
 	"github.com/claude-sandbox/claude-sandbox/internal/tty"
 	"github.com/claude-sandbox/claude-sandbox/launch"
 )
@@ -298,7 +299,7 @@ func (Backend) Enter(ctx context.Context, rec *launch.Record, _ *launch.Runtime,
 	for _, c := range chunks {
 		req += c + "\n"
 	}
-	addr, dir, err := shortSocketPath(rec.Console)
+	addr, dir, err := sockpath.Short(rec.Console)
 	if err != nil {
 		return err
 	}

@@ -15,10 +15,9 @@ import (
 	"fmt"
 	"net"
 	"os"
-	"path/filepath"
 	"time"
 
-	"golang.org/x/sys/unix"
+	"github.com/claude-sandbox/claude-sandbox/internal/sockpath"
 )
 
 // SocketName is the control socket's name in the sandbox's run directory.
@@ -88,11 +87,10 @@ func NewConn(c net.Conn) *Conn { return &Conn{c: c, r: bufio.NewReaderSize(c, 40
 // sockaddr_un holds (107 bytes: a deep home or state directory) are
 // reached through /proc/self/fd.
 func Dial(ctx context.Context, path string) (*Conn, error) {
-	dir, err := os.OpenFile(filepath.Dir(path), unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	addr, dir, err := sockpath.Short(path)
 	if err != nil {
 		return nil, err
 	}
-	addr := fmt.Sprintf("/proc/self/fd/%d/%s", dir.Fd(), filepath.Base(path))
 	var d net.Dialer
 	c, err := d.DialContext(ctx, "unix", addr)
 	if err != nil {
