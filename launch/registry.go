@@ -32,6 +32,9 @@ type Record struct {
 	// Config fingerprints every choice that shapes the sandbox (ConfigOf):
 	// a second launch joins only a sandbox it would have started itself.
 	Config string `json:"config,omitempty"`
+	// Control is the supervisor's control socket: sessions join through it,
+	// stop and ps ask it.
+	Control string `json:"control,omitempty"`
 	// A backend's handles on a running sandbox (a VM's consoles).
 	Console string `json:"console,omitempty"` // the second console's Unix socket
 	QMP     string `json:"qmp,omitempty"`     // the QMP socket
@@ -140,8 +143,8 @@ func ConfigOf(backend, closure string, rt *Runtime) string {
 	env := append([]string(nil), rt.ExtraEnv...)
 	sort.Strings(env)
 	h := sha256.New()
-	fmt.Fprintf(h, "backend=%s\x00closure=%s\x00network=%t\x00protect-git=%t\x00nix-daemon=%t\x00desktop=%t\x00gh-token=%t\x00env=%s\x00home=%s",
-		backend, closure, rt.Network, rt.ProtectGit, rt.NixDaemon, !rt.NoDesktop, rt.GHToken, strings.Join(env, ","), rt.Home)
+	fmt.Fprintf(h, "backend=%s\x00closure=%s\x00network=%t\x00protect-git=%t\x00nix-daemon=%t\x00nix-unsandboxed-builds=%t\x00desktop=%t\x00gh-token=%t\x00env=%s\x00home=%s",
+		backend, closure, rt.Network, rt.ProtectGit, rt.NixDaemon, rt.NixUnsandboxedBuilds, !rt.NoDesktop, rt.GHToken, strings.Join(env, ","), rt.Home)
 	return hex.EncodeToString(h.Sum(nil))[:16]
 }
 

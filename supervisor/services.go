@@ -132,6 +132,9 @@ func (n *nixService) Serve(ctx context.Context) error {
 	pctx, cancel := context.WithTimeout(ctx, time.Minute)
 	facts, err := nixgate.ProbeHost(pctx, nixgate.ProbeOptions{Socket: n.spec.Socket})
 	cancel()
+	if ctx.Err() != nil {
+		return nil // the sandbox ended before anyone asked
+	}
 	if err != nil {
 		// Unknown counts as not sandboxed: builds are refused unless
 		// opted in, queries still work.

@@ -57,7 +57,7 @@ after a grace period every process left is killed.`,
 				b, err := backends.Get(rec.Backend)
 				if err == nil {
 					ctx, cancel := context.WithTimeout(cmd.Context(), 60*time.Second)
-					err = b.Stop(ctx, rec)
+					err = launch.Stop(ctx, b, rec)
 					cancel()
 				}
 				if err != nil {

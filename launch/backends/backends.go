@@ -54,8 +54,11 @@ func FromEntryName(command string) (string, bool) {
 // when it is started under that role's name (the container's init), or
 // nil.
 func Helper(argv0 string) func(args []string) int {
-	if argv0 == container.InitPath {
+	switch argv0 {
+	case container.InitPath:
 		return container.Init
+	case container.NspawnWrapperName:
+		return container.NspawnWrapper
 	}
 	return nil
 }

@@ -260,7 +260,8 @@ const maxEnterCommand = 256 << 10
 // Enter runs argv on the VM's second console. The guest agent there waits
 // for one request, runs the command as the sandbox user in the project,
 // and frames it with markers like the main console.
-func (Backend) Enter(ctx context.Context, rec *launch.Record, _ *launch.Runtime, argv []string) error {
+func (Backend) Enter(ctx context.Context, s *launch.Session, _ *launch.Runtime, argv []string) error {
+	rec := s.Record
 	runDir, err := vmRunDir(rec)
 	if err != nil {
 		return err
