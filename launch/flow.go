@@ -193,6 +193,10 @@ func (l *Launch) startSupervised(ctx context.Context, spawner Spawner, p *Plan, 
 	}
 	handedOver = true
 	defer first.Close()
+	if u := started.RunAs; u != nil {
+		// The supervisor, once it is this user, removes its sockets there.
+		_ = os.Lchown(p.RunDir, u.UID, u.GID)
+	}
 	// The record names the supervisor from now on: it lives as long as
 	// the sandbox, and removes the record when the sandbox ends.
 	rec.PID = svPID

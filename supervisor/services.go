@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"path/filepath"
 	"time"
 
 	"github.com/claude-sandbox/claude-sandbox/egress"
@@ -23,9 +24,15 @@ type Inherited func(fd int) (*os.File, error)
 func FromSpec(ctx context.Context, spec control.Spec, fds Inherited, log sessionlog.Logger) (*Supervisor, error) {
 	counter := &Counter{Next: log}
 	s := &Supervisor{ID: spec.ID, Log: counter, Counter: counter}
-	if spec.Record != "" {
-		record := spec.Record
-		s.OnEnd = func() { _ = os.Remove(record) }
+	s.OnEnd = func() {
+		// The control socket first: a launch that looks finds the sandbox
+		// gone even where removing the record is not this process's right.
+		if spec.RunDir != "" {
+			_ = os.Remove(filepath.Join(spec.RunDir, control.SocketName))
+		}
+		if spec.Record != "" {
+			_ = os.Remove(spec.Record)
+		}
 	}
 
 	ctl, err := listener(fds, spec.ControlFD, "control")
