@@ -88,25 +88,6 @@ func bwrapPayload(ctx context.Context, rec *launch.Record) (int, error) {
 	}
 }
 
-// bwrapPayloadEnv reads the payload's environment. A payload found a moment
-// after bwrap forked it may not have exec'd yet: until then it is still
-// bwrap, which is not dumpable, and its environ reads as "permission
-// denied". That passes within milliseconds; anything else is final.
-func bwrapPayloadEnv(ctx context.Context, rec *launch.Record, pid int) ([]string, error) {
-	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-	defer cancel()
-	for {
-		env, err := proc.Environ(pid)
-		if !errors.Is(err, os.ErrPermission) || !rec.Alive() {
-			return env, err
-		}
-		select {
-		case <-ctx.Done():
-			return nil, err
-		case <-time.After(5 * time.Millisecond):
-		}
-	}
-}
 
 // Enter runs argv inside a running sandbox as one of its sessions: in the
 // namespaces of its init (the session names it), with the environment the

@@ -375,13 +375,6 @@ func containerPayloadEnv(env []string) []string {
 	return out
 }
 
-func containerGIDs(gs []containerGroup) []uint32 {
-	out := make([]uint32, len(gs))
-	for i, g := range gs {
-		out[i] = uint32(g.GID)
-	}
-	return out
-}
 
 func initLookPath(name string) (string, error) {
 	if strings.Contains(name, "/") {
