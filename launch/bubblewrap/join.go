@@ -88,7 +88,6 @@ func bwrapPayload(ctx context.Context, rec *launch.Record) (int, error) {
 	}
 }
 
-
 // Enter runs argv inside a running sandbox as one of its sessions: in the
 // namespaces of its init (the session names it), with the environment the
 // launch decided or, for a later session, the one the sandbox started with

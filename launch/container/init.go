@@ -375,7 +375,6 @@ func containerPayloadEnv(env []string) []string {
 	return out
 }
 
-
 func initLookPath(name string) (string, error) {
 	if strings.Contains(name, "/") {
 		return name, nil
