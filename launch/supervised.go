@@ -216,6 +216,7 @@ func spawnSupervisor(p *Plan, rt *Runtime, rec *Record, doors *Doors, s *Started
 		spec.Nix = &control.NixSpec{
 			ListenerFD:             add(nixFile),
 			Socket:                 p.NixUpstream,
+			ConfDir:                nixConfDir(rt),
 			AllowUnsandboxedBuilds: rt.NixUnsandboxedBuilds,
 			Network:                p.Network,
 		}

@@ -137,7 +137,7 @@ func (n *nixService) Name() string { return "nix" }
 
 func (n *nixService) Serve(ctx context.Context) error {
 	pctx, cancel := context.WithTimeout(ctx, time.Minute)
-	facts, err := nixgate.ProbeHost(pctx, nixgate.ProbeOptions{Socket: n.spec.Socket})
+	facts, err := nixgate.ProbeHost(pctx, nixgate.ProbeOptions{Socket: n.spec.Socket, ConfDir: n.spec.ConfDir})
 	cancel()
 	if ctx.Err() != nil {
 		return nil // the sandbox ended before anyone asked
