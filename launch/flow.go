@@ -145,6 +145,9 @@ func (l *Launch) Run(ctx context.Context) error {
 	if rt.Tmux {
 		l.say("tmux: attach from the host with  tmux -S %s attach", TmuxSocket(p.StateDir))
 	}
+	if rt.NixUnsandboxedBuilds && p.NixGateway != "" {
+		l.say("--nix-unsandboxed-builds: where the host's Nix daemon does not sandbox its builds, builds asked for inside run on the host as its build users, with the host's file system and network")
+	}
 	if !supervised {
 		defer Unregister(p.StateDir, rec.ID) // reached when the backend supervises, or could not start
 		if err := PrepareHost(p); err != nil {

@@ -7,11 +7,16 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"flag"
 	"fmt"
 	"io"
 	"os"
 	"os/signal"
 	"syscall"
+	"time"
+
+	"github.com/claude-sandbox/claude-sandbox/nixdaemon"
+	"github.com/claude-sandbox/claude-sandbox/nixgate"
 
 	"github.com/claude-sandbox/claude-sandbox/sessionlog"
 	"github.com/claude-sandbox/claude-sandbox/supervisor"
@@ -26,6 +31,9 @@ func main() {
 }
 
 func run() int {
+	if len(os.Args) > 1 && os.Args[1] == "probe-nix" {
+		return probeNix(os.Args[2:])
+	}
 	data, err := io.ReadAll(io.LimitReader(os.Stdin, maxSpec))
 	os.Stdin.Close()
 	if err != nil {
@@ -102,4 +110,35 @@ func dropTo(r *control.RunAs) error {
 		return err
 	}
 	return syscall.Setresuid(r.UID, r.UID, r.UID)
+}
+
+// probeNix is `claude-sandbox doctor`'s question, asked here so that the
+// launcher never links the gateway: how the host daemon builds, whether it
+// trusts this user, and what a sandbox's gateway would therefore allow.
+// It prints one JSON object.
+func probeNix(args []string) int {
+	fs := flag.NewFlagSet("probe-nix", flag.ContinueOnError)
+	allow := fs.Bool("allow-unsandboxed-builds", false, "")
+	network := fs.Bool("network", true, "")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	facts, err := nixgate.ProbeHost(ctx, nixgate.ProbeOptions{
+		Socket: nixdaemon.SocketPath(), ConfDir: os.Getenv("NIX_CONF_DIR"), VerifySandbox: true,
+	})
+	out := struct {
+		Sandboxed bool     `json:"sandboxed"`
+		Explain   []string `json:"explain"`
+		Error     string   `json:"error,omitempty"`
+	}{Sandboxed: facts.Sandbox.Sandboxed()}
+	if err != nil {
+		out.Error = err.Error()
+	}
+	out.Explain = nixgate.Explain(facts, nixgate.Config{AllowUnsandboxedBuilds: *allow, Network: *network})
+	if err := json.NewEncoder(os.Stdout).Encode(out); err != nil {
+		return 1
+	}
+	return 0
 }
