@@ -168,6 +168,7 @@ func newLaunchRig(b *testing.B, command ...string) *launchRig {
 	// The bare bwrap runs the session's command itself, in the project,
 	// where claude-sandbox's bwrap runs a keeper that the session joins:
 	// the floor is a sandbox that runs the command and ends.
+	rig.inv.Args = withoutRunDirMounts(rig.inv.Args)
 	if n := len(rig.inv.Args); len(rig.inv.Session) > 0 && n > 0 {
 		rig.inv.Args = append(rig.inv.Args[:n-1:n-1], rig.inv.Session...)
 		for i, a := range rig.inv.Args {
@@ -335,4 +336,28 @@ func addToStore(t testing.TB, dir string) string {
 		t.Fatalf("nix-store --add %s: %v", dir, err)
 	}
 	return strings.TrimSpace(string(out))
+}
+
+// withoutRunDirMounts drops from a sandbox's command line the mounts of a
+// sandbox's run directory (the doors its supervisor serves, files written
+// at start): a --dry-run names them before they exist, and a bare floor
+// has no supervisor. bwrap's take a flag and two paths; nspawn's are one
+// --bind=SRC:DEST.
+func withoutRunDirMounts(args []string) []string {
+	runDir := func(a string) bool {
+		return strings.Contains(a, sharedDirs().state) && strings.Contains(a, "/run/")
+	}
+	var out []string
+	for i := 0; i < len(args); i++ {
+		a := args[i]
+		if strings.HasPrefix(a, "--") && strings.Contains(a, "bind") && !strings.Contains(a, "=") && i+1 < len(args) && runDir(args[i+1]) {
+			i += 2
+			continue
+		}
+		if strings.HasPrefix(a, "--") && strings.Contains(a, "bind") && runDir(a) {
+			continue
+		}
+		out = append(out, a)
+	}
+	return out
 }
