@@ -39,7 +39,7 @@ phase() { echo "== fresh-debian: $1 ($(($(stamp) - $2)) s)"; }
 
 if ! $reuse || [ ! -x "$root/bin/bash" ]; then
   t=$(stamp)
-  rm -rf "$root"
+  rm -rf --one-file-system "$root"
   mkdir -p "$base"
   # What a fresh Debian 12 machine of this kind has besides the base
   # system: sudo (the README's command uses it) and git (to clone).
@@ -53,6 +53,16 @@ EOF
   # Go is installed the way go.dev/doc/install says: /usr/local/go, on PATH.
   mkdir -p "$root/usr/local/go"
   echo 'export PATH=/usr/local/go/bin:$PATH' >"$root/etc/profile.d/go.sh"
+  # The network machines of this kind sit on may intercept TLS: its CAs are
+  # in the host's trust store, and a machine of this kind has them there
+  # too. Carry over the certificates the host trusts beyond Debian's own,
+  # the Debian way (they survive update-ca-certificates).
+  awk -v stock="$root/etc/ssl/certs/ca-certificates.crt" -v out="$root/usr/local/share/ca-certificates/host-extra-" '
+    BEGIN { while ((getline l < stock) > 0) { c = c l "\n"; if (l ~ /END CERT/) { have[c] = 1; c = "" } } }
+    { c = c $0 "\n" }
+    /END CERT/ { if (!(c in have)) { n++; printf "%s", c > (out n ".crt") } c = "" }
+  ' /etc/ssl/certs/ca-certificates.crt
+  chroot "$root" update-ca-certificates >/dev/null
   echo "fresh-debian" >"$root/etc/hostname"
   echo "127.0.1.1 fresh-debian" >>"$root/etc/hosts"
   phase "debootstrap bookworm" "$t"
