@@ -9,15 +9,16 @@
 #   sudo tests/fresh-debian.sh --shell    # an interactive shell in the root instead
 #
 # The root lives in $CLAUDE_SANDBOX_CI_DIR/fresh-bookworm (default
-# /var/lib/claude-sandbox-ci). It is entered with chroot inside new mount,
-# PID, UTS and IPC namespaces, with the host's /sys and /dev bound in and a
-# /proc of its own: processes keep full root capabilities, the host kernel's
-# user namespaces, cgroups and /dev/kvm (as on a real machine, which
-# bubblewrap, systemd-nspawn and QEMU need), while the root sees only its
-# own processes (the suite looks for a running nix-daemon) and its own /nix.
-# systemd-nspawn would add its own seccomp filter, capability bounding set
-# and a read-only /sys, which a nested systemd-nspawn and some bubblewrap
-# probes do not survive.
+# /var/lib/claude-sandbox-ci). It becomes the root of new mount, PID, UTS
+# and IPC namespaces (pivot_root, not chroot: the kernel refuses a chrooted
+# process a user namespace, which bubblewrap needs), with the host's /sys
+# and /dev bound in and a /proc of its own. Processes there keep full root
+# capabilities, the host kernel's user namespaces, cgroups and /dev/kvm, as
+# on a real machine (bubblewrap, systemd-nspawn and QEMU need them), while
+# the root sees only its own processes (the suite looks for a running
+# nix-daemon) and its own /nix. systemd-nspawn would add its own seccomp
+# filter, capability bounding set and read-only /sys: what the suite tests
+# would no longer be what a machine offers.
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 base=${CLAUDE_SANDBOX_CI_DIR:-/var/lib/claude-sandbox-ci}
@@ -78,12 +79,17 @@ commands=$(awk '/^## Set-up on a fresh Debian 12 machine/ {s=1} s && /^```bash/ 
 [ -n "$commands" ] || { echo "$0: no set-up commands found in README.md" >&2; exit 1; }
 
 inner='set -e
+mount --bind "$R" "$R"
 mount -t proc proc "$R/proc"
 for d in sys dev; do mount --rbind "/$d" "$R/$d"; done
 mount --bind -o ro /usr/local/go "$R/usr/local/go"
 mount -t tmpfs tmpfs "$R/run"
 hostname fresh-debian
-exec chroot "$R" "$@"'
+cd "$R"
+pivot_root . .
+umount -l .
+cd /
+exec env -u R "$@"'
 if $shell; then
   exec unshare --mount --pid --fork --uts --ipc env R="$root" bash -c "$inner" enter /bin/bash -l
 fi
