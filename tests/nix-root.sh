@@ -58,7 +58,14 @@ write_wrapper() {
 NIX_BIN_DIR=$base/bin exec $root/usr/lib64/ld-linux-x86-64.so.2 --inhibit-cache --library-path $(libdir) --argv0 "\$0" $root/usr/bin/nix "\$@"
 WRAPPER
   chmod 755 "$base/bin/.nix.new"
-  mv -f "$base/bin/.nix.new" "$base/bin/nix"
+  # Replaced only when it changed: a namespace that bound the old one over
+  # /usr/bin/nix would otherwise hold a deleted file that nothing can be
+  # mounted on (a store started from inside the second pass).
+  if cmp -s "$base/bin/.nix.new" "$base/bin/nix"; then
+    rm -f "$base/bin/.nix.new"
+  else
+    mv -f "$base/bin/.nix.new" "$base/bin/nix"
+  fi
   for n in nix-build nix-channel nix-collect-garbage nix-copy-closure nix-daemon nix-env nix-hash \
     nix-instantiate nix-prefetch-url nix-shell nix-store; do
     [ -L "$base/bin/$n" ] || ln -sfn nix "$base/bin/$n"
