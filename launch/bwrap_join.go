@@ -258,7 +258,7 @@ func enterBubblewrap(ctx context.Context, rec *Record, rt *Runtime) error {
 				_ = unix.Kill(e.pid, sig.(syscall.Signal))
 			}
 		case ws := <-done:
-			if ws.Signaled() && ws.Signal() == unix.SIGKILL && !rec.Alive() {
+			if ws.Signaled() && ws.Signal() == unix.SIGKILL && bwrapEnding(ctx, rec) {
 				// Everything in a sandbox ends with its first program.
 				fmt.Fprintf(os.Stderr, "claude-sandbox: the sandbox this joined has ended (the program of the launch that started it exited)\n")
 			}
@@ -313,6 +313,21 @@ func stopBubblewrap(ctx context.Context, rec *Record) error {
 }
 
 // exited waits for a process (by pidfd, so a recycled pid cannot fool it).
+// bwrapEnding tells a joined command killed because its sandbox ended from
+// one killed by someone else. The pid namespace's init dies first and
+// takes the command with it; bwrap, its parent, exits a moment later.
+func bwrapEnding(ctx context.Context, rec *Record) bool {
+	pidfd, err := unix.PidfdOpen(rec.PID, 0)
+	if err != nil || !rec.Alive() { // the start time tells a reused pid
+		if err == nil {
+			unix.Close(pidfd)
+		}
+		return !rec.Alive()
+	}
+	defer unix.Close(pidfd)
+	return bwrapExited(ctx, pidfd, time.Second)
+}
+
 func bwrapExited(ctx context.Context, pidfd int, d time.Duration) bool {
 	deadline := time.Now().Add(d)
 	for {
