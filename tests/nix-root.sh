@@ -114,10 +114,14 @@ install_root() {
 
 store_dir() { echo "$base/stores/$1"; }
 socket() { echo "$(store_dir "$1")/nix/var/nix/daemon-socket/socket"; }
+# A process's start time (field 22 of /proc/PID/stat), which tells it from
+# a later process that reuses its pid.
+proc_start() { sed 's/.*) //' "/proc/$1/stat" 2>/dev/null | cut -d' ' -f20; }
+# The pid of STORE's daemon if it runs (daemon.pid holds "PID START").
 daemon_pid() {
-  local f
+  local f pid start
   f="$(store_dir "$1")/daemon.pid"
-  [ -f "$f" ] && kill -0 "$(cat "$f")" 2>/dev/null && cat "$f"
+  [ -f "$f" ] && read -r pid start <"$f" && [ -n "$start" ] && [ "$(proc_start "$pid")" = "$start" ] && echo "$pid"
 }
 
 # The namespace: the store at /nix, its configuration at /etc/nix, and the
@@ -180,8 +184,9 @@ start() {
     for l in "${conf[@]}"; do echo "$l"; done
   } >"$s/etc-nix/nix.conf"
   rm -f "$(socket "$name")"
-  (in_namespace "$name" setsid nix-daemon </dev/null >"$s/daemon.log" 2>&1 &
-    echo $! >"$s/daemon.pid")
+  local pid
+  pid=$(in_namespace "$name" setsid nix-daemon </dev/null >"$s/daemon.log" 2>&1 & echo $!)
+  echo "$pid $(proc_start "$pid")" >"$s/daemon.pid"
   for _ in $(seq 100); do [ -S "$(socket "$name")" ] && break; sleep 0.1; done
   [ -S "$(socket "$name")" ] || { cat "$s/daemon.log" >&2; die "store $name's daemon did not start; see $s/daemon.log"; }
   socket "$name"
