@@ -7,7 +7,12 @@
     let
       inherit (nixpkgs) lib;
 
-      systems = [ "x86_64-linux" "aarch64-linux" ];
+      # x86_64 only, until aarch64 works and is tested: the loader path
+      # comes from the platform (templates/spec.nix), but the vm backend
+      # starts a q35 machine with serial consoles on ttyS0/ttyS1
+      # (launch/vm_qemu.go), which qemu-system-aarch64 has not got, and no
+      # test machine runs aarch64.
+      systems = [ "x86_64-linux" ];
       forAllSystems = f: lib.genAttrs systems (system: f nixpkgs.legacyPackages.${system});
 
       version = "0.1.0-" + (self.shortRev or "dirty");
@@ -21,7 +26,7 @@
         path = ./.;
         filter = path: type:
           let rel = lib.removePrefix (toString ./. + "/") (toString path);
-          in !(builtins.elem rel [ "flake.nix" "flake.lock" "nix" "docs" "bench" ".ci" ".git" "tests/fixtures" ]
+          in !(builtins.elem rel [ "flake.nix" "flake.lock" "nix" "docs" ".ci" ".git" "tests/fixtures" ]
             || lib.hasSuffix ".md" rel
             || lib.hasPrefix "result" rel);
       };
@@ -39,8 +44,16 @@
         };
       });
 
-      # services.claude-sandbox; see nix/module.nix.
-      nixosModules.default = import ./nix/module.nix { inherit self nixpkgs; };
+      # services.claude-sandbox; see nix/module.nix. A module value carries
+      # no file of its own: _file names it in the module system's messages
+      # (else "<unknown-file>"), and key makes a second import of the same
+      # module (directly and through another flake) count once, as a module
+      # imported by path does (lib/modules.nix deduplicates by key).
+      nixosModules.default = {
+        _file = ./nix/module.nix;
+        key = toString ./nix/module.nix;
+        imports = [ (import ./nix/module.nix { inherit self nixpkgs; }) ];
+      };
 
       devShells = forAllSystems (pkgs: {
         default = pkgs.mkShell {

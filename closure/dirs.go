@@ -1,9 +1,10 @@
 package closure
 
 import (
-	"errors"
 	"os"
 	"path/filepath"
+
+	"github.com/claude-sandbox/claude-sandbox/internal/dirs"
 )
 
 // Dirs are where claude-sandbox keeps its files.
@@ -12,27 +13,17 @@ type Dirs struct {
 	State string // $XDG_STATE_HOME/claude-sandbox: GC roots (must survive a cache wipe)
 }
 
-// DefaultDirs follows the XDG base directory spec.
+// DefaultDirs are the XDG base directories (internal/dirs).
 func DefaultDirs() (Dirs, error) {
-	home, _ := os.UserHomeDir()
-	cache := os.Getenv("XDG_CACHE_HOME")
-	if !filepath.IsAbs(cache) {
-		if home == "" {
-			return Dirs{}, errors.New("neither $XDG_CACHE_HOME nor $HOME is set")
-		}
-		cache = filepath.Join(home, ".cache")
+	cache, err := dirs.Cache(os.Getenv)
+	if err != nil {
+		return Dirs{}, err
 	}
-	state := os.Getenv("XDG_STATE_HOME")
-	if !filepath.IsAbs(state) {
-		if home == "" {
-			return Dirs{}, errors.New("neither $XDG_STATE_HOME nor $HOME is set")
-		}
-		state = filepath.Join(home, ".local", "state")
+	state, err := dirs.State(os.Getenv)
+	if err != nil {
+		return Dirs{}, err
 	}
-	return Dirs{
-		Cache: filepath.Join(cache, "claude-sandbox"),
-		State: filepath.Join(state, "claude-sandbox"),
-	}, nil
+	return Dirs{Cache: cache, State: state}, nil
 }
 
 func (d Dirs) index() string       { return filepath.Join(d.Cache, "index") }

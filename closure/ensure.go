@@ -139,6 +139,9 @@ func (b *Builder) build(ctx context.Context, req Request) (*Closure, error) {
 	if err != nil {
 		return nil, err
 	}
+	if err := b.CheckNixVersion(ctx, req.Nixpkgs); err != nil {
+		return nil, err
+	}
 	if b.Notice != nil {
 		fmt.Fprintf(b.Notice, "claude-sandbox: building the %s sandbox (once per configuration; later launches start at once)\n", req.Options.Backend)
 	}
@@ -193,6 +196,9 @@ func (b *Builder) build(ctx context.Context, req Request) (*Closure, error) {
 const (
 	unknownMarker     = "claude-sandbox:unknown-packages:"
 	notPackagesMarker = "claude-sandbox:not-packages:"
+	// nixos/modules/misc/nixpkgs.nix's assertion for nixpkgs.config beside
+	// nixpkgs.pkgs, which eval-config sets from its `pkgs` argument.
+	nixosExternalInstance = "Your system configures nixpkgs with an externally created instance"
 )
 
 // evaluationError recognises the templates' own failures and explains them.
@@ -215,6 +221,18 @@ func (b *Builder) evaluationError(ctx context.Context, req Request, exprPath str
 			upe.Suggestions = b.suggest(ctx, req, paths)
 		}
 		return upe
+	}
+	for _, line := range tail {
+		if strings.Contains(line, nixosExternalInstance) {
+			return &ModuleNixpkgsConfigError{}
+		}
+	}
+	if old, ok := nixpkgsRefused(tail); ok {
+		old.Nixpkgs = req.Nixpkgs.Path
+		if old.Found == "" {
+			old.Found, old.Program, _ = b.EvaluatorVersion(ctx)
+		}
+		return old
 	}
 	be.Stage, be.Expr = "evaluation", exprPath
 	return be

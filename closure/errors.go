@@ -12,7 +12,7 @@ func (e *NixMissingError) Error() string {
 	return fmt.Sprintf("%s not found: Nix is needed to build a sandbox the first time", e.Program)
 }
 func (e *NixMissingError) Hint() string {
-	return "install Nix (Debian: apt-get install nix-bin) or put it on PATH; once built, sandboxes start without Nix"
+	return "put Nix on PATH, or " + UpgradeNixHint + "; once built, sandboxes start without Nix"
 }
 
 // NoDaemonError: Nix is there but its daemon is not reachable.
@@ -90,4 +90,20 @@ func (e *NixpkgsError) Error() string {
 }
 func (e *NixpkgsError) Hint() string {
 	return "pass --nixpkgs PATH or a flake reference (e.g. github:NixOS/nixpkgs/nixos-unstable), or set CLAUDE_SANDBOX_NIXPKGS"
+}
+
+// ModuleNixpkgsConfigError: a --module sets nixpkgs.config. The container
+// and vm systems take their packages from the nixpkgs instance
+// claude-sandbox made (eval-config's `pkgs`), and NixOS refuses
+// nixpkgs.config beside an instance made outside
+// (nixos/modules/misc/nixpkgs.nix: "Your system configures nixpkgs with an
+// externally created instance").
+type ModuleNixpkgsConfigError struct{}
+
+func (e *ModuleNixpkgsConfigError) Error() string {
+	return "a --module sets nixpkgs.config, which NixOS refuses here: the system's packages come from claude-sandbox's nixpkgs, made before the modules are read"
+}
+
+func (e *ModuleNixpkgsConfigError) Hint() string {
+	return "drop nixpkgs.config from the module; to allow unfree packages, build with NIXPKGS_ALLOW_UNFREE=1 in the environment (nixpkgs reads it when it evaluates)"
 }

@@ -74,6 +74,10 @@ func (b *Builder) PackageNames(ctx context.Context, np nixgen.Nixpkgs, system st
 	if names, ok := b.CachedPackageNames(np, system, set); ok {
 		return names, nil
 	}
+	// A refusal is not remembered as "no names": it ends with a newer Nix.
+	if err := b.CheckNixVersion(ctx, np); err != nil {
+		return nil, err
+	}
 	dir, err := templates.Materialise(b.Dirs.Templates())
 	if err != nil {
 		return nil, err
@@ -102,6 +106,10 @@ func (b *Builder) PackageNames(ctx context.Context, np nixgen.Nixpkgs, system st
 		var be *BuildError
 		if !errors.As(err, &be) {
 			return nil, err // Nix missing, daemon down: nothing to remember
+		}
+		if old, ok := nixpkgsRefused(be.Log); ok {
+			old.Nixpkgs = np.Path
+			return nil, old
 		}
 		b.Log.Debug().Err(err).Strs("set", set).Msg("listing nixpkgs names failed; caching an empty list")
 	}

@@ -1,8 +1,9 @@
 package config
 
 import (
-	"os"
 	"path/filepath"
+
+	"github.com/claude-sandbox/claude-sandbox/internal/dirs"
 )
 
 // ProjectFileNames are the names a project's file may have, in the
@@ -13,18 +14,11 @@ var ProjectFileNames = []string{"claude-sandbox.toml", ".claude-sandbox.toml"}
 // UserPath is the user's file: $XDG_CONFIG_HOME/claude-sandbox/config.toml,
 // else ~/.config/claude-sandbox/config.toml. Empty when neither is known.
 func UserPath(getenv func(string) string) string {
-	dir := getenv("XDG_CONFIG_HOME")
-	if !filepath.IsAbs(dir) {
-		home := getenv("HOME")
-		if home == "" {
-			home, _ = os.UserHomeDir()
-		}
-		if home == "" {
-			return ""
-		}
-		dir = filepath.Join(home, ".config")
+	dir, err := dirs.Config(getenv)
+	if err != nil {
+		return ""
 	}
-	return filepath.Join(dir, "claude-sandbox", "config.toml")
+	return filepath.Join(dir, "config.toml")
 }
 
 // LoadUser loads the user's file; nil when there is none.

@@ -13,6 +13,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/claude-sandbox/claude-sandbox/closure"
+	"github.com/claude-sandbox/claude-sandbox/nixgen"
 )
 
 // Status is a check's outcome.
@@ -72,7 +73,8 @@ type Env struct {
 	Log        zerolog.Logger
 }
 
-var backends = []string{"bubblewrap", "container", "vm"}
+// backends are the backends a verdict is given for: the buildable ones.
+var backends = nixgen.Backends
 
 type checkFunc func(ctx context.Context, env *Env) Check
 

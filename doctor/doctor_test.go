@@ -95,7 +95,7 @@ func TestReportVerdict(t *testing.T) {
 // TestSocketChecksReportWhatALaunchForwards plants sockets where a desktop
 // session has them and names others that are not there.
 func TestSocketChecksReportWhatALaunchForwards(t *testing.T) {
-	run := t.TempDir()
+	run := shortTempDir(t)
 	listen := func(path string) {
 		os.MkdirAll(filepath.Dir(path), 0o700)
 		l, err := net.Listen("unix", path)
@@ -140,4 +140,16 @@ func TestSocketChecksReportWhatALaunchForwards(t *testing.T) {
 
 	env.NoDesktop = true
 	expect(checkDisplay(ctx, env), None, "desktop forwarding is off")
+}
+
+// shortTempDir is a temporary directory whose path leaves room for a Unix
+// socket's name (108 bytes in all): a build's TMPDIR can be too long.
+func shortTempDir(t *testing.T) string {
+	t.Helper()
+	d, err := os.MkdirTemp("/tmp", "csd-")
+	if err != nil {
+		return t.TempDir()
+	}
+	t.Cleanup(func() { os.RemoveAll(d) })
+	return d
 }

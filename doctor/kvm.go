@@ -19,28 +19,23 @@ import (
 	"github.com/claude-sandbox/claude-sandbox/launch"
 )
 
-// kvmDevice names the device in the report; launch.KVMUsable opens it.
-const kvmDevice = "/dev/kvm"
-
 // kernelLine is a kernel log line ("[    0.000000] Linux version …"): the
 // proof that a guest really runs. Nested KVM can accept the VM and then
 // fail on the first privileged MSR, or spin without ever printing.
 var kernelLine = lazyregexp.New(`\[\s*\d+\.\d{6}\]`)
 
-func qemuArch(system string) string {
-	arch, _, _ := strings.Cut(system, "-")
-	return arch
-}
-
-// findQEMU prefers the QEMU of a cached vm closure (what a launch runs).
+// findQEMU finds the QEMU a launch would run: a cached vm closure's, else
+// the host's.
 func findQEMU(env *Env) (path, from string) {
-	if m, _ := cachedManifest(env, "vm"); m != nil && m.VM != nil && m.VM.QEMU != "" {
-		return m.VM.QEMU, "the cached vm sandbox's"
+	m, _ := cachedManifest(env, "vm")
+	p, err := launch.FindQEMU(m)
+	switch {
+	case err != nil:
+		return "", ""
+	case m != nil && m.VM != nil && p == m.VM.QEMU:
+		return p, "the cached vm sandbox's"
 	}
-	if p, err := exec.LookPath("qemu-system-" + qemuArch(env.System)); err == nil {
-		return p, "the host's"
-	}
-	return "", ""
+	return p, "the host's"
 }
 
 // findKernel prefers the guest kernel of a cached vm closure, else the
@@ -80,12 +75,12 @@ func checkKVM(ctx context.Context, env *Env) Check {
 	switch err := launch.KVMUsable(); {
 	case errors.Is(err, os.ErrNotExist):
 		c.Status = Warn
-		c.Detail = "no " + kvmDevice + ": the vm backend emulates the CPU (TCG), several times slower"
+		c.Detail = "no " + launch.KVMDevice() + ": the vm backend emulates the CPU (TCG), several times slower"
 		c.Fix = "enable virtualisation in the firmware and load kvm_intel or kvm_amd; in a VM, enable nested virtualisation"
 		return c
 	case err != nil:
 		c.Status = Fail
-		c.Detail = fmt.Sprintf("%s exists but cannot be used: %v", kvmDevice, rootCause(err))
+		c.Detail = fmt.Sprintf("%s exists but cannot be used: %v", launch.KVMDevice(), rootCause(err))
 		c.Fix = "join the kvm group (sudo usermod -aG kvm $USER, then log in again); until then the vm backend needs --accel tcg"
 		if !errors.Is(err, os.ErrPermission) {
 			c.Fix = "check that the kvm module is loaded; until then use --accel tcg"
@@ -100,14 +95,14 @@ func checkKVM(ctx context.Context, env *Env) Check {
 			what = "a kernel to boot"
 		}
 		c.Status = Warn
-		c.Detail = fmt.Sprintf("%s opens, but whether a guest makes progress was not tried (no %s)", kvmDevice, what)
+		c.Detail = fmt.Sprintf("%s opens, but whether a guest makes progress was not tried (no %s)", launch.KVMDevice(), what)
 		c.Fix = "build the vm backend once (claude-sandbox build --backend vm), then run doctor again"
 		return c
 	}
 	took, err := bootProbe(ctx, env, qemu, kernel, env.KVMTimeout)
 	if err != nil {
 		c.Status = Fail
-		c.Detail = fmt.Sprintf("%s opens, but a guest makes no progress under KVM: %v; the vm backend needs --accel tcg here", kvmDevice, err)
+		c.Detail = fmt.Sprintf("%s opens, but a guest makes no progress under KVM: %v; the vm backend needs --accel tcg here", launch.KVMDevice(), err)
 		c.Fix = `use --accel tcg (or accel = "tcg" in ~/.config/claude-sandbox/config.toml); under nested virtualisation, enable nested KVM on the outer host`
 		return c
 	}
@@ -119,10 +114,8 @@ func checkKVM(ctx context.Context, env *Env) Check {
 // bootProbe boots kernel under KVM with the CPU model the vm backend uses
 // and waits for its first log line on the serial console.
 func bootProbe(ctx context.Context, env *Env, qemu, kernel string, timeout time.Duration) (time.Duration, error) {
-	machine, console := "q35", "ttyS0"
-	if qemuArch(env.System) == "aarch64" {
-		machine, console = "virt", "ttyAMA0"
-	}
+	arch := launch.ArchOfSystem(env.System)
+	machine, console := arch.Machine, arch.Console
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, qemu,
@@ -231,7 +224,7 @@ func checkQEMU(ctx context.Context, env *Env) Check {
 	p, from := findQEMU(env)
 	if p == "" {
 		c.Status = Warn
-		c.Detail = "qemu-system-" + qemuArch(env.System) + " not found: the vm backend uses the QEMU its closure brings from nixpkgs (qemu_kvm), or the host's"
+		c.Detail = "qemu-system-" + launch.ArchOfSystem(env.System).QEMU + " not found: the vm backend uses the QEMU its closure brings from nixpkgs (qemu_kvm), or the host's"
 		c.Fix = "nothing to do with a real nixpkgs; otherwise install QEMU (Debian: apt-get install qemu-system-x86)"
 		return c
 	}
@@ -247,24 +240,15 @@ func checkQEMU(ctx context.Context, env *Env) Check {
 	return c
 }
 
-// virtiofsdPaths are where distributions put virtiofsd.
-var virtiofsdPaths = []string{"/usr/libexec/virtiofsd", "/usr/lib/qemu/virtiofsd", "/usr/lib/virtiofsd"}
-
 func checkVirtiofsd(_ context.Context, env *Env) Check {
 	c := Check{ID: "virtiofsd", Title: "virtiofsd"}
-	if m, _ := cachedManifest(env, "vm"); m != nil && m.VM != nil && m.VM.Virtiofsd != "" {
-		c.Status, c.Detail = OK, m.VM.Virtiofsd+" (the cached vm sandbox's)"
-		return c
-	}
-	if p, err := exec.LookPath("virtiofsd"); err == nil {
+	m, _ := cachedManifest(env, "vm")
+	if p, err := launch.FindVirtiofsd(m); err == nil {
 		c.Status, c.Detail = OK, p
-		return c
-	}
-	for _, p := range virtiofsdPaths {
-		if st, err := os.Stat(p); err == nil && st.Mode()&0o111 != 0 {
-			c.Status, c.Detail = OK, p
-			return c
+		if m != nil && m.VM != nil && p == m.VM.Virtiofsd {
+			c.Detail += " (the cached vm sandbox's)"
 		}
+		return c
 	}
 	c.Status = Warn
 	c.Detail = "not found: the vm backend shares the project over 9p (--fs 9p), slower for many small files"

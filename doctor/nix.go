@@ -56,7 +56,7 @@ func checkNix(ctx context.Context, env *Env) Check {
 	}
 	if len(missing) > 0 {
 		c.Status, c.Detail = Fail, strings.Join(missing, " and ")+" not on PATH: the first build of a sandbox needs Nix"
-		c.Fix = "install Nix (Debian: apt-get install nix-bin; elsewhere https://nixos.org/download), then open a new shell"
+		c.Fix = closure.UpgradeNixHint + ", then open a new shell"
 		return c
 	}
 	out, errLine, err := runProgram(ctx, 10*time.Second, nil, "nix-store", "--version")
@@ -194,6 +194,17 @@ func checkNixpkgs(ctx context.Context, env *Env) Check {
 	detail := fmt.Sprintf("%s (from %s)", np.Path, env.Nixpkgs.Source)
 	if np.Path != env.Nixpkgs.Ref {
 		detail = fmt.Sprintf("%s → %s (from %s)", env.Nixpkgs.Ref, np.Path, env.Nixpkgs.Source)
+	}
+	// What a first build would meet first: nixpkgs refusing this Nix.
+	var old *closure.NixTooOldError
+	if err := b.CheckNixVersion(ctx, np); errors.As(err, &old) {
+		c.Status = Fail
+		c.Detail = fmt.Sprintf("%s needs Nix %s or newer; nix-instantiate here is %s (%s)", detail, old.Needs, old.Found, old.Program)
+		c.Fix = old.Hint()
+		return c
+	}
+	if needs, err := closure.NixpkgsMinimum(np.Path); err == nil && needs != "" {
+		detail += ", needs Nix " + needs + " or newer"
 	}
 	c.Status, c.Detail = OK, detail
 	return c

@@ -4,9 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"os"
 	"os/exec"
-	"path/filepath"
 	"strings"
 	"time"
 
@@ -77,24 +75,16 @@ func checkBwrap(ctx context.Context, env *Env) Check {
 	return c
 }
 
-func readSysctl(name string) (string, bool) {
-	data, err := os.ReadFile(filepath.Join("/proc/sys", name))
-	if err != nil {
-		return "", false
-	}
-	return strings.TrimSpace(string(data)), true
-}
-
 func checkUserNSLimits(_ context.Context, env *Env) Check {
 	c := Check{ID: "userns-limits", Title: "user namespace limits"}
 	var parts []string
-	if v, ok := readSysctl("user/max_user_namespaces"); ok {
+	if v, ok := launch.Sysctl("user/max_user_namespaces"); ok {
 		parts = append(parts, "user.max_user_namespaces = "+v)
 	}
-	if v, ok := readSysctl("kernel/unprivileged_userns_clone"); ok {
+	if v, ok := launch.Sysctl("kernel/unprivileged_userns_clone"); ok {
 		parts = append(parts, "kernel.unprivileged_userns_clone = "+v)
 	}
-	if v, ok := readSysctl("kernel/apparmor_restrict_unprivileged_userns"); ok {
+	if v, ok := launch.Sysctl("kernel/apparmor_restrict_unprivileged_userns"); ok {
 		parts = append(parts, "AppArmor restriction (kernel.apparmor_restrict_unprivileged_userns) = "+v)
 	} else {
 		parts = append(parts, "no AppArmor user-namespace restriction")
@@ -113,24 +103,10 @@ func checkUserNSLimits(_ context.Context, env *Env) Check {
 	return c
 }
 
-// nspawnDirs are searched before PATH, as the container backend does.
-var nspawnDirs = []string{"/run/current-system/sw/bin", "/usr/bin", "/bin", "/usr/sbin", "/sbin"}
-
-func findNspawn() string {
-	for _, dir := range nspawnDirs {
-		p := filepath.Join(dir, "systemd-nspawn")
-		if st, err := os.Stat(p); err == nil && st.Mode().IsRegular() && st.Mode()&0o111 != 0 {
-			return p
-		}
-	}
-	p, _ := exec.LookPath("systemd-nspawn")
-	return p
-}
-
 func checkNspawn(ctx context.Context, _ *Env) Check {
 	c := Check{ID: "nspawn", Title: "systemd-nspawn", NeededBy: []string{"container"}}
-	p := findNspawn()
-	if p == "" {
+	p, err := launch.FindNspawn()
+	if err != nil {
 		c.Status, c.Detail = Fail, "not installed"
 		c.Fix = "install it (Debian/Ubuntu: apt-get install systemd-container; NixOS: it is part of systemd)"
 		return c

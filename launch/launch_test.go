@@ -1,4 +1,4 @@
-package launch
+package launch_test
 
 import (
 	"os"
@@ -7,23 +7,14 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/claude-sandbox/claude-sandbox/manifest"
+	. "github.com/claude-sandbox/claude-sandbox/launch"
+	"github.com/claude-sandbox/claude-sandbox/launch/internal/launchtest"
 )
 
-func handManifest() *manifest.Manifest {
-	s := "/nix/store/0000000000000000000000000000000a-"
-	return &manifest.Manifest{
-		Schema: 1, Backend: "bubblewrap",
-		Bwrap: s + "bubblewrap/bin/bwrap", Env: s + "env", Path: []string{s + "env/bin"},
-		Shell: s + "bash/bin/bash", UsrBinEnv: s + "coreutils/bin/env", Claude: s + "claude-code/bin/claude",
-		NixLd:   manifest.NixLd{Loader: s + "nix-ld/libexec/nix-ld", NixLd: s + "libs/share/nix-ld/lib/ld.so", NixLdLibraryDir: s + "libs/share/nix-ld/lib"},
-		HostEtc: []string{"resolv.conf", "hosts"},
-	}
-}
-
-func env(m map[string]string) func(string) (string, bool) {
-	return func(k string) (string, bool) { v, ok := m[k]; return v, ok }
-}
+var (
+	handManifest = launchtest.Manifest
+	env          = launchtest.Env
+)
 
 func TestSandboxEnvPassesOnlyTheAllowlist(t *testing.T) {
 	host := map[string]string{
@@ -75,66 +66,6 @@ func TestSandboxEnvOptIn(t *testing.T) {
 	}
 }
 
-func index(args []string, seq ...string) int {
-	for i := range args {
-		if i+len(seq) <= len(args) && slices.Equal(args[i:i+len(seq)], seq) {
-			return i
-		}
-	}
-	return -1
-}
-
-func TestBubblewrapMountsAndOrder(t *testing.T) {
-	rt := &Runtime{Project: "/tmp/proj", Home: "/home/u", User: "u", Network: true, LookupEnv: env(nil)}
-	inv, err := Bubblewrap(handManifest(), rt)
-	if err != nil {
-		t.Fatal(err)
-	}
-	a := inv.Args
-	for _, seq := range [][]string{
-		{"--unshare-pid"}, {"--unshare-ipc"}, {"--unshare-uts"},
-		{"--ro-bind", "/nix/store", "/nix/store"},
-		{"--bind", "/tmp/proj", "/tmp/proj"},
-		{"--chdir", "/tmp/proj"},
-		{"--tmpfs", "/home"},
-		{"--symlink", handManifest().Shell, "/bin/sh"},
-		{"--symlink", handManifest().UsrBinEnv, "/usr/bin/env"},
-		{"--ro-bind-try", "/etc/resolv.conf", "/etc/resolv.conf"},
-	} {
-		if index(a, seq...) < 0 {
-			t.Errorf("missing %v in %v", seq, a)
-		}
-	}
-	if index(a, "--unshare-net") >= 0 {
-		t.Error("network on, but --unshare-net given")
-	}
-	if index(a, "--tmpfs", "/tmp") > index(a, "--bind", "/tmp/proj", "/tmp/proj") {
-		t.Error("the /tmp tmpfs comes after the project bind and would hide a project under /tmp")
-	}
-	if a[len(a)-1] != handManifest().Claude {
-		t.Errorf("default command is %q, want Claude Code", a[len(a)-1])
-	}
-	for _, arg := range a {
-		if strings.Contains(arg, "sk-") {
-			t.Errorf("a secret is on the command line: %q", arg)
-		}
-	}
-
-	rt.Network = false
-	inv, _ = Bubblewrap(handManifest(), rt)
-	if index(inv.Args, "--unshare-net") < 0 {
-		t.Error("--no-network did not unshare the network")
-	}
-}
-
-func TestBubblewrapHomeOutsideHome(t *testing.T) {
-	rt := &Runtime{Project: "/srv/p", Home: "/root", User: "root", LookupEnv: env(nil)}
-	inv, _ := Bubblewrap(handManifest(), rt)
-	if index(inv.Args, "--tmpfs", "/root") < 0 {
-		t.Fatalf("a home outside /home must get its own tmpfs: %v", inv.Args)
-	}
-}
-
 func TestResolveProject(t *testing.T) {
 	dir := t.TempDir()
 	real := filepath.Join(dir, "with space\nand newline")
@@ -170,9 +101,9 @@ func TestResolveProject(t *testing.T) {
 
 func TestCheckUserNamespaces(t *testing.T) {
 	fake := t.TempDir()
-	old := procSys
-	procSys = fake
-	defer func() { procSys = old }()
+	old := *ProcSys
+	*ProcSys = fake
+	defer func() { *ProcSys = old }()
 	write := func(name, v string) {
 		os.MkdirAll(filepath.Dir(filepath.Join(fake, name)), 0o755)
 		os.WriteFile(filepath.Join(fake, name), []byte(v+"\n"), 0o644)
@@ -191,5 +122,15 @@ func TestCheckUserNamespaces(t *testing.T) {
 	write("kernel/apparmor_restrict_unprivileged_userns", "1")
 	if err := CheckUserNamespaces(1000); err == nil || !strings.Contains(err.Error(), "AppArmor") {
 		t.Fatalf("AppArmor restriction not reported: %v", err)
+	}
+}
+
+func TestSudoArgvKeepsNamesOnly(t *testing.T) {
+	host := map[string]string{"ANTHROPIC_API_KEY": "sk-value", "AWS_SECRET_ACCESS_KEY": "aws", "DISPLAY": ":0",
+		"MY_VAR": "mine", "LD_PRELOAD": "/x.so", "CLAUDE_SANDBOX_NIXPKGS": "/srv/nixpkgs"}
+	argv := SudoArgv("/opt/claude-sandbox", []string{"--backend=container", "./p"}, []string{"MY_VAR", "LD_PRELOAD"}, env(host))
+	want := []string{"sudo", "--preserve-env=ANTHROPIC_API_KEY,CLAUDE_SANDBOX_NIXPKGS,DISPLAY,MY_VAR", "--", "/opt/claude-sandbox", "--backend=container", "./p"}
+	if !slices.Equal(argv, want) {
+		t.Errorf("got  %q\nwant %q", argv, want)
 	}
 }

@@ -1,7 +1,9 @@
 package launch
 
 import (
+	"context"
 	"crypto/rand"
+	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -9,11 +11,12 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
-	"strconv"
 	"strings"
 	"time"
 
 	"github.com/claude-sandbox/claude-sandbox/internal/atomicfile"
+	"github.com/claude-sandbox/claude-sandbox/internal/filelock"
+	"github.com/claude-sandbox/claude-sandbox/internal/proc"
 )
 
 // Record describes one running sandbox, for `enter`, `stop`, `ps` and for a
@@ -29,49 +32,18 @@ type Record struct {
 	// Config fingerprints every choice that shapes the sandbox (ConfigOf):
 	// a second launch joins only a sandbox it would have started itself.
 	Config string `json:"config,omitempty"`
-	// Backend-specific handles.
-	InnerPID int    `json:"innerPid,omitempty"` // bubblewrap: the sandbox's init, to nsenter
-	Machine  string `json:"machine,omitempty"`  // container: the nspawn machine name
-	Console  string `json:"console,omitempty"`  // vm: the second console's Unix socket
-	QMP      string `json:"qmp,omitempty"`      // vm: the QMP socket
+	// A backend's handles on a running sandbox (a VM's consoles).
+	Console string `json:"console,omitempty"` // the second console's Unix socket
+	QMP     string `json:"qmp,omitempty"`     // the QMP socket
 }
 
 // Alive says whether the recorded process still runs (and is the same
 // process, not a later one that reused its pid).
-func (r *Record) Alive() bool {
-	if r.PID <= 0 {
-		return false
-	}
-	start, err := processStart(r.PID)
-	return err == nil && start == r.PIDStart
-}
+func (r *Record) Alive() bool { return proc.Running(r.PID, r.PIDStart) }
 
-// processStart reads field 22 of /proc/PID/stat (start time since boot).
-func processStart(pid int) (uint64, error) {
-	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return 0, err
-	}
-	// The command name (field 2) may hold spaces and parentheses: skip to the last ')'.
-	s := string(data)
-	i := strings.LastIndexByte(s, ')')
-	if i < 0 {
-		return 0, errors.New("malformed stat")
-	}
-	fields := strings.Fields(s[i+1:])
-	if len(fields) < 20 {
-		return 0, errors.New("malformed stat")
-	}
-	if fields[0] == "Z" || fields[0] == "X" {
-		// Exited, not yet reaped by its parent: no sandbox any more.
-		return 0, errors.New("exited")
-	}
-	return strconv.ParseUint(fields[19], 10, 64)
-}
-
-// ProcessStart is processStart for the current process, for a record
-// written before exec (the pid and its start time survive exec).
-func ProcessStart(pid int) (uint64, error) { return processStart(pid) }
+// Open takes a handle on the recorded process, to signal it and wait for
+// it; proc.ErrExited when it has gone.
+func (r *Record) Open() (*proc.Process, error) { return proc.Open(r.PID, r.PIDStart) }
 
 func recordsDir(stateDir string) string { return filepath.Join(stateDir, "sandboxes") }
 
@@ -151,4 +123,81 @@ func AllRunning() ([]*Record, error) {
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Started.Before(out[j].Started) })
 	return out, nil
+}
+
+// One sandbox per project: deciding whether a launch joins a running
+// sandbox or starts one, for every backend. The decision and the
+// registration happen under a per-project lock, so two launches at once
+// cannot both start one; the record is written before the sandbox starts
+// (for bubblewrap, before this process becomes bwrap), so the next launch
+// finds it from the first instant.
+
+// ConfigOf fingerprints every choice that shapes a sandbox: its closure and
+// the run-time switches that change its mounts, network or environment.
+// What only changes the program started in it (--shell, a command, Claude's
+// arguments, --tmux) is not part of it: such launches share the sandbox.
+func ConfigOf(backend, closure string, rt *Runtime) string {
+	env := append([]string(nil), rt.ExtraEnv...)
+	sort.Strings(env)
+	h := sha256.New()
+	fmt.Fprintf(h, "backend=%s\x00closure=%s\x00network=%t\x00protect-git=%t\x00nix-daemon=%t\x00desktop=%t\x00gh-token=%t\x00env=%s\x00home=%s",
+		backend, closure, rt.Network, rt.ProtectGit, rt.NixDaemon, !rt.NoDesktop, rt.GHToken, strings.Join(env, ","), rt.Home)
+	return hex.EncodeToString(h.Sum(nil))[:16]
+}
+
+// Claim decides, for this process about to start a sandbox described by
+// rec (its Project, Backend, Closure and Config set; its ID too when the
+// plan named it), between joining a running sandbox of the project with
+// the same configuration (returned as join) and starting its own, in which
+// case rec is completed with this process's identity and registered (this
+// process becomes the sandbox or its parent, and keeps its pid). It creates
+// the project's state directory. Running sandboxes of the project with
+// another configuration are returned as others. forceNew (--new) never
+// joins.
+func Claim(ctx context.Context, stateDir string, rec *Record, forceNew bool) (join *Record, others []*Record, err error) {
+	if err := EnsureProjectStateDir(stateDir, rec.Project); err != nil {
+		return nil, nil, err
+	}
+	// Held for milliseconds by a launch deciding: check often.
+	unlock, err := filelock.Acquire(ctx, filepath.Join(stateDir, "sandboxes.lock"), 10*time.Millisecond)
+	if err != nil {
+		return nil, nil, err
+	}
+	defer unlock()
+	running, err := Running(stateDir)
+	if err != nil {
+		return nil, nil, err
+	}
+	for _, r := range running {
+		if !forceNew && join == nil && r.Config == rec.Config && r.Backend == rec.Backend {
+			join = r
+			continue
+		}
+		others = append(others, r)
+	}
+	if join != nil {
+		return join, others, nil
+	}
+	if rec.ID == "" {
+		rec.ID = NewRecordID()
+	}
+	rec.PID = os.Getpid()
+	if rec.PIDStart, err = proc.StartTime(rec.PID); err != nil {
+		return nil, nil, fmt.Errorf("registering the sandbox: %w", err)
+	}
+	rec.Started = time.Now().UTC()
+	if err := Register(stateDir, rec); err != nil {
+		return nil, nil, fmt.Errorf("registering the sandbox: %w", err)
+	}
+	return nil, others, nil
+}
+
+// RunningFor lists the live sandboxes of a project without creating its
+// state directory.
+func RunningFor(project string) ([]*Record, error) {
+	dir, err := ProjectStatePath(project)
+	if err != nil {
+		return nil, err
+	}
+	return Running(dir)
 }

@@ -5,6 +5,8 @@ import (
 	"os/exec"
 	"testing"
 	"time"
+
+	"github.com/claude-sandbox/claude-sandbox/internal/proc"
 )
 
 func TestRegistryDropsDeadAndRecycledPids(t *testing.T) {
@@ -13,7 +15,7 @@ func TestRegistryDropsDeadAndRecycledPids(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	me, err := ProcessStart(os.Getpid())
+	me, err := proc.StartTime(os.Getpid())
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -9,9 +9,16 @@ import (
 
 // Runtime holds this run's choices: nothing here changes the closure.
 type Runtime struct {
-	Project  string   // resolved by ResolveProject
-	Command  []string // what to run inside; empty means Claude Code
-	Shell    bool     // bash instead of Claude Code
+	Project string // resolved by ResolveProject
+
+	// What runs inside (Command decides from these, once): Command when
+	// given (exec, enter), else a login shell (Shell), else Claude Code
+	// with ClaudeArgs; inside tmux with Tmux.
+	Command    []string
+	Shell      bool
+	ClaudeArgs []string
+	Tmux       bool // --tmux: the tmux socket in the project state directory, so the host can attach
+
 	Network  bool
 	ExtraEnv []string // --env NAMEs
 	Home     string   // $HOME inside (the host's path, on an empty tmpfs)
@@ -21,22 +28,36 @@ type Runtime struct {
 	// EUID is the effective uid to check privileges against (os.Geteuid when nil).
 	EUID func() int
 
-	// What the sandbox is given beyond the project (bubblewrap; see bwrap.go).
-	StateDir   string  // ProjectStateDir(Project): persistent ~/.local, /tmp, browser profile, tmux socket
-	GHToken    bool    // --gh-token: pass GH_TOKEN and GITHUB_TOKEN
-	ProtectGit bool    // --protect-git: .git/config and .git/hooks read-only, .git not replaceable
-	NixDaemon  bool    // forward the Nix daemon socket with NIX_REMOTE=daemon (--no-nix-daemon clears it)
-	NoDesktop  bool    // --no-desktop: no X11, Wayland, D-Bus, audio, keyring or GPU from the host
-	Tmux       bool    // --tmux: Claude Code inside tmux, its socket in StateDir so the host can attach
-	Record     *Record // this sandbox's registry entry, when it was registered before starting
-	// vm only: --accel (auto, kvm, tcg) and --fs for the project share (9p, virtiofs).
-	Accel string
-	FS    string
-	// vm only: --no-display: no QEMU window even where the host has a display.
-	NoDisplay bool
+	// StateDir is the project's state directory: persistent ~/.local, /tmp,
+	// browser profile, tmux socket. The launch sets it (ProjectStatePath);
+	// empty leaves the sandbox without persistent state.
+	StateDir   string
+	GHToken    bool // --gh-token: pass GH_TOKEN and GITHUB_TOKEN
+	ProtectGit bool // --protect-git: .git/config and .git/hooks read-only, .git not replaceable
+	NixDaemon  bool // forward the Nix daemon socket with NIX_REMOTE=daemon (--no-nix-daemon clears it)
+	NoDesktop  bool // --no-desktop: no X11, Wayland, D-Bus, audio, keyring or GPU from the host
+
+	// For a backend that runs a virtual machine: --accel, --fs, --no-display.
+	Accel     string // AccelAuto, AccelKVM, AccelTCG
+	FS        string // FS9p, FSVirtiofs
+	NoDisplay bool   // no window for the guest even where the host has a display
 }
 
-func (rt *Runtime) euid() int {
+// Accelerators (--accel).
+const (
+	AccelAuto = "auto"
+	AccelKVM  = "kvm"
+	AccelTCG  = "tcg"
+)
+
+// How the project reaches a virtual machine (--fs).
+const (
+	FS9p       = "9p"
+	FSVirtiofs = "virtiofs"
+)
+
+// EffectiveUID is the uid privileges are checked against.
+func (rt *Runtime) EffectiveUID() int {
 	if rt.EUID != nil {
 		return rt.EUID()
 	}
@@ -49,6 +70,9 @@ func (rt *Runtime) lookupEnv(name string) (string, bool) {
 	}
 	return os.LookupEnv(name)
 }
+
+// Getenv reads a host variable the way the launch does (LookupEnv).
+func (rt *Runtime) Getenv(name string) (string, bool) { return rt.lookupEnv(name) }
 
 // HostIdentity fills Home and User from the calling user. The environment
 // is asked first: a user database lookup can go through NSS and be slow.

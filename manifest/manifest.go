@@ -11,6 +11,8 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+
+	"github.com/claude-sandbox/claude-sandbox/internal/lazyregexp"
 )
 
 // Schema is the manifest version this binary understands.
@@ -45,9 +47,29 @@ type Manifest struct {
 
 // NixLd describes the loader shim that lets prebuilt binaries run.
 type NixLd struct {
-	Loader          string `json:"loader"`
+	Loader string `json:"loader"`
+	// Path is where prebuilt binaries look for their loader, and so where
+	// Loader goes: /lib64/ld-linux-x86-64.so.2 on x86_64,
+	// /lib/ld-linux-aarch64.so.1 on aarch64 (the closure's platform says).
+	Path            string `json:"path"`
 	NixLd           string `json:"NIX_LD"`
 	NixLdLibraryDir string `json:"NIX_LD_LIBRARY_PATH"`
+}
+
+// loaderPath is an FHS loader location: a file named ld* directly in /lib,
+// /lib32 or /lib64. Nothing else may be shadowed by the loader.
+var loaderPath = lazyregexp.New(`^/lib(32|64)?/ld[A-Za-z0-9._-]*$`)
+
+func (n NixLd) validate() error {
+	if err := storePaths(map[string]string{
+		"nixLd.loader": n.Loader, "nixLd.NIX_LD": n.NixLd, "nixLd.NIX_LD_LIBRARY_PATH": n.NixLdLibraryDir,
+	}); err != nil {
+		return err
+	}
+	if !loaderPath.MatchString(n.Path) || filepath.Clean(n.Path) != n.Path {
+		return fmt.Errorf("nixLd.path: %q is not a loader's place (/lib64/ld…)", n.Path)
+	}
+	return nil
 }
 
 // Of returns the manifest path inside a closure.
@@ -113,10 +135,10 @@ func (m *Manifest) Validate() error {
 }
 
 func (m *Manifest) validateBubblewrap() error {
-	return storePaths(map[string]string{
-		"bwrap": m.Bwrap, "nixLd.loader": m.NixLd.Loader, "nixLd.NIX_LD": m.NixLd.NixLd,
-		"nixLd.NIX_LD_LIBRARY_PATH": m.NixLd.NixLdLibraryDir,
-	})
+	if err := storePath(m.Bwrap); err != nil {
+		return fmt.Errorf("bwrap: %w", err)
+	}
+	return m.NixLd.validate()
 }
 
 // storePaths checks named required store paths.

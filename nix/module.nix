@@ -139,12 +139,17 @@ in
       }
     ];
 
-    # bubblewrap is unprivileged: it needs user namespaces, which the
-    # hardened profile turns off (with mkDefault, so this wins over it; an
-    # explicit `false` elsewhere is a conflict, on purpose). The second one
-    # only matters on hardened kernels, which also gate them by a sysctl.
+    # bubblewrap is unprivileged: it needs user namespaces. An explicit
+    # `false` elsewhere is a conflict, on purpose: the sandbox cannot work
+    # without them.
     security.allowUserNamespaces = true;
-    security.unprivilegedUsernsClone = lib.mkDefault true;
+    # Only hardened kernels read this (kernel.unprivileged_userns_clone,
+    # nixos/modules/security/misc.nix). nixos/modules/profiles/hardened.nix
+    # sets it with mkDefault (1000) to virtualisation.containers.enable,
+    # usually false; a plain definition is 100. 900 lies between: it wins
+    # over the profile without a conflict, and a user's own setting still
+    # wins over it.
+    security.unprivilegedUsernsClone = lib.mkOverride 900 true;
 
     users.groups.kvm.members = lib.mkIf cfg.vm.enable cfg.users;
 

@@ -26,7 +26,7 @@ buildGo126Module {
   # go.mod, and `go build` would start ignoring the module cache. When
   # go.sum changes, `go test ./tests -run TestFlakeVendorHash -update`
   # recomputes this line (and the test fails until it is current).
-  vendorHash = "sha256-T9t6sL/zgsjqfFSWE2lTDuQivUAP+ohr/qRVRwmXyOc=";
+  vendorHash = "sha256-smWQbKQSC3XLzoTxFtQbnVc9Q2cznB9VJJyBrED5HFY=";
 
   # Static, as tests/harness_test.go builds it: no dynamic loader on every
   # launch, and no glibc reference from outside the store.
@@ -66,8 +66,7 @@ buildGo126Module {
 
   meta = {
     description = "Run Claude Code in a sandbox (bubblewrap, systemd-nspawn or QEMU) whose userland comes from nixpkgs";
-    homepage = "https://github.com/claude-sandbox/claude-sandbox";
     mainProgram = "claude-sandbox";
-    platforms = [ "x86_64-linux" "aarch64-linux" ];
+    platforms = [ "x86_64-linux" ];
   };
 }

@@ -22,8 +22,8 @@ let
   # A request path reaches Nix as plain data, as from the binary's JSON.
   nixpkgsPath = builtins.unsafeDiscardStringContext (toString nixpkgs);
 
-  # nixgen.Canonical: the network is in the closure for vm only.
-  networkInClosure = backend: backend == "vm";
+  # nixgen.Canonical: the network is in the closure for some backends only.
+  networkInClosure = backend: builtins.elem backend (import ./variants.nix).networkInClosure;
 
   fromRequest = { backend, network ? true, packages ? [ ] }:
     import (templates + "/entry.nix") {

@@ -505,7 +505,7 @@ func TestFakeSetOptionsEncoding(t *testing.T) {
 	if err := c.SetOptions(ctxT(t, 5*time.Second), s); err != nil {
 		t.Fatal(err)
 	}
-	want := new(request).u64(opSetOptions).u64(0).u64(1).u64(0).u64(6).u64(4).u64(90).u64(1).
+	want := new(request).u64(uint64(OpSetOptions)).u64(0).u64(1).u64(0).u64(6).u64(4).u64(90).u64(1).
 		u64(uint64(VerbosityVomit)).u64(0).u64(0).u64(2).u64(1).
 		u64(2).str("a").str("1").str("b").str("2")
 	sent := f.clientSent(t)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"maps"
 	"math"
 	"path"
@@ -26,7 +27,7 @@ func (c *Client) SetOptions(ctx context.Context, s Settings) error {
 		if s.VerboseBuild {
 			verbose = VerbosityError // the daemon tests lvlError == this
 		}
-		q := new(request).u64(opSetOptions).
+		q := new(request).u64(uint64(OpSetOptions)).
 			bool(s.KeepFailed).
 			bool(s.KeepGoing).
 			bool(s.TryFallback).
@@ -57,7 +58,7 @@ func (c *Client) SetOptions(ctx context.Context, s Settings) error {
 func (c *Client) IsValidPath(ctx context.Context, path string) (bool, error) {
 	var valid bool
 	err := c.do(ctx, "IsValidPath", func() error {
-		if err := c.send(new(request).u64(opIsValidPath).str(path)); err != nil {
+		if err := c.send(new(request).u64(uint64(OpIsValidPath)).str(path)); err != nil {
 			return err
 		}
 		if err := c.stderr(); err != nil {
@@ -76,7 +77,7 @@ func (c *Client) IsValidPath(ctx context.Context, path string) (bool, error) {
 func (c *Client) QueryPathInfo(ctx context.Context, path string) (*PathInfo, error) {
 	var info *PathInfo
 	err := c.do(ctx, "QueryPathInfo", func() error {
-		if err := c.send(new(request).u64(opQueryPathInfo).str(path)); err != nil {
+		if err := c.send(new(request).u64(uint64(OpQueryPathInfo)).str(path)); err != nil {
 			return err
 		}
 		if err := c.stderr(); err != nil {
@@ -151,7 +152,7 @@ func (c *Client) QueryMissing(ctx context.Context, paths ...DerivedPath) (*Missi
 		if err != nil {
 			return err
 		}
-		if err := c.send(new(request).u64(opQueryMissing).strs(enc)); err != nil {
+		if err := c.send(new(request).u64(uint64(OpQueryMissing)).strs(enc)); err != nil {
 			return err
 		}
 		if err := c.stderr(); err != nil {
@@ -189,7 +190,7 @@ func (c *Client) BuildPaths(ctx context.Context, paths ...DerivedPath) error {
 		if err != nil {
 			return err
 		}
-		q := new(request).u64(opBuildPaths).strs(enc)
+		q := new(request).u64(uint64(OpBuildPaths)).strs(enc)
 		if c.version.Minor() >= verBuildMode {
 			q.u64(0) // bmNormal
 		}
@@ -220,7 +221,7 @@ func (c *Client) BuildPathsWithResults(ctx context.Context, paths ...DerivedPath
 		if err != nil {
 			return err
 		}
-		if err := c.send(new(request).u64(opBuildPathsWithResults).strs(enc).u64(0)); err != nil {
+		if err := c.send(new(request).u64(uint64(OpBuildPathsWithResults)).strs(enc).u64(0)); err != nil {
 			return err
 		}
 		if err := c.stderr(); err != nil {
@@ -339,7 +340,7 @@ func (c *Client) readOptionalMicros(what string) (*time.Duration, error) {
 // stays open (wopAddTempRoot).
 func (c *Client) AddTempRoot(ctx context.Context, path string) error {
 	return c.do(ctx, "AddTempRoot", func() error {
-		if err := c.send(new(request).u64(opAddTempRoot).str(path)); err != nil {
+		if err := c.send(new(request).u64(uint64(OpAddTempRoot)).str(path)); err != nil {
 			return err
 		}
 		if err := c.stderr(); err != nil {
@@ -360,7 +361,7 @@ func (c *Client) AddIndirectRoot(ctx context.Context, link string) error {
 		return fmt.Errorf("nixdaemon: AddIndirectRoot: %w", err)
 	}
 	return c.do(ctx, "AddIndirectRoot", func() error {
-		if err := c.send(new(request).u64(opAddIndirectRoot).str(abs)); err != nil {
+		if err := c.send(new(request).u64(uint64(OpAddIndirectRoot)).str(abs)); err != nil {
 			return err
 		}
 		if err := c.stderr(); err != nil {
@@ -389,4 +390,22 @@ func absStorePath(p, drv string) string {
 		dir = path.Dir(drv)
 	}
 	return path.Join(dir, p)
+}
+
+// NarFromPath writes the NAR serialisation of path to w (wopNarFromPath).
+// The archive is parsed as it streams, so w sees exactly one NAR; an error
+// from w ends the call and closes the Client (the rest of the archive is
+// still on the wire).
+func (c *Client) NarFromPath(ctx context.Context, path string, w io.Writer) error {
+	return c.do(ctx, "NarFromPath", func() error {
+		if err := c.send(new(request).u64(uint64(OpNarFromPath)).str(path)); err != nil {
+			return err
+		}
+		if err := c.stderr(); err != nil {
+			return err
+		}
+		c.rd.capture = w
+		defer func() { c.rd.capture, c.rd.captureErr = nil, nil }()
+		return skipNAR(c.rd)
+	})
 }

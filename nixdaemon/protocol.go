@@ -93,19 +93,6 @@ const (
 	maxDaemonFeatureName = 1 << 10
 )
 
-// Worker operations (WorkerProto::Op in worker-protocol.hh; identical in
-// Lix). Only the ones this package sends.
-const (
-	opIsValidPath           = 1
-	opBuildPaths            = 9
-	opAddTempRoot           = 11
-	opAddIndirectRoot       = 12
-	opSetOptions            = 19
-	opQueryPathInfo         = 26
-	opQueryMissing          = 40
-	opBuildPathsWithResults = 46
-)
-
 // Messages on the stderr channel (worker-protocol.hh).
 const (
 	stderrNext          = 0x6f6c6d67

@@ -178,3 +178,13 @@ func DefaultSettings() Settings {
 		UseSubstitutes: true,
 	}
 }
+
+// ParseDerivedPath reads a target as a client of version v sends it
+// (BuildPaths, QueryMissing): from 1.30 "path", "drv!out1,out2" or "drv!*";
+// before, a StorePathWithOutputs string, where a bare .drv means all its
+// outputs. It does not validate; Encode does.
+func ParseDerivedPath(s string, v ProtocolVersion) DerivedPath { return parseDerivedPath(s, v) }
+
+// Encode renders p as a client of version v sends it, or fails for a path
+// that version cannot express (see DerivedPath.String for the forms).
+func (p DerivedPath) Encode(v ProtocolVersion) (string, error) { return p.encode(v) }

@@ -39,6 +39,36 @@ type reader struct {
 	src    *ioTracker
 	op     string
 	budget int64
+
+	// capture, when set, receives a copy of every byte consumed: the
+	// gateway's relay parses a message and forwards exactly the bytes it
+	// parsed, to the other side or into a buffer held until a decision.
+	capture    io.Writer
+	captureErr error // the first write to capture that failed
+}
+
+// in is what every read goes through: the buffered stream, or while
+// capturing, the stream teed into capture.
+func (r *reader) in() io.Reader {
+	if r.capture == nil {
+		return r.br
+	}
+	return captureReader{r}
+}
+
+type captureReader struct{ r *reader }
+
+func (c captureReader) Read(p []byte) (int, error) {
+	n, err := c.r.br.Read(p)
+	if n > 0 {
+		if _, werr := c.r.capture.Write(p[:n]); werr != nil {
+			if c.r.captureErr == nil {
+				c.r.captureErr = werr
+			}
+			return n, werr
+		}
+	}
+	return n, err
 }
 
 // ioTracker remembers whether the transport itself failed, so a failed
@@ -70,6 +100,9 @@ func (r *reader) reset(op string) {
 // fail turns an error from a wire call into an I/O error (transport
 // failed, wrapped so errors.Is finds the cause) or a ProtocolError.
 func (r *reader) fail(what string, err error) error {
+	if r.captureErr != nil {
+		return fmt.Errorf("nixdaemon: %s: forwarding %s: %w", r.op, what, r.captureErr)
+	}
 	if r.src.err != nil || errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
 		if errors.Is(err, io.EOF) {
 			err = io.ErrUnexpectedEOF
@@ -80,7 +113,7 @@ func (r *reader) fail(what string, err error) error {
 }
 
 func (r *reader) uint64(what string) (uint64, error) {
-	n, err := wire.ReadUint64(r.br)
+	n, err := wire.ReadUint64(r.in())
 	if err != nil {
 		return 0, r.fail(what, err)
 	}
@@ -89,7 +122,7 @@ func (r *reader) uint64(what string) (uint64, error) {
 
 // bool reads a boolean; only 0 and 1 are accepted.
 func (r *reader) bool(what string) (bool, error) {
-	b, err := wire.ReadBool(r.br)
+	b, err := wire.ReadBool(r.in())
 	if err != nil {
 		return false, r.fail(what, err)
 	}
@@ -115,7 +148,7 @@ func (r *reader) string(what string, max uint64) (string, error) {
 	// The body is read here rather than with wire.ReadString, which
 	// discards the error of its padding check (a deferred Close): like Nix,
 	// we refuse non-zero padding, the first sign of a stream out of step.
-	if _, err := r.br.Discard(wordSize); err != nil {
+	if err := r.consumePeeked(hdr); err != nil {
 		return "", r.fail(what, err)
 	}
 	buf, err := r.readN(n + (wordSize-n%wordSize)%wordSize)
@@ -136,15 +169,65 @@ func (r *reader) string(what string, max uint64) (string, error) {
 func (r *reader) readN(n uint64) ([]byte, error) {
 	if n <= eagerAlloc {
 		buf := make([]byte, n)
-		_, err := io.ReadFull(r.br, buf)
+		_, err := io.ReadFull(r.in(), buf)
 		return buf, err
 	}
 	var b bytes.Buffer
 	b.Grow(eagerAlloc)
-	if _, err := io.CopyN(&b, r.br, int64(n)); err != nil {
+	if _, err := io.CopyN(&b, r.in(), int64(n)); err != nil {
 		return nil, err
 	}
 	return b.Bytes(), nil
+}
+
+// consumePeeked consumes the bytes just peeked (hdr), copying them to
+// capture first.
+func (r *reader) consumePeeked(hdr []byte) error {
+	if r.capture != nil {
+		if _, err := r.capture.Write(hdr); err != nil {
+			if r.captureErr == nil {
+				r.captureErr = err
+			}
+			return err
+		}
+	}
+	_, err := r.br.Discard(len(hdr))
+	return err
+}
+
+// skipString consumes a string of at most max bytes without holding it:
+// its bytes stream through (to capture, when set), so a large body costs
+// no memory. It does not draw from the budget for the same reason.
+func (r *reader) skipString(what string, max uint64) (uint64, error) {
+	n, err := r.uint64(what + " length")
+	if err != nil {
+		return 0, err
+	}
+	if n > max {
+		return 0, protoErr(r.op, "%s: length %d exceeds maximum %d", what, n, max)
+	}
+	if err := r.skipBytes(what, n); err != nil {
+		return 0, err
+	}
+	return n, nil
+}
+
+// skipBytes consumes n bytes of data and the zero padding after them.
+func (r *reader) skipBytes(what string, n uint64) error {
+	if _, err := io.CopyN(io.Discard, r.in(), int64(n)); err != nil {
+		return r.fail(what, err)
+	}
+	var pad [wordSize]byte
+	p := pad[:(wordSize-n%wordSize)%wordSize]
+	if _, err := io.ReadFull(r.in(), p); err != nil {
+		return r.fail(what, err)
+	}
+	for _, b := range p {
+		if b != 0 {
+			return protoErr(r.op, "%s: non-zero padding", what)
+		}
+	}
+	return nil
 }
 
 // count reads a list length, bounded by max and by what the budget can

@@ -15,8 +15,30 @@ import (
 // key changes, so old cache entries stop matching.
 const SchemaVersion = 1
 
-// Backends that can be built.
+// Backends that can be built: the one list of backend names. The launch
+// side (launch/backends) and the Nix side (nix/variants.nix) are tested
+// against it.
 var Backends = []string{"bubblewrap", "container", "vm"}
+
+// Variant is one closure of a backend's default configuration.
+type Variant struct {
+	Backend string `json:"backend"`
+	Network bool   `json:"network"`
+}
+
+// Variants are the closures that cover every backend and network setting
+// (`build --all`, the flake's packages and checks): one per backend, two
+// where the network is built into the closure.
+func Variants() []Variant {
+	var out []Variant
+	for _, b := range Backends {
+		out = append(out, Variant{b, true})
+		if NetworkInClosure(b) {
+			out = append(out, Variant{b, false})
+		}
+	}
+	return out
+}
 
 // Options are the build-time choices of a user: they change the closure.
 type Options struct {
@@ -83,16 +105,17 @@ func Canonicalize(opts Options) (Canonical, error) {
 		parts, _ := ParseAttrPath(name)
 		c.Packages = append(c.Packages, parts)
 	}
-	if networkInClosure(backend) {
+	if NetworkInClosure(backend) {
 		network := opts.Network
 		c.Network = &network
 	}
 	return c, nil
 }
 
-// networkInClosure says whether the network switch changes what is built.
-// For bubblewrap it is one bwrap flag at launch.
-func networkInClosure(backend string) bool { return backend == "vm" }
+// NetworkInClosure says whether the network switch changes what is built:
+// the vm guest's configuration has it. For the others it is a launch-time
+// switch (one bwrap or nspawn flag).
+func NetworkInClosure(backend string) bool { return backend == "vm" }
 
 // PackageNames returns the canonical package list as dotted names.
 func (c Canonical) PackageNames() []string {

@@ -38,15 +38,16 @@ let
   usrBinEnv = "${pkgs.coreutils}/bin/env";
 
 
-  # What nspawn mounts read-only at /usr; it links /bin and /lib64 to
-  # usr/bin and usr/lib64 itself (merged /usr). The loader at
-  # /lib64/ld-linux-x86-64.so.2 is nix-ld, as environment.ldso makes it on NixOS.
+  # What nspawn mounts read-only at /usr; it links /bin, /lib and /lib64 to
+  # usr/bin, usr/lib and usr/lib64 itself (merged /usr). The loader at its
+  # FHS path (spec.nixLd.path: /lib64/ld-linux-x86-64.so.2 on x86_64) is
+  # nix-ld, as environment.ldso makes it on NixOS.
   root = pkgs.runCommand "claude-sandbox-container-root" { } ''
-    mkdir -p $out/usr/bin $out/usr/lib64
+    mkdir -p $out/usr/bin $out/usr${builtins.dirOf spec.nixLd.path}
     ln -s ${shell} $out/usr/bin/sh
     ln -s ${shell} $out/usr/bin/bash
     ln -s ${usrBinEnv} $out/usr/bin/env
-    ln -s ${pkgs.nix-ld}/libexec/nix-ld $out/usr/lib64/ld-linux-x86-64.so.2
+    ln -s ${spec.nixLd.loader} $out/usr${spec.nixLd.path}
   '';
 
   manifest = {

@@ -1,6 +1,10 @@
 # What every sandbox contains, whatever the backend: the default package set
 # (nixpkgs attribute names) and the host /etc files a sandbox may see.
-{ pkgs, lib }:
+{ pkgs, lib
+  # python3Packages names a request asked for: they join pip in the
+  # default set's Python environment (entry.nix says why).
+, pythonLibraries ? [ ]
+}:
 let
   # Attribute paths, so the manifest can say by name what is inside.
   packageNames = [
@@ -27,7 +31,7 @@ in
   packages =
     map (name: lib.getAttrFromPath [ name ] pkgs) packageNames
     # python3 alone has no pip; withPackages is how nixpkgs adds it.
-    ++ [ (pkgs.python3.withPackages (ps: [ ps.pip ])) ];
+    ++ [ (pkgs.python3.withPackages (ps: map (name: ps.${name}) (lib.unique ([ "pip" ] ++ pythonLibraries)))) ];
 
   # The manifest's nixLd section, the same for every backend: the loader
   # shim and its libraries, laid out as the NixOS nix-ld module does it
@@ -45,6 +49,11 @@ in
     in
     {
       loader = "${pkgs.nix-ld}/libexec/nix-ld";
+      # Where prebuilt binaries look for the loader: the FHS path of this
+      # platform's, derived as nixos/modules/config/ldso.nix derives it
+      # (/lib64/ld-linux-x86-64.so.2, /lib/ld-linux-aarch64.so.1, …).
+      path = "/${pkgs.stdenv.hostPlatform.libDir}/"
+        + builtins.unsafeDiscardStringContext (baseNameOf pkgs.stdenv.cc.bintools.dynamicLinker);
       NIX_LD = "${libraries}/share/nix-ld/lib/ld.so";
       NIX_LD_LIBRARY_PATH = "${libraries}/share/nix-ld/lib";
     };

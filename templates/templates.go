@@ -48,9 +48,6 @@ func Names() []string {
 	return names
 }
 
-// Read returns one template's bytes.
-func Read(name string) ([]byte, error) { return files.ReadFile(name) }
-
 // Materialise makes sure the bundle exists under root/<digest> and returns
 // that directory. It is written to a temporary sibling and renamed into place,
 // so a concurrent or interrupted run never leaves a half-written bundle that

@@ -17,15 +17,17 @@ let
   # The system's own programs come last: mount is util-linux's on NixOS.
   path = lib.makeBinPath [ pkgs.coreutils pkgs.util-linux ] + ":/run/current-system/sw/bin:/bin";
 in
+# bashInteractive: the clean-up before the command lists the environment
+# with compgen, which nixpkgs' plain bash lacks (built without readline,
+# pkgs/shells/bash/5.nix, so without programmable completion).
 pkgs.writeScript "claude-sandbox-agent" ''
-  #!${pkgs.bash}/bin/bash
+  #!${pkgs.bashInteractive}/bin/bash
   set -u
   export PATH=${path}
   mnt=${mnt}
   meta=$mnt/meta
   setpriv=${pkgs.util-linux}/bin/setpriv
   usrBinEnv=${pkgs.coreutils}/bin/env
-  loader=${pkgs.nix-ld}/libexec/nix-ld
 
   say() { printf 'claude-sandbox-agent: %s\n' "$*" >&2; }
   die() { say "$*"; exit 1; }
@@ -111,15 +113,15 @@ pkgs.writeScript "claude-sandbox-agent" ''
     fi
     [ "$uid" = 0 ] || chown "$uid:$gid" "''${owned[@]}" /proc/self/fd/0 2>/dev/null
 
-    # What shebangs and prebuilt binaries expect (environment.usrbinenv,
-    # environment.ldso on NixOS).
+    # What shebangs expect (environment.binsh and environment.usrbinenv on
+    # NixOS). The loader prebuilt binaries expect is the system's own
+    # (environment.ldso, vm.nix).
     local links=()
     [ -e /bin/sh ] || links+=("''${run[shell]}" /bin/sh)
     [ -e /bin/bash ] || links+=("''${run[shell]}" /bin/bash)
     [ -e /usr/bin/env ] || links+=("$usrBinEnv" /usr/bin/env)
-    [ -e /lib64/ld-linux-x86-64.so.2 ] || links+=("$loader" /lib64/ld-linux-x86-64.so.2)
     if [ ''${#links[@]} -gt 0 ]; then
-      mkdir -p /bin /usr/bin /lib64
+      mkdir -p /bin /usr/bin
       while [ ''${#links[@]} -gt 0 ]; do
         ln -s "''${links[0]}" "''${links[1]}"
         links=("''${links[@]:2}")

@@ -112,8 +112,11 @@ let
     # nixos/modules/system/boot/kernel.nix. virtio_pci finds the devices,
     # 9pnet_virtio and 9p mount the shares in stage 1; virtio_rng feeds the
     # guest's entropy pool from the host.
+    # virtio_gpu, loaded in stage 1 as nixos/modules/profiles/qemu-guest.nix
+    # does: /dev/dri/card0 must exist when cage-tty1's condition is checked
+    # (below), and udev loading it later in stage 2 is too late for that.
     boot.initrd.availableKernelModules = [ "virtio_pci" "virtio_net" "virtio_rng" "9p" "9pnet_virtio" ];
-    boot.initrd.kernelModules = [ "virtio_pci" "9pnet_virtio" "9p" ];
+    boot.initrd.kernelModules = [ "virtio_pci" "9pnet_virtio" "9p" "virtio_gpu" ];
     boot.kernelModules = [ "virtio_rng" "virtiofs" ];
     # Kernel messages reach the console while booting (the launcher takes
     # the first one as proof that the guest runs, see launch/vm.go); the
@@ -220,6 +223,15 @@ let
     # nixos/modules/config/system-path.nix. mkBefore: on a file collision
     # the first package wins, so a --with choice overrides the default set.
     environment.systemPackages = lib.mkMerge [ (lib.mkBefore extraPackages) spec.packages ];
+
+    # Prebuilt binaries (Claude Code among them) need a loader at the FHS
+    # place: nix-ld, with the manifest's NIX_LD libraries. NixOS links
+    # environment.ldso there with tmpfiles before any service starts
+    # (nixos/modules/config/ldso.nix), and stub-ld, on by default
+    # (nixos/modules/config/stub-ld.nix), sets it with mkDefault to a stub
+    # that refuses such binaries. 900 wins over that default and yields to
+    # a module's own choice (programs.nix-ld sets it plainly, to nix-ld too).
+    environment.ldso = lib.mkOverride 900 spec.nixLd.loader;
 
     # nixos/modules/misc/version.nix. The root is fresh every boot: no older
     # state to stay compatible with.

@@ -449,3 +449,30 @@ func TestContainerNeedsRoot(t *testing.T) {
 		t.Fatalf("without root: want exit 77 and a hint to use sudo, got %d:\n%s", code, out)
 	}
 }
+
+// A --module setting nixpkgs.config meets NixOS's assertion for a package
+// set made outside the system (claude-sandbox's): the error says so and
+// how to allow an unfree package instead, not Nix's assertion page.
+func TestModuleSettingNixpkgsConfigIsExplained(t *testing.T) {
+	requireSandboxHost(t)
+	mod := filepath.Join(t.TempDir(), "unfree.nix")
+	os.WriteFile(mod, []byte(`{ nixpkgs.config.allowUnfree = true; }`), 0o644)
+	r := run(t, runOpts{dirs: freshDirs(t)}, "build", "--backend", "container", "--module", mod)
+	if r.code != 70 || !strings.Contains(r.stderr, "sets nixpkgs.config") || !strings.Contains(r.stderr, "NIXPKGS_ALLOW_UNFREE=1") ||
+		strings.Contains(r.stderr, "Failed assertions") {
+		t.Errorf("a module setting nixpkgs.config: %s", r)
+	}
+}
+
+// Claude Code is an unpatched binary: it runs through the loader at the
+// place the closure's platform names (the manifest's nixLd.path), which the
+// container's root tree provides.
+func TestContainerRunsClaudeCode(t *testing.T) {
+	requireContainerHost(t)
+	u := containerUser(t)
+	p := userProject(t, u)
+	r := inContainer(t, u, runOpts{}, p, `claude --version`)
+	if r.code != 0 || !strings.Contains(r.stdout, "(Claude Code)") {
+		t.Fatalf("claude --version in the container: %s", r)
+	}
+}

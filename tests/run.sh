@@ -41,6 +41,9 @@ wanted+=(qemu-system-x86 linux-image-amd64 kmod)
 # The VM's window (tests/vm_display_test.go): QEMU's gtk/sdl display modules,
 # a virtual X server, and xwininfo to see the window.
 wanted+=(qemu-system-gui xvfb x11-utils)
+# The egress proxy's tests run OpenSSH through the ProxyCommands people use
+# (egress/ssh_test.go): OpenBSD netcat's `nc -X 5` and connect-proxy.
+wanted+=(netcat-openbsd connect-proxy)
 # The second Nix's root (tests/nix-root.sh).
 wanted+=(debootstrap)
 missing=()

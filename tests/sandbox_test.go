@@ -182,3 +182,21 @@ func TestWithAddsAPackage(t *testing.T) {
 		t.Fatalf("python3 from --with: %s", r)
 	}
 }
+
+// A Python library named with --with is importable by the sandbox's python3,
+// also when python3 itself is named: nixpkgs' interpreter sees only the
+// libraries of its withPackages environment. And pip stays importable.
+func TestWithPythonLibraryIsImportable(t *testing.T) {
+	requireSandboxHost(t)
+	p := project(t)
+	script := "import pip, wheel; print('imported', wheel.__name__, pip.__name__)"
+	for _, with := range []string{"python3Packages.wheel", "python3,python3Packages.wheel", "python3Packages.wheel,python311"} {
+		r := run(t, runOpts{}, "exec", "--with", with, p, "--", "python3", "-c", script)
+		if r.code != 0 || !strings.Contains(r.stdout, "imported wheel pip") {
+			t.Errorf("--with %s: %s", with, r)
+		}
+	}
+	if r := run(t, runOpts{}, "exec", "--with", "python3", p, "--", "python3", "-m", "pip", "--version"); r.code != 0 {
+		t.Errorf("--with python3 hides pip from python3: %s", r)
+	}
+}

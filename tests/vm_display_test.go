@@ -109,7 +109,7 @@ func TestVMDisplayWindow(t *testing.T) {
 	}
 
 	bg := startBackground(t, vmOpts(home, "DISPLAY="+display),
-		"--backend", "vm", "--accel", "tcg", "exec", p, "--", "sh", "-c", "sleep 2; echo display-run-done")
+		"--backend", "vm", "--accel", "tcg", "exec", p, "--", "sh", "-c", "test -e /dev/dri/card0 && echo card0-present; sleep 2; echo display-run-done")
 	defer bg.kill()
 	var seen []string
 	deadline := time.Now().Add(90 * time.Second)
@@ -122,6 +122,11 @@ func TestVMDisplayWindow(t *testing.T) {
 	}
 	if len(seen) == 0 {
 		t.Errorf("no QEMU window appeared on %s while the VM ran", display)
+	}
+	// The kiosk's condition needs the GPU's device node when the command
+	// starts: virtio_gpu is loaded in stage 1, not whenever udev gets to it.
+	if !strings.Contains(bg.out.String(), "card0-present") {
+		t.Errorf("no /dev/dri/card0 in the guest when its command started:\n%s", bg.out.String())
 	}
 	if left := qemuWindows(display); len(left) > 0 {
 		t.Errorf("QEMU windows left after the VM ended: %v", left)

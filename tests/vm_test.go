@@ -192,6 +192,8 @@ echo x > /mnt/claude-sandbox/meta/argv 2>/dev/null && echo meta-write=WRITABLE |
 touch /nix/store/claude-sandbox-probe 2>/dev/null && echo store-write=WRITABLE || echo store-write=refused
 ls /sys/class/net | tr '\n' ' '; echo
 curl -s --max-time 20 http://10.0.2.2:%d/ ; echo
+echo "invocation=${INVOCATION_ID:-unset}"
+claude --version
 exit 42
 `, port)
 	bg := startBackground(t, vmOpts(home, "ANTHROPIC_API_KEY=sk-test-vm-key", "AWS_SECRET_ACCESS_KEY=aws-secret"),
@@ -226,6 +228,15 @@ exit 42
 		fmt.Sprintf("uid=%d pwd=%s home=%s backend=vm key=sk-test-vm-key aws=unset", os.Getuid(), p, home),
 		"project-write=ok", "ssh-read=ok", "ssh-write=refused", "gitconfig=ok", "claude-dir=ok",
 		"meta-write=refused", "store-write=refused", "eth0 lo", "host-says-hello",
+		// The agent's clean-up left no variable of the guest's service behind
+		// (it needs bashInteractive's compgen).
+		"invocation=unset",
+		// An unpatched binary runs: the loader at its FHS place is nix-ld,
+		// not NixOS's stub-ld.
+		"(Claude Code)",
+	}
+	if strings.Contains(out, "compgen") || strings.Contains(out, "stub-ld") {
+		t.Errorf("the guest's set-up failed before the command:\n%s", out)
 	}
 	for _, w := range want {
 		if !strings.Contains(out, w) {

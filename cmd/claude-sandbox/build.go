@@ -6,18 +6,9 @@ import (
 	"strings"
 
 	"github.com/spf13/cobra"
+
+	"github.com/claude-sandbox/claude-sandbox/nixgen"
 )
-
-// variant is one closure `build --all` makes.
-type variant struct {
-	backend string
-	network bool
-}
-
-// allVariants covers the original project's six packages: the network is a
-// run-time switch for bubblewrap and container, so one closure serves both
-// settings there; the vm guest's configuration differs with it.
-var allVariants = []variant{{"bubblewrap", true}, {"container", true}, {"vm", true}, {"vm", false}}
 
 type buildResult struct {
 	Backend     string `json:"backend"`
@@ -49,16 +40,18 @@ func (a *app) newBuildCmd() *cobra.Command {
 			if push != "" && !strings.Contains(push, "://") {
 				return &usageError{msg: fmt.Sprintf("--push %q: not a store URL", push), hint: "e.g. file:///srv/nix-cache or s3://bucket"}
 			}
-			variants := []variant{{a.opts.Backend, !a.opts.NoNetwork}}
+			variants := []nixgen.Variant{{Backend: a.opts.Backend, Network: !a.opts.NoNetwork}}
 			if all {
 				if len(args) == 1 || cmd.Flags().Changed("backend") {
 					return &usageError{msg: "--all builds every backend", hint: "drop the backend, or drop --all"}
 				}
-				variants = allVariants
+				// The original project's six packages: where the network
+				// is a launch-time switch, one closure serves both settings.
+				variants = nixgen.Variants()
 			}
 			if printExpr {
 				for _, v := range variants {
-					b, req, err := a.builderAndRequestFor(cmd.Context(), v.backend, v.network)
+					b, req, err := a.builderAndRequestFor(cmd.Context(), v.Backend, v.Network)
 					if err != nil {
 						return err
 					}
@@ -105,14 +98,15 @@ func (a *app) newBuildCmd() *cobra.Command {
 	cmd.Flags().BoolVar(&printExpr, "print-expr", false, "print the generated Nix expression instead of building it")
 	cmd.Flags().BoolVar(&all, "all", false, "build every backend and network variant (the original's six packages)")
 	cmd.Flags().StringVar(&push, "push", "", "copy the built closures to this binary cache (a nix copy --to URL)")
+	cmd.Flags().AddFlagSet(a.buildFlags())
 	return cmd
 }
 
 // buildOne ensures one variant. An explicit build checks a cache hit with
 // the store itself, which a launch skips for speed.
-func (a *app) buildOne(cmd *cobra.Command, v variant, withSize bool) (buildResult, error) {
+func (a *app) buildOne(cmd *cobra.Command, v nixgen.Variant, withSize bool) (buildResult, error) {
 	ctx := cmd.Context()
-	b, req, err := a.builderAndRequestFor(ctx, v.backend, v.network)
+	b, req, err := a.builderAndRequestFor(ctx, v.Backend, v.Network)
 	if err != nil {
 		return buildResult{}, err
 	}
@@ -133,7 +127,7 @@ func (a *app) buildOne(cmd *cobra.Command, v variant, withSize bool) (buildResul
 			}
 		}
 	}
-	r := buildResult{Backend: req.Options.Backend, Network: v.network, Key: c.Key, OutPath: c.OutPath, DrvPath: c.DrvPath, Cached: c.Cached}
+	r := buildResult{Backend: req.Options.Backend, Network: v.Network, Key: c.Key, OutPath: c.OutPath, DrvPath: c.DrvPath, Cached: c.Cached}
 	if withSize {
 		if r.ClosureSize, err = b.ClosureSize(ctx, c.OutPath); err != nil {
 			return buildResult{}, err

@@ -300,6 +300,7 @@ as it would for a launch (the setting is then not listed). See the README,
 		},
 	}
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print as JSON")
+	cmd.Flags().AddFlagSet(a.launchFlags())
 	return cmd
 }
 

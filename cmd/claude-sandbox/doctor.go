@@ -32,8 +32,8 @@ SSH agent sockets a sandbox would get, the cache directory, GC roots and
 free disk. Each line is ✓ (works), ✗ (broken, with the fix), ! (works
 partly, or could not be tried) or – (absent, and nothing needs it).
 
-Exits 1 when the default backend (--backend, else the configuration's, else
-bubblewrap) cannot run.`,
+Exits 1 when the default backend (--backend, else the configuration's) cannot
+run.`,
 		Example: `  claude-sandbox doctor
   claude-sandbox doctor --json | jq '.checks[] | select(.status == "fail")'`,
 		Args: cobra.NoArgs,
@@ -70,5 +70,7 @@ bubblewrap) cannot run.`,
 	}
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print the checks as JSON")
 	cmd.Flags().DurationVar(&kvmTimeout, "kvm-timeout", 10*time.Second, "how long a guest may stay silent under KVM before it counts as stuck")
+	cmd.Flags().AddFlag(a.buildFlags().Lookup("nixpkgs"))
+	cmd.Flags().AddFlag(a.noDesktopFlag())
 	return cmd
 }

@@ -5,7 +5,7 @@ import (
 )
 
 func (a *app) newExecCmd() *cobra.Command {
-	return &cobra.Command{
+	cmd := &cobra.Command{
 		Use:   "exec PROJECT -- COMMAND [ARGS...]",
 		Short: "Run one command in the sandbox; its exit status is claude-sandbox's",
 		Example: `  claude-sandbox exec ./project -- python3 -c 'print(1)'
@@ -21,4 +21,6 @@ func (a *app) newExecCmd() *cobra.Command {
 			return a.launch(cmd.Context(), project[0], launchMode{command: command})
 		},
 	}
+	cmd.Flags().AddFlagSet(a.launchFlags())
+	return cmd
 }

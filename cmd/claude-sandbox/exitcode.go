@@ -29,8 +29,9 @@ const (
 	exitSandboxStart   = 73
 	exitNoDaemon       = 74
 	exitNotRunning     = 75 // enter/stop: no sandbox runs for the project
-	exitNotRoot        = 77 // the container backend without root (EX_NOPERM)
-	exitNoKVM          = 78 // the vm backend: KVM asked for (or chosen by auto) does not work
+	exitNixTooOld      = 76 // the Nix here is older than the chosen nixpkgs supports
+	exitNotRoot        = 77 // a backend that needs root, without it (EX_NOPERM)
+	exitNoKVM          = 78 // KVM asked for (or chosen by auto) does not work
 	exitUntrusted      = 79 // a project configuration file widens access and is not trusted
 	exitConfig         = 80 // a configuration file cannot be read or has a bad setting
 	exitInterrupted    = 130
@@ -49,8 +50,10 @@ func exitCode(err error) int {
 		unknown   *closure.UnknownPackagesError
 		nixpkgs   *closure.NixpkgsError
 		missing   *closure.NixMissingError
+		tooOld    *closure.NixTooOldError
 		daemon    *closure.NoDaemonError
 		build     *closure.BuildError
+		pkgsCfg   *closure.ModuleNixpkgsConfigError
 		project   *launch.ProjectError
 		userns    *launch.UserNamespaceError
 		envName   *launch.EnvNameError
@@ -59,10 +62,11 @@ func exitCode(err error) int {
 		status    *launch.ExitStatusError
 		module    *nixgen.ModuleError
 		notRoot   *launch.NotRootError
-		ctrHost   *launch.ContainerHostError
+		host      *launch.HostError
 		noKVM     *launch.NoKVMError
 		vmStart   *launch.VMStartError
-		vmOption  *launch.VMOptionError
+		option    *launch.OptionError
+		unsupport *launch.UnsupportedError
 		enterBusy *launch.EnterBusyError
 		notRun    *launch.NotRunningError
 		enterErr  *launch.EnterError
@@ -74,7 +78,7 @@ func exitCode(err error) int {
 		return exitOK
 	case errors.As(err, &status):
 		return status.Code
-	case errors.As(err, &usage), errors.As(err, &backend), errors.As(err, &envName), errors.As(err, &module):
+	case errors.As(err, &usage), errors.As(err, &backend), errors.As(err, &envName), errors.As(err, &module), errors.As(err, &unsupport):
 		return exitUsage
 	case errors.As(err, &invalid):
 		return exitInvalidPackage
@@ -86,9 +90,11 @@ func exitCode(err error) int {
 		return exitNixpkgs
 	case errors.As(err, &missing):
 		return exitNixMissing
+	case errors.As(err, &tooOld):
+		return exitNixTooOld
 	case errors.As(err, &daemon):
 		return exitNoDaemon
-	case errors.As(err, &build):
+	case errors.As(err, &build), errors.As(err, &pkgsCfg):
 		return exitBuild
 	case errors.As(err, &userns):
 		return exitUserNamespaces
@@ -100,7 +106,7 @@ func exitCode(err error) int {
 		return exitNotRoot
 	case errors.As(err, &noKVM):
 		return exitNoKVM
-	case errors.As(err, &vmOption):
+	case errors.As(err, &option):
 		return exitUsage
 	case errors.As(err, &vmStart), errors.As(err, &enterBusy):
 		return exitSandboxStart
@@ -108,7 +114,7 @@ func exitCode(err error) int {
 		return exitNotRunning
 	case errors.As(err, &enterErr):
 		return exitSandboxStart
-	case errors.As(err, &sandboxUp), errors.As(err, &ctrHost):
+	case errors.As(err, &sandboxUp), errors.As(err, &host):
 		return exitSandboxStart
 	case errors.Is(err, context.Canceled):
 		return exitInterrupted

@@ -20,8 +20,8 @@ import (
 // they are built and hand them to the binary with --prebuilt FILE (their
 // wrapper scripts pass it). The default configuration of a backend then
 // launches with no evaluation at all, and the NixOS module can carry what
-// --with cannot spell: package values (bubblewrap.extraPackages) and module
-// values (container.extraModules, vm.extraModules).
+// --with cannot spell: package values and NixOS module values (the
+// module's extraPackages and extraModules options).
 
 // prebuiltSchema is the version of the file nix/sandboxes.nix writes.
 const prebuiltSchema = 1

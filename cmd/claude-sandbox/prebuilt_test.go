@@ -12,20 +12,20 @@ import (
 func TestPrebuiltMatchesOnlyTheDefaultConfiguration(t *testing.T) {
 	on, off := true, false
 	file := &prebuiltFile{Schema: 1, Closures: []prebuiltClosure{
-		{Backend: "bubblewrap", Path: "/nix/store/a-bubblewrap"},
-		{Backend: "vm", Network: &off, Path: "/nix/store/b-vm"},
+		{Backend: "alpha", Path: "/nix/store/a-alpha"},
+		{Backend: "beta", Network: &off, Path: "/nix/store/b-beta"},
 	}}
 	cases := []struct {
 		name string
 		opts nixgen.Canonical
 		want string
 	}{
-		{"bubblewrap", nixgen.Canonical{Backend: "bubblewrap"}, "/nix/store/a-bubblewrap"},
-		{"vm without network", nixgen.Canonical{Backend: "vm", Network: &off}, "/nix/store/b-vm"},
-		{"vm with network: another guest", nixgen.Canonical{Backend: "vm", Network: &on}, ""},
-		{"a backend not prebuilt", nixgen.Canonical{Backend: "container"}, ""},
-		{"--with", nixgen.Canonical{Backend: "bubblewrap", Packages: [][]string{{"python3"}}}, ""},
-		{"--module", nixgen.Canonical{Backend: "vm", Network: &off, Modules: []nixgen.Module{{Path: "/m.nix"}}}, ""},
+		{"alpha", nixgen.Canonical{Backend: "alpha"}, "/nix/store/a-alpha"},
+		{"beta without network", nixgen.Canonical{Backend: "beta", Network: &off}, "/nix/store/b-beta"},
+		{"beta with network: another closure", nixgen.Canonical{Backend: "beta", Network: &on}, ""},
+		{"a backend not prebuilt", nixgen.Canonical{Backend: "gamma"}, ""},
+		{"--with", nixgen.Canonical{Backend: "alpha", Packages: [][]string{{"python3"}}}, ""},
+		{"--module", nixgen.Canonical{Backend: "beta", Network: &off, Modules: []nixgen.Module{{Path: "/m.nix"}}}, ""},
 	}
 	for _, c := range cases {
 		got := ""
@@ -46,10 +46,10 @@ func TestPrebuiltFileErrorsAreUsageErrors(t *testing.T) {
 		return p
 	}
 	cases := map[string]string{
-		filepath.Join(dir, "missing.json"):                                                     "no such file",
-		write("garbage.json", "{"):                                                             "not a prebuilt closure list",
-		write("schema.json", `{"schema":2,"closures":[]}`):                                     "schema 2",
-		write("host.json", `{"schema":1,"closures":[{"backend":"bubblewrap","path":"/etc"}]}`): "not a store path",
+		filepath.Join(dir, "missing.json"):                                                "no such file",
+		write("garbage.json", "{"):                                                        "not a prebuilt closure list",
+		write("schema.json", `{"schema":2,"closures":[]}`):                                "schema 2",
+		write("host.json", `{"schema":1,"closures":[{"backend":"alpha","path":"/etc"}]}`): "not a store path",
 	}
 	for path, says := range cases {
 		_, err := readPrebuilt(path)

@@ -9,6 +9,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/claude-sandbox/claude-sandbox/launch"
+	"github.com/claude-sandbox/claude-sandbox/launch/backends"
 )
 
 // psEntry is one line of `ps --json`: a stable, documented shape rather
@@ -20,7 +21,7 @@ type psEntry struct {
 	PID     int       `json:"pid"`
 	Started time.Time `json:"started"`
 	Closure string    `json:"closure"`
-	Status  string    `json:"status,omitempty"` // vm: QEMU's run state and accelerator, asked over QMP
+	Status  string    `json:"status,omitempty"` // what the backend says of its state (a VM's run state and accelerator)
 }
 
 func (a *app) newPsCmd() *cobra.Command {
@@ -39,10 +40,8 @@ func (a *app) newPsCmd() *cobra.Command {
 			entries := make([]psEntry, 0, len(running))
 			for _, r := range running {
 				e := psEntry{ID: r.ID, Project: r.Project, Backend: r.Backend, PID: r.PID, Started: r.Started, Closure: r.Closure}
-				if r.Backend == "vm" {
-					if e.Status, err = launch.VMStatus(cmd.Context(), r); err != nil {
-						e.Status = "no answer on QMP"
-					}
+				if b, err := backends.Get(r.Backend); err == nil {
+					e.Status = b.Status(cmd.Context(), r)
 				}
 				entries = append(entries, e)
 			}

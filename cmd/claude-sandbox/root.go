@@ -9,31 +9,43 @@ import (
 
 	"github.com/rs/zerolog"
 
-	"github.com/claude-sandbox/claude-sandbox/launch"
-	"github.com/claude-sandbox/claude-sandbox/progress"
 	"github.com/spf13/cobra"
-	"golang.org/x/sys/unix"
+	"github.com/spf13/pflag"
+
+	"github.com/claude-sandbox/claude-sandbox/internal/tty"
+	"github.com/claude-sandbox/claude-sandbox/launch"
+	"github.com/claude-sandbox/claude-sandbox/launch/backends"
+	"github.com/claude-sandbox/claude-sandbox/progress"
 )
 
-// globalOptions are the flags every command shares.
+// globalOptions are what the flags set. Each command accepts only the
+// flags it uses (defined with it); the persistent ones are those every
+// command must accept: the entry commands (claude-sandbox-vm, the Nix
+// wrappers) put --backend, --no-network and --prebuilt before whatever
+// subcommand the user names.
 type globalOptions struct {
-	With      []string
+	// Persistent.
+	Backend   string
 	NoNetwork bool
-	Nixpkgs   string
-	Rebuild   bool
+	Prebuilt  string // closures a Nix package realised (prebuilt.go)
+	Sudo      bool   // --sudo: run again through sudo when not root
 	Verbose   int
 	LogFormat string
-	Backend   string
+
+	// What is built (launching commands, build).
+	With    []string
+	Nixpkgs string
+	Rebuild bool
+	Modules []string
+
+	// How it runs (launching commands).
 	Env       []string
-	Modules   []string
 	Force     bool
 	DryRun    bool
-	Prebuilt  string      // closures a Nix package realised (prebuilt.go)
 	Launch    launchFlags // --new, --tmux, --gh-token, --protect-git, … (enter.go)
-	Sudo      bool        // --sudo: run through sudo when not root (the container backend)
-	Accel     string      // --accel: the vm backend's accelerator (auto, kvm, tcg)
-	FS        string      // --fs: how the vm backend shares the project (9p, virtiofs)
-	NoDisplay bool        // --no-display: the vm backend opens no QEMU window
+	Accel     string      // --accel: a virtual machine's accelerator (auto, kvm, tcg)
+	FS        string      // --fs: how a virtual machine gets the project (9p, virtiofs)
+	NoDisplay bool        // --no-display: no QEMU window
 }
 
 // app carries what commands need from the outside world, so tests can
@@ -75,9 +87,9 @@ func (a *app) newRootCmd() *cobra.Command {
 	root := &cobra.Command{
 		Use:   "claude-sandbox [flags] [PROJECT] [-- CLAUDE-ARGS...]",
 		Short: "Run Claude Code in a sandbox whose userland comes from nixpkgs",
-		Long: `Run Claude Code (or a shell, or one command) in a bubblewrap sandbox built from
-nixpkgs. The project directory is the only host directory it can write.
-The first launch of a configuration builds it with Nix; later ones start at once.`,
+		Long: `Run Claude Code (or a shell, or one command) in a sandbox built from nixpkgs.
+The project directory is the only host directory it can write. The first
+launch of a configuration builds it with Nix; later ones start at once.`,
 		Example: `  claude-sandbox ./project
   claude-sandbox --shell ./project
   claude-sandbox --with python3,nodejs ./project -- --model opus
@@ -96,10 +108,6 @@ The first launch of a configuration builds it with Nix; later ones start at once
 			}
 			if a.opts.Sudo && os.Geteuid() != 0 {
 				return launch.SudoReexec(append(a.configArgs(), entryArgs(os.Args)...), a.opts.Env)
-			}
-			// Say so before a build that could take minutes, not after.
-			if a.opts.Backend == "container" && os.Geteuid() != 0 && !a.opts.DryRun && (cmd.Parent() == nil || cmd.Name() == "exec") {
-				return &launch.NotRootError{Backend: "container"}
 			}
 			return nil
 		},
@@ -122,26 +130,18 @@ The first launch of a configuration builds it with Nix; later ones start at once
 		return &usageError{msg: err.Error(), hint: "see claude-sandbox --help"}
 	})
 	f := root.PersistentFlags()
-	f.StringSliceVar(&a.opts.With, "with", nil, "extra nixpkgs packages, comma-separated or repeated (e.g. python3,nodejs)")
+	f.StringVar(&a.opts.Backend, "backend", backends.Default, "sandbox backend: bubblewrap (default, unprivileged), container (systemd-nspawn, root) or vm (QEMU)")
 	f.BoolVar(&a.opts.NoNetwork, "no-network", false, "no network inside the sandbox")
-	f.StringVar(&a.opts.Nixpkgs, "nixpkgs", "", "nixpkgs to build from: a path or a flake reference (default: $CLAUDE_SANDBOX_NIXPKGS, the pinned one, <nixpkgs>)")
-	f.BoolVar(&a.opts.Rebuild, "rebuild", false, "ignore the cache: evaluate and build again")
+	f.BoolVar(&a.opts.Sudo, "sudo", false, "when not root, run this command again through sudo (the container backend needs root); only the sandbox's environment allowlist is kept")
 	f.CountVarP(&a.opts.Verbose, "verbose", "v", "more logging (-vv for debug, with every Nix call)")
 	f.StringVar(&a.opts.LogFormat, "log-format", "text", "log format: text or json")
-	f.StringVar(&a.opts.Backend, "backend", "bubblewrap", "sandbox backend")
-	f.StringArrayVar(&a.opts.Env, "env", nil, "pass this host environment variable into the sandbox (repeatable; name only)")
-	f.StringArrayVar(&a.opts.Modules, "module", nil, "extra NixOS module file for the container and vm backends (repeatable)")
-	f.BoolVar(&a.opts.Force, "force", false, "allow a project directory that is or contains your home directory")
-	f.BoolVar(&a.opts.DryRun, "dry-run", false, "print the sandbox invocation as JSON instead of starting it")
-	f.StringVar(&a.opts.Accel, "accel", "auto", "vm backend: auto (KVM when /dev/kvm works, else TCG), kvm or tcg (emulation: slow, works everywhere)")
-	f.BoolVar(&a.opts.NoDisplay, "no-display", false, "vm backend: no QEMU window even when DISPLAY or WAYLAND_DISPLAY is set")
-	f.StringVar(&a.opts.FS, "fs", "9p", "vm backend: how the project reaches the guest: 9p or virtiofs (faster; needs virtiofsd, usually root)")
-	f.BoolVar(&a.opts.Sudo, "sudo", false, "when not root, run this command again through sudo (the container backend needs root); only the sandbox's environment allowlist is kept")
-	root.Flags().BoolVar(&shell, "shell", false, "start bash instead of Claude Code")
-	a.addLaunchFlags(root)
-	a.addConfigFlags(root)
 	f.StringVar(&a.opts.Prebuilt, "prebuilt", "", "closures built with this package (set by its wrapper scripts)")
 	_ = f.MarkHidden("prebuilt")
+	a.addConfigFlags(root)
+
+	root.Flags().AddFlagSet(a.launchFlags())
+	root.Flags().BoolVar(&shell, "shell", false, "start bash instead of Claude Code")
+	root.Flags().BoolVar(&a.opts.Launch.Tmux, "tmux", false, "run Claude Code inside tmux; the host can attach to its socket in the project state directory")
 
 	root.AddCommand(a.newBuildCmd(), a.newExecCmd(), a.newVersionCmd(), a.newCacheCmd(), a.newGCCmd())
 	if man := a.newManCmd(); man != nil {
@@ -150,6 +150,44 @@ The first launch of a configuration builds it with Nix; later ones start at once
 	root.AddCommand(a.newEnterCmd(), a.newStopCmd(), a.newPsCmd())
 	root.AddCommand(a.newDoctorCmd(), a.newTrustCmd(), a.newConfigCmd())
 	return root
+}
+
+// buildFlags are the flags that choose what is built.
+func (a *app) buildFlags() *pflag.FlagSet {
+	f := pflag.NewFlagSet("build", pflag.ContinueOnError)
+	f.StringSliceVar(&a.opts.With, "with", nil, "extra nixpkgs packages, comma-separated or repeated (e.g. python3,nodejs)")
+	f.StringVar(&a.opts.Nixpkgs, "nixpkgs", "", "nixpkgs to build from: a path or a flake reference (default: $CLAUDE_SANDBOX_NIXPKGS, the pinned one, <nixpkgs>)")
+	f.BoolVar(&a.opts.Rebuild, "rebuild", false, "ignore the cache: evaluate and build again")
+	f.StringArrayVar(&a.opts.Modules, "module", nil, "extra NixOS module file for the container and vm backends (repeatable)")
+	return f
+}
+
+// launchFlags are the flags of a command that starts a sandbox (the root
+// command, exec) and of `config`, which shows what such a launch reads:
+// what is built, and how it runs.
+func (a *app) launchFlags() *pflag.FlagSet {
+	f := a.buildFlags()
+	f.StringArrayVar(&a.opts.Env, "env", nil, "pass this host environment variable into the sandbox (repeatable; name only)")
+	f.BoolVar(&a.opts.Force, "force", false, "allow a project directory that is or contains your home directory")
+	f.BoolVar(&a.opts.DryRun, "dry-run", false, "print the sandbox invocation as JSON instead of starting it")
+	f.StringVar(&a.opts.Accel, "accel", "auto", "vm backend: auto (KVM when /dev/kvm works, else TCG), kvm or tcg (emulation: slow, works everywhere)")
+	f.BoolVar(&a.opts.NoDisplay, "no-display", false, "vm backend: no QEMU window even when DISPLAY or WAYLAND_DISPLAY is set")
+	f.StringVar(&a.opts.FS, "fs", "9p", "vm backend: how the project reaches the guest: 9p or virtiofs (faster; needs virtiofsd, usually root)")
+	l := &a.opts.Launch
+	f.BoolVar(&l.New, "new", false, "start a separate sandbox even if one runs for the project (default: join it)")
+	f.BoolVar(&l.GHToken, "gh-token", false, "pass GH_TOKEN and GITHUB_TOKEN into the sandbox")
+	f.BoolVar(&l.ProtectGit, "protect-git", true, "keep the project's .git/config and .git/hooks read-only (--protect-git=false to allow writing them)")
+	f.BoolVar(&l.NoNixDaemon, "no-nix-daemon", false, "do not forward the Nix daemon socket (no Nix builds inside)")
+	f.AddFlag(a.noDesktopFlag())
+	return f
+}
+
+// noDesktopFlag is --no-desktop, shared by the launching commands and
+// doctor (which reports what a launch would forward).
+func (a *app) noDesktopFlag() *pflag.Flag {
+	f := pflag.NewFlagSet("desktop", pflag.ContinueOnError)
+	f.BoolVar(&a.opts.Launch.NoDesktop, "no-desktop", false, "forward no display, audio, D-Bus, keyring or GPU from the host")
+	return f.Lookup("no-desktop")
 }
 
 func (a *app) setupLogging() error {
@@ -190,9 +228,5 @@ func splitAtDash(cmd *cobra.Command, args []string, maxBefore int) (before, afte
 
 func isTerminal(w io.Writer) bool {
 	f, ok := w.(*os.File)
-	if !ok {
-		return false
-	}
-	_, err := unix.IoctlGetTermios(int(f.Fd()), unix.TCGETS)
-	return err == nil
+	return ok && tty.IsTerminal(int(f.Fd()))
 }

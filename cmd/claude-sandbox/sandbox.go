@@ -3,12 +3,10 @@ package main
 import (
 	"context"
 	"encoding/json"
-	"os"
-	"runtime"
-	"strings"
 
 	"github.com/claude-sandbox/claude-sandbox/closure"
 	"github.com/claude-sandbox/claude-sandbox/launch"
+	"github.com/claude-sandbox/claude-sandbox/launch/backends"
 	"github.com/claude-sandbox/claude-sandbox/nixgen"
 	"github.com/claude-sandbox/claude-sandbox/progress"
 )
@@ -65,13 +63,7 @@ func (a *app) builderAndRequestFor(ctx context.Context, backend string, network 
 	return b, closure.Request{Options: canon, Nixpkgs: np, System: nixSystem(), Rebuild: a.opts.Rebuild}, nil
 }
 
-func nixSystem() string {
-	arch := map[string]string{"amd64": "x86_64", "arm64": "aarch64"}[runtime.GOARCH]
-	if arch == "" {
-		arch = runtime.GOARCH
-	}
-	return arch + "-" + runtime.GOOS
-}
+func nixSystem() string { return launch.NixSystem() }
 
 type launchMode struct {
 	shell      bool
@@ -79,10 +71,27 @@ type launchMode struct {
 	command    []string
 }
 
-// launch ensures the closure and replaces this process with the sandbox.
+// launch checks, builds (or finds) the closure, and starts the sandbox or
+// joins the running one; with --dry-run it prints the invocation instead.
 func (a *app) launch(ctx context.Context, projectArg string, mode launchMode) error {
 	project, err := launch.ResolveProject(projectArg, a.opts.Force)
 	if err != nil {
+		return err
+	}
+	backend, err := backends.Get(a.opts.Backend)
+	if err != nil {
+		return err
+	}
+	l := &launch.Launch{
+		Backend: backend,
+		Runtime: a.runtimeFor(project, mode),
+		New:     a.opts.Launch.New,
+		DryRun:  a.opts.DryRun,
+		Say:     a.say,
+		Log:     a.log,
+	}
+	// Before a build that could take minutes, not after.
+	if err := l.Check(); err != nil {
 		return err
 	}
 	b, req, err := a.builderAndRequest(ctx)
@@ -93,53 +102,19 @@ func (a *app) launch(ctx context.Context, projectArg string, mode launchMode) er
 	if err != nil {
 		return err
 	}
-	rt := a.runtimeFor(project, mode)
-	rt.Accel, rt.FS, rt.NoDisplay = a.opts.Accel, a.opts.FS, a.opts.NoDisplay // the vm backend's
-	rt.Command = sandboxCommand(c, rt, mode)
-	if c.Manifest.Backend == "bubblewrap" && !a.opts.DryRun {
-		// Before anything is written: where bwrap cannot run, say why first.
-		if err := launch.CheckUserNamespaces(os.Geteuid()); err != nil {
-			return err
-		}
-	}
-	if rt.StateDir, err = launch.ProjectStateDir(project); err != nil {
-		return err
-	}
+	l.Manifest, l.Closure = c.Manifest, c.OutPath
 	if a.opts.DryRun {
-		inv, err := launch.Plan(c.Manifest, rt)
+		p, err := l.Plan()
 		if err != nil {
 			return err
 		}
-		defer inv.Close()
-		return a.printInvocation(inv.Portable())
+		defer p.Invocation.Close()
+		enc := json.NewEncoder(a.stdout)
+		enc.SetIndent("", "  ")
+		return enc.Encode(p.Invocation.Printable())
 	}
 	a.log.Debug().Str("key", c.Key).Str("out", c.OutPath).Bool("cached", c.Cached).Msg("launching")
-	return a.startOrJoin(ctx, c, rt)
-}
-
-// shownEnv are the variables whose values --dry-run may print; the rest
-// (API keys, --env opt-ins) show as <redacted>.
-var shownEnv = map[string]bool{
-	"PATH": true, "HOME": true, "USER": true, "LOGNAME": true, "SHELL": true, "TERM": true, "COLORTERM": true,
-	"LANG": true, "LANGUAGE": true, "LC_ALL": true, "TZ": true, "NIX_LD": true, "NIX_LD_LIBRARY_PATH": true,
-	"CLAUDE_SANDBOX": true, "CLAUDE_SANDBOX_BACKEND": true, "NIX_REMOTE": true, "XDG_RUNTIME_DIR": true,
-	"DISPLAY": true, "WAYLAND_DISPLAY": true, "XAUTHORITY": true, "DBUS_SESSION_BUS_ADDRESS": true,
-	"PULSE_SERVER": true, "PIPEWIRE_REMOTE": true, "SSH_AUTH_SOCK": true,
-}
-
-func (a *app) printInvocation(inv *launch.Invocation) error {
-	shown := *inv
-	shown.Env = nil
-	for _, kv := range inv.Env {
-		name, _, _ := strings.Cut(kv, "=")
-		if !shownEnv[name] {
-			kv = name + "=<redacted>"
-		}
-		shown.Env = append(shown.Env, kv)
-	}
-	enc := json.NewEncoder(a.stdout)
-	enc.SetIndent("", "  ")
-	return enc.Encode(shown)
+	return l.Run(ctx)
 }
 
 // closeProgress ends a live build display before anything else (an error,

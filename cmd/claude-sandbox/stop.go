@@ -9,6 +9,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/claude-sandbox/claude-sandbox/launch"
+	"github.com/claude-sandbox/claude-sandbox/launch/backends"
 )
 
 func (a *app) newStopCmd() *cobra.Command {
@@ -39,7 +40,7 @@ after a grace period every process left is killed.`,
 				if project, err = launch.ResolveProject(p, true); err != nil {
 					return err
 				}
-				running, err = runningFor(project)
+				running, err = launch.RunningFor(project)
 			}
 			if err != nil {
 				return err
@@ -53,9 +54,12 @@ after a grace period every process left is killed.`,
 			}
 			var errs []error
 			for _, rec := range running {
-				ctx, cancel := context.WithTimeout(cmd.Context(), 60*time.Second)
-				err := launch.Stop(ctx, rec)
-				cancel()
+				b, err := backends.Get(rec.Backend)
+				if err == nil {
+					ctx, cancel := context.WithTimeout(cmd.Context(), 60*time.Second)
+					err = b.Stop(ctx, rec)
+					cancel()
+				}
 				if err != nil {
 					errs = append(errs, fmt.Errorf("%s (%s, pid %d): %w", rec.Project, rec.Backend, rec.PID, err))
 					continue

@@ -36,3 +36,9 @@ func (r *Regexp) FindString(s string) string { return r.compile().FindString(s) 
 func (r *Regexp) ReplaceAllString(src, repl string) string {
 	return r.compile().ReplaceAllString(src, repl)
 }
+func (r *Regexp) FindStringSubmatch(s string) []string {
+	return r.compile().FindStringSubmatch(s)
+}
+func (r *Regexp) FindAllStringSubmatch(s string, n int) [][]string {
+	return r.compile().FindAllStringSubmatch(s, n)
+}

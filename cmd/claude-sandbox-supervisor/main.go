@@ -1,0 +1,87 @@
+// Command claude-sandbox-supervisor is the host-side process of one running
+// sandbox (package supervisor). claude-sandbox starts it; it is not meant to
+// be run by hand. It is a program of its own so that the launcher, which
+// every sandbox start runs, never links the supervisor's services.
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/claude-sandbox/claude-sandbox/sessionlog"
+	"github.com/claude-sandbox/claude-sandbox/supervisor"
+	"github.com/claude-sandbox/claude-sandbox/supervisor/control"
+)
+
+// maxSpec bounds the launcher's spec.
+const maxSpec = 4 << 20
+
+func main() {
+	os.Exit(run())
+}
+
+func run() int {
+	data, err := io.ReadAll(io.LimitReader(os.Stdin, maxSpec))
+	os.Stdin.Close()
+	if err != nil {
+		return fail("reading the spec: %v", err)
+	}
+	var spec control.Spec
+	if err := json.Unmarshal(data, &spec); err != nil {
+		return fail("the spec: %v", err)
+	}
+	// Until the end: a terminal's hang-up or a Ctrl-C of the launcher's
+	// process group must not end the sandbox under its other sessions.
+	signal.Ignore(syscall.SIGHUP, syscall.SIGINT, syscall.SIGPIPE)
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM)
+	defer stop()
+
+	var log sessionlog.Logger = sessionlog.Discard
+	if spec.LogPath != "" {
+		f, err := sessionlog.Open(spec.LogPath, spec.ID)
+		if err != nil {
+			return fail("opening the session log: %v", err)
+		}
+		defer f.Close()
+		log = f
+	}
+	fds := func(fd int) (*os.File, error) {
+		if fd < 3 {
+			return nil, fmt.Errorf("descriptor %d was not passed", fd)
+		}
+		f := os.NewFile(uintptr(fd), fmt.Sprintf("fd%d", fd))
+		if f == nil {
+			return nil, fmt.Errorf("descriptor %d was not passed", fd)
+		}
+		return f, nil
+	}
+	sv, err := supervisor.FromSpec(ctx, spec, fds, log)
+	if err != nil {
+		log.Log(sessionlog.Entry{Service: "supervisor", Decision: sessionlog.Note, Reason: "could not start: " + err.Error()})
+		return fail("%v", err)
+	}
+	log.Log(sessionlog.Entry{Service: "supervisor", Decision: sessionlog.Note, Op: "start", Target: spec.Project})
+	err = sv.Run(ctx)
+	reason := "ended"
+	if err != nil {
+		reason = "ended: " + err.Error()
+	}
+	log.Log(sessionlog.Entry{Service: "supervisor", Decision: sessionlog.Note, Op: "end", Reason: reason})
+	if spec.RunDir != "" {
+		_ = os.RemoveAll(spec.RunDir)
+	}
+	if err != nil {
+		return fail("%v", err)
+	}
+	return 0
+}
+
+func fail(format string, args ...any) int {
+	fmt.Fprintf(os.Stderr, "claude-sandbox-supervisor: "+format+"\n", args...)
+	return 1
+}

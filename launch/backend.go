@@ -1,0 +1,62 @@
+package launch
+
+import (
+	"context"
+
+	"github.com/claude-sandbox/claude-sandbox/manifest"
+)
+
+// Backend is what a sandbox backend implements: the contract between the
+// launch core and the packages under launch/ (bubblewrap, container, vm).
+// The core decides what crosses into a sandbox and when; a backend renders
+// that into its mechanism's terms and runs it. launch/backends picks one by
+// name.
+type Backend interface {
+	// Name is the backend's name, as in manifests, records and --backend.
+	Name() string
+	// Traits are what the core asks of the backend before deciding.
+	Traits() Traits
+
+	// Check says whether this host and user can start the backend's
+	// sandboxes (user namespaces, root). It runs once, before a build that
+	// could take minutes, and never for --dry-run.
+	Check(rt *Runtime) error
+	// Plan completes p for this backend: its mounts, environment and the
+	// rendered invocation. It may read the host but writes nothing
+	// anywhere; what must exist first goes into p.Prepare.
+	Plan(p *Plan, m *manifest.Manifest, rt *Runtime) error
+	// Start runs a planned sandbox, registered as rec, once the core has
+	// prepared the host. A backend that becomes its sandbox (exec) returns
+	// only on failure; one that supervises returns when the sandbox has
+	// ended, with an *ExitStatusError for the command's failure.
+	Start(ctx context.Context, p *Plan, rec *Record) error
+
+	// Enter runs argv (decided by EnterCommand or the launch) inside a
+	// running sandbox and returns its exit status as an *ExitStatusError
+	// when it is not zero. When the sandbox ended before argv could start,
+	// the error is a *NotRunningError or an *EnterError with Ended set.
+	Enter(ctx context.Context, rec *Record, rt *Runtime, argv []string) error
+	// Stop ends a running sandbox: gracefully first, then by force.
+	Stop(ctx context.Context, rec *Record) error
+	// Status is a short description of a running sandbox's state for `ps`
+	// ("" when the record says all there is).
+	Status(ctx context.Context, rec *Record) string
+}
+
+// Traits are the facts about a backend the core decides with.
+type Traits struct {
+	// NeedsRoot: its sandboxes start only as root (--sudo helps).
+	NeedsRoot bool
+	// UserNamespaces: it needs unprivileged user namespaces (when not root).
+	UserNamespaces bool
+	// Tmux: it can run the program inside tmux with the socket in the
+	// project state directory (--tmux).
+	Tmux bool
+	// NetworkInClosure: the network switch is built into the closure
+	// rather than chosen at launch (nixgen.NetworkInClosure says the same
+	// for the build side; launch/backends tests that they agree).
+	NetworkInClosure bool
+	// Persistence is what the session notice tells Claude Code outlives the
+	// sandbox besides the project and ~/.claude; "" tells nothing more.
+	Persistence string
+}

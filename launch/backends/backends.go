@@ -1,0 +1,61 @@
+// Package backends is the one place that knows every backend: it picks one
+// by name (a switch, no init-time registration) and dispatches this
+// binary's helper roles inside a sandbox. It sits above the launch core,
+// which cannot import the backends it drives.
+package backends
+
+import (
+	"github.com/claude-sandbox/claude-sandbox/launch"
+	"github.com/claude-sandbox/claude-sandbox/launch/bubblewrap"
+	"github.com/claude-sandbox/claude-sandbox/launch/container"
+	"github.com/claude-sandbox/claude-sandbox/launch/vm"
+	"github.com/claude-sandbox/claude-sandbox/nixgen"
+)
+
+// Default is the backend a launch uses unless told otherwise: the one that
+// needs no privilege.
+const Default = bubblewrap.Name
+
+// Get returns the backend of a name; an unknown name is the same usage
+// error a build reports (nixgen's list of backends is the build side of
+// this switch, and a test keeps them equal). A switch, not a map: a map
+// would be built on every start of the program.
+func Get(name string) (launch.Backend, error) {
+	switch name {
+	case bubblewrap.Name:
+		return bubblewrap.Backend{}, nil
+	case container.Name:
+		return container.Backend{}, nil
+	case vm.Name:
+		return vm.Backend{}, nil
+	}
+	return nil, &nixgen.UnknownBackendError{Name: name}
+}
+
+// Names lists the backends Get knows, sorted.
+func Names() []string { return []string{bubblewrap.Name, container.Name, vm.Name} }
+
+// EntryPrefix begins the entry command names of the original project's
+// backends: claude-sandbox-container runs the container backend.
+const EntryPrefix = "claude-sandbox-"
+
+// FromEntryName is the backend an entry command name selects
+// (claude-sandbox-vm: vm), if any.
+func FromEntryName(command string) (string, bool) {
+	if len(command) <= len(EntryPrefix) || command[:len(EntryPrefix)] != EntryPrefix {
+		return "", false
+	}
+	name := command[len(EntryPrefix):]
+	_, err := Get(name)
+	return name, err == nil
+}
+
+// Helper returns the main of a role this binary plays inside a sandbox
+// when it is started under that role's name (the container's init), or
+// nil.
+func Helper(argv0 string) func(args []string) int {
+	if argv0 == container.InitPath {
+		return container.Init
+	}
+	return nil
+}

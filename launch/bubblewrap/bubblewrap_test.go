@@ -1,0 +1,201 @@
+package bubblewrap
+
+import (
+	"io/fs"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+
+	"github.com/claude-sandbox/claude-sandbox/launch"
+	"github.com/claude-sandbox/claude-sandbox/launch/internal/launchtest"
+	"github.com/claude-sandbox/claude-sandbox/manifest"
+)
+
+var (
+	handManifest = launchtest.Manifest
+	env          = launchtest.Env
+	index        = launchtest.Index
+)
+
+// plan is what a launch decides for rt, without starting anything.
+func plan(t *testing.T, m *manifest.Manifest, rt *launch.Runtime) *launch.Plan {
+	t.Helper()
+	p := launch.NewPlan(Backend{}, m, rt, "0123456789ab")
+	if err := (Backend{}).Plan(p, m, rt); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(p.Invocation.Close)
+	return p
+}
+
+func TestBubblewrapMountsAndOrder(t *testing.T) {
+	rt := &launch.Runtime{Project: "/tmp/proj", Home: "/home/u", User: "u", Network: true, LookupEnv: env(nil)}
+	a := plan(t, handManifest(), rt).Invocation.Args
+	for _, seq := range [][]string{
+		{"--unshare-pid"}, {"--unshare-ipc"}, {"--unshare-uts"},
+		{"--ro-bind", "/nix/store", "/nix/store"},
+		{"--bind", "/tmp/proj", "/tmp/proj"},
+		{"--chdir", "/tmp/proj"},
+		{"--tmpfs", "/home"},
+		{"--symlink", handManifest().Shell, "/bin/sh"},
+		{"--symlink", handManifest().UsrBinEnv, "/usr/bin/env"},
+		{"--ro-bind-try", "/etc/resolv.conf", "/etc/resolv.conf"},
+	} {
+		if index(a, seq...) < 0 {
+			t.Errorf("missing %v in %v", seq, a)
+		}
+	}
+	if index(a, "--unshare-net") >= 0 {
+		t.Error("network on, but --unshare-net given")
+	}
+	if index(a, "--tmpfs", "/tmp") > index(a, "--bind", "/tmp/proj", "/tmp/proj") {
+		t.Error("the /tmp tmpfs comes after the project bind and would hide a project under /tmp")
+	}
+	if dash := slices.Index(a, "--"); dash < 0 || !slices.Equal(a[dash+1:len(a)-1], []string{handManifest().Claude, "--append-system-prompt"}) ||
+		!strings.HasPrefix(a[len(a)-1], "You are running inside claude-sandbox (bubblewrap backend)") {
+		t.Errorf("default command is %q, want Claude Code told where it runs", a[slices.Index(a, "--")+1:])
+	}
+	for _, arg := range a {
+		if strings.Contains(arg, "sk-") {
+			t.Errorf("a secret is on the command line: %q", arg)
+		}
+	}
+
+	rt.Network = false
+	if index(plan(t, handManifest(), rt).Invocation.Args, "--unshare-net") < 0 {
+		t.Error("--no-network did not unshare the network")
+	}
+}
+
+func TestBubblewrapHomeOutsideHome(t *testing.T) {
+	rt := &launch.Runtime{Project: "/srv/p", Home: "/root", User: "root", LookupEnv: env(nil)}
+	if a := plan(t, handManifest(), rt).Invocation.Args; index(a, "--tmpfs", "/root") < 0 {
+		t.Fatalf("a home outside /home must get its own tmpfs: %v", a)
+	}
+}
+
+func TestBubblewrapFullSandbox(t *testing.T) {
+	t.Setenv("XDG_STATE_HOME", t.TempDir())
+	home := t.TempDir()
+	t.Setenv("HOME", home) // the user's own home: ~/.claude is made there
+	os.WriteFile(filepath.Join(home, ".claude.json"), []byte(`{"secret":"sk-login"}`), 0o600)
+	proj := t.TempDir()
+	state, err := launch.ProjectStatePath(proj)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rt := &launch.Runtime{Project: proj, Home: home, User: "u", Network: true, StateDir: state, LookupEnv: env(nil)}
+	p := plan(t, handManifest(), rt)
+	inv := p.Invocation
+	a := inv.Args
+	for _, seq := range [][]string{
+		{"--bind", filepath.Join(state, "tmp"), "/tmp"},
+		{"--bind", filepath.Join(home, ".claude"), filepath.Join(home, ".claude")},
+		{"--ro-bind-try", filepath.Join(home, ".ssh"), filepath.Join(home, ".ssh")},
+		{"--ro-bind-try", filepath.Join(home, ".gitconfig"), filepath.Join(home, ".gitconfig")},
+		{"--bind", filepath.Join(state, "local"), filepath.Join(home, ".local")},
+		{"--bind", filepath.Join(state, "chromium"), filepath.Join(home, ".config/chromium")},
+		{"--perms", "0700", "--dir", "/run/user/" + strconv.Itoa(os.Getuid())},
+		{"--seccomp"},
+		{"--file"},
+	} {
+		if index(a, seq...) < 0 {
+			t.Errorf("missing %v in %v", seq, a)
+		}
+	}
+	if index(a, "--bind", filepath.Join(state, "tmp"), "/tmp") > index(a, "--bind", proj, proj) {
+		t.Error("/tmp is bound after the project and would hide a project under /tmp")
+	}
+	if _, err := os.Lstat(filepath.Join(home, ".claude")); err == nil {
+		t.Error("planning created ~/.claude on the host: a plan writes nothing")
+	}
+	if err := launch.EnsureProjectStateDir(state, proj); err != nil { // what Claim does
+		t.Fatal(err)
+	}
+	if err := launch.PrepareHost(p); err != nil {
+		t.Fatal(err)
+	}
+	for _, dir := range []string{filepath.Join(home, ".claude"), filepath.Join(state, "tmp"), filepath.Join(state, "local"), filepath.Join(state, "chromium"), filepath.Join(state, "tmux")} {
+		if st, err := os.Stat(dir); err != nil || !st.IsDir() {
+			t.Errorf("%s was not created on the host by the start", dir)
+		}
+	}
+	for _, arg := range a {
+		if strings.Contains(arg, "sk-login") {
+			t.Fatal("the ~/.claude.json content is on the command line")
+		}
+	}
+	// seccomp filter, /etc/passwd, /etc/group, ~/.claude.json
+	if len(inv.Files) != 4 || inv.Files[3].Data != nil || inv.Files[3].Source != filepath.Join(home, ".claude.json") {
+		t.Fatalf("files: %+v", inv.Files)
+	}
+	if !strings.Contains(string(inv.Files[1].Data), ":x:0:0:root:") || !strings.Contains(string(inv.Files[2].Data), "root:x:0:") {
+		t.Errorf("passwd/group: %q %q", inv.Files[1].Data, inv.Files[2].Data)
+	}
+	// Printable: descriptors renumbered 3, 4 and the arguments with them.
+	pr := inv.Printable()
+	if got := pr.Args[index(pr.Args, "--seccomp")+1]; got != "3" {
+		t.Errorf("--seccomp %s in the printable form", got)
+	}
+	if got := pr.Args[index(pr.Args, "--file")+1]; got != "4" {
+		t.Errorf("--file %s in the printable form", got)
+	}
+	if !slices.Contains(inv.Env, "PATH="+handManifest().Path[0]+":"+filepath.Join(home, ".local/bin")) {
+		t.Errorf("PATH: %v", inv.Env)
+	}
+}
+
+// TestPlanWritesNothing: deciding a start, as --dry-run does, in a fresh git
+// repository for a user with no ~/.claude and no state directory, leaves
+// the home, the state directory and the repository exactly as they were.
+func TestPlanWritesNothing(t *testing.T) {
+	home, stateHome, proj := t.TempDir(), t.TempDir(), t.TempDir()
+	t.Setenv("HOME", home)
+	t.Setenv("XDG_STATE_HOME", stateHome)
+	os.MkdirAll(filepath.Join(proj, ".git", "objects"), 0o755)
+	os.WriteFile(filepath.Join(proj, ".git", "config"), []byte("[core]\n"), 0o644)
+	before := tree(t, home, stateHome, proj)
+	m := handManifest()
+	rt := &launch.Runtime{Project: proj, Home: home, User: "u", Network: true, ProtectGit: true, NixDaemon: true, LookupEnv: env(nil)}
+	l := &launch.Launch{Backend: Backend{}, Runtime: rt, Manifest: m, DryRun: true}
+	if err := l.Check(); err != nil {
+		t.Fatal(err)
+	}
+	p, err := l.Plan()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Invocation.Close()
+	if after := tree(t, home, stateHome, proj); !slices.Equal(before, after) {
+		t.Errorf("the plan wrote to the file system:\nbefore %q\nafter  %q", before, after)
+	}
+	// It still plans what a start makes: ~/.claude and .git/hooks bound.
+	for _, seq := range [][]string{
+		{"--bind", filepath.Join(home, ".claude"), filepath.Join(home, ".claude")},
+		{"--ro-bind", filepath.Join(proj, ".git", "hooks"), filepath.Join(proj, ".git", "hooks")},
+		{"--bind", filepath.Join(p.StateDir, "tmp"), "/tmp"},
+	} {
+		if index(p.Invocation.Args, seq...) < 0 {
+			t.Errorf("missing %v in %v", seq, p.Invocation.Args)
+		}
+	}
+}
+
+// tree lists every path under roots.
+func tree(t *testing.T, roots ...string) []string {
+	t.Helper()
+	var out []string
+	for _, root := range roots {
+		filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
+			if err != nil {
+				t.Fatal(err)
+			}
+			out = append(out, p)
+			return nil
+		})
+	}
+	return out
+}

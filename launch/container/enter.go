@@ -1,0 +1,185 @@
+package container
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"os/signal"
+	"strconv"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/claude-sandbox/claude-sandbox/internal/proc"
+	"github.com/claude-sandbox/claude-sandbox/internal/tty"
+	"github.com/claude-sandbox/claude-sandbox/launch"
+	"github.com/claude-sandbox/claude-sandbox/manifest"
+)
+
+// Enter runs argv in a running container: nsenter into the namespaces of
+// its init, then this binary's --join side (already in the container, at
+// InitPath) takes the payload's user and groups and runs the command in
+// the project. The environment is the payload's own, read from
+// /proc/PID/environ, with this terminal's TERM. On a terminal, the command
+// gets a pty of its own: the host terminal is never the controlling
+// terminal of anything inside.
+func (Backend) Enter(ctx context.Context, rec *launch.Record, rt *launch.Runtime, argv []string) error {
+	if rt.EffectiveUID() != 0 {
+		return &launch.NotRootError{Backend: Name}
+	}
+	// A container that has just been started may not run its command yet.
+	var init, payload int
+	for deadline := time.Now().Add(3 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		var err error
+		if init, payload, err = containerProcesses(rec); err != nil && !errors.Is(err, errNoContainerProcess) {
+			return err
+		}
+		if payload != 0 {
+			break
+		}
+		if time.Now().After(deadline) || ctx.Err() != nil {
+			return fmt.Errorf("the container of %s runs no command (starting or stopping)", rec.Project)
+		}
+	}
+	env, err := proc.Environ(payload)
+	if err != nil {
+		return fmt.Errorf("reading the container's environment: %w", err)
+	}
+	if term, ok := rt.Getenv("TERM"); ok && term != "" {
+		env = launch.MergeEnv(env, map[string]string{"TERM": term})
+	}
+	st, err := proc.ReadStatus(payload)
+	if err != nil {
+		return fmt.Errorf("reading the container user: %w", err)
+	}
+	groups := make([]containerGroup, len(st.Groups))
+	for i, g := range st.Groups {
+		groups[i] = containerGroup{GID: g, Name: "g" + strconv.Itoa(g)}
+	}
+	nsenter, err := findNsenter(rec)
+	if err != nil {
+		return err
+	}
+	cwd := rt.Project
+	if cwd == "" {
+		cwd = rec.Project
+	}
+	terminal := tty.IsTerminal(0) && tty.IsTerminal(1)
+	spec := initSpec{UID: st.UID, GID: st.GID, Groups: groups, Cwd: cwd, TTY: terminal, Join: true, Command: argv}
+	args := []string{"nsenter", "--target=" + strconv.Itoa(init)}
+	for _, ns := range []struct{ name, flag string }{
+		{"mnt", "--mount"}, {"uts", "--uts"}, {"ipc", "--ipc"}, {"net", "--net"}, {"pid", "--pid"}, {"cgroup", "--cgroup"},
+	} {
+		if same, err := proc.SharesNamespace(init, ns.name); err == nil && !same {
+			args = append(args, ns.flag)
+		}
+	}
+	args = append(args, "--")
+	args = append(args, spec.args()...)
+	inv := &launch.Invocation{Path: nsenter, Args: args, Env: env}
+	if !terminal {
+		return &launch.StartError{Err: launch.Exec(inv)}
+	}
+	return runOnPTY(ctx, inv, fmt.Sprintf("/proc/%d/root/dev", init))
+}
+
+// findNsenter takes util-linux's nsenter from the closure when the record
+// names it, else the host's.
+func findNsenter(rec *launch.Record) (string, error) {
+	if rec.Closure != "" {
+		if m, err := manifest.Load(rec.Closure); err == nil && m.Container != nil {
+			return m.Container.Nsenter, nil
+		}
+	}
+	if p, ok := launch.FindSystemProgram("nsenter"); ok {
+		return p, nil
+	}
+	return "", &launch.HostError{Backend: Name, Reason: "nsenter is not installed", Fix: "install util-linux"}
+}
+
+// runOnPTY runs inv with a new pty as its terminal and this terminal, in
+// raw mode, copied to and from it; window size changes follow. The pty is
+// the container's own (from its /dev/pts, reached through the init's root),
+// so that ttyname(3) finds it inside.
+func runOnPTY(ctx context.Context, inv *launch.Invocation, dev string) error {
+	master, slave, err := openPTY(dev)
+	if err != nil {
+		if master, slave, err = openPTY("/dev"); err != nil {
+			return &launch.StartError{Err: err}
+		}
+	}
+	defer master.Close()
+	resize := func() { tty.CopySize(0, int(master.Fd())) }
+	resize()
+	cmd := &exec.Cmd{Path: inv.Path, Args: inv.Args, Env: inv.Env, Stdin: slave, Stdout: slave, Stderr: slave}
+	cmd.SysProcAttr = &unix.SysProcAttr{Setsid: true}
+	if err := cmd.Start(); err != nil {
+		slave.Close()
+		return &launch.StartError{Err: err}
+	}
+	slave.Close()
+
+	if restore, err := tty.MakeRaw(0); err == nil {
+		defer restore()
+	}
+	winch := make(chan os.Signal, 1)
+	signal.Notify(winch, unix.SIGWINCH)
+	defer signal.Stop(winch)
+	go func() {
+		for range winch {
+			resize()
+		}
+	}()
+	go func() { _, _ = io.Copy(master, os.Stdin) }()
+	copied := make(chan struct{})
+	go func() { _, _ = io.Copy(os.Stdout, master); close(copied) }()
+
+	waited := make(chan error, 1)
+	go func() { waited <- cmd.Wait() }()
+	var werr error
+	select {
+	case werr = <-waited:
+	case <-ctx.Done():
+		_ = cmd.Process.Signal(unix.SIGTERM)
+		werr = <-waited
+	}
+	// The last output is still in the pty; reading ends with EIO once it
+	// is drained and no process holds the other side.
+	select {
+	case <-copied:
+	case <-time.After(time.Second):
+	}
+	if werr == nil {
+		return nil
+	}
+	if code, ok := proc.ExitCodeOf(werr); ok {
+		return launch.StatusError(code)
+	}
+	return werr
+}
+
+func openPTY(dev string) (master, slave *os.File, err error) {
+	fd, err := unix.Open(dev+"/pts/ptmx", unix.O_RDWR|unix.O_NOCTTY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, nil, fmt.Errorf("opening a pty: %w", err)
+	}
+	master = os.NewFile(uintptr(fd), dev+"/pts/ptmx")
+	if err := unix.IoctlSetPointerInt(fd, unix.TIOCSPTLCK, 0); err != nil {
+		master.Close()
+		return nil, nil, fmt.Errorf("unlocking a pty: %w", err)
+	}
+	n, err := unix.IoctlGetInt(fd, unix.TIOCGPTN)
+	if err != nil {
+		master.Close()
+		return nil, nil, fmt.Errorf("naming a pty: %w", err)
+	}
+	sfd, err := unix.Open(dev+"/pts/"+strconv.Itoa(n), unix.O_RDWR|unix.O_NOCTTY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		master.Close()
+		return nil, nil, fmt.Errorf("opening a pty: %w", err)
+	}
+	return master, os.NewFile(uintptr(sfd), dev+"/pts/"+strconv.Itoa(n)), nil
+}

@@ -1,0 +1,435 @@
+package container
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/claude-sandbox/claude-sandbox/internal/proc"
+)
+
+// The inside of a container: this same binary, bind-mounted read-only at
+// InitPath, runs as the container's PID 1. It finishes the root
+// (the tmpfs nspawn gave it): /etc from the NixOS system plus a passwd and
+// group naming the invoking user, /run/current-system. Then it starts the
+// payload as that user — no PAM, no setpriv: plain setgroups/setgid/setuid —
+// forwards signals to it, reaps orphans, and exits with its status, which
+// nspawn passes on. It dies with nspawn (PR_SET_PDEATHSIG), so a SIGKILLed
+// launch takes the whole container, and with it its tmpfs root, along.
+//
+// `enter` runs it a second way, with --join, after nsenter put it into the
+// container's namespaces: it drops to the user and executes the command.
+
+// InitPath is where the launcher binds this binary in the container; the
+// binary runs as the container side (Init) when started under this name,
+// which nothing else uses.
+const InitPath = "/run/claude-sandbox/init"
+
+// initSpec is the init's command line, built by render.
+type initSpec struct {
+	UID, GID int
+	Groups   []containerGroup
+	User     string
+	Home     string
+	Cwd      string
+	Toplevel string
+	TTY      bool // fd 0 is a terminal made for this container: make it the payload's
+	Join     bool
+	Command  []string
+	// Copies are the plan's File mounts: the source is bound at
+	// copyStaging+index, the init copies it to Dest, the user's.
+	Copies []fileCopy
+}
+
+// fileCopy is a file the init copies into place (--copy=MODE:DEST).
+type fileCopy struct {
+	Dest string
+	Mode os.FileMode
+}
+
+func (s initSpec) args() []string {
+	groups := make([]string, len(s.Groups))
+	for i, g := range s.Groups {
+		groups[i] = fmt.Sprintf("%d:%s", g.GID, g.Name)
+	}
+	a := []string{InitPath,
+		"--uid=" + strconv.Itoa(s.UID), "--gid=" + strconv.Itoa(s.GID),
+		"--groups=" + strings.Join(groups, ","), "--cwd=" + s.Cwd,
+	}
+	if s.Join {
+		a = append(a, "--join")
+	} else {
+		a = append(a, "--user="+s.User, "--home="+s.Home, "--toplevel="+s.Toplevel)
+	}
+	if s.TTY {
+		a = append(a, "--tty")
+	}
+	for _, c := range s.Copies {
+		a = append(a, fmt.Sprintf("--copy=%04o:%s", c.Mode, c.Dest))
+	}
+	return append(append(a, "--"), s.Command...)
+}
+
+func parseInitSpec(args []string) (initSpec, error) {
+	var s initSpec
+	var groups string
+	var copies []string
+	fs := flag.NewFlagSet("claude-sandbox container init", flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	fs.IntVar(&s.UID, "uid", -1, "")
+	fs.IntVar(&s.GID, "gid", -1, "")
+	fs.StringVar(&groups, "groups", "", "")
+	fs.StringVar(&s.User, "user", "", "")
+	fs.StringVar(&s.Home, "home", "", "")
+	fs.StringVar(&s.Cwd, "cwd", "/", "")
+	fs.StringVar(&s.Toplevel, "toplevel", "", "")
+	fs.BoolVar(&s.TTY, "tty", false, "")
+	fs.BoolVar(&s.Join, "join", false, "")
+	fs.Func("copy", "", func(v string) error { copies = append(copies, v); return nil })
+	if err := fs.Parse(args); err != nil {
+		return s, err
+	}
+	for _, c := range copies {
+		mode, dest, _ := strings.Cut(c, ":")
+		m, err := strconv.ParseUint(mode, 8, 32)
+		if err != nil || !filepath.IsAbs(dest) {
+			return s, fmt.Errorf("bad copy %q", c)
+		}
+		s.Copies = append(s.Copies, fileCopy{Dest: dest, Mode: os.FileMode(m).Perm()})
+	}
+	s.Command = fs.Args()
+	if s.UID < 0 || s.GID < 0 || len(s.Command) == 0 {
+		return s, errors.New("needs --uid, --gid and a command")
+	}
+	for _, g := range strings.Split(groups, ",") {
+		if g == "" {
+			continue
+		}
+		id, name, _ := strings.Cut(g, ":")
+		gid, err := strconv.Atoi(id)
+		if err != nil || !containerSafeName.MatchString(name) {
+			return s, fmt.Errorf("bad group %q", g)
+		}
+		s.Groups = append(s.Groups, containerGroup{GID: gid, Name: name})
+	}
+	return s, nil
+}
+
+// Init is the container side's main (this binary started as InitPath);
+// it returns the exit status.
+func Init(args []string) int {
+	s, err := parseInitSpec(args)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "claude-sandbox (container init): %v\n", err)
+		return 125
+	}
+	if s.Join {
+		return joinContainer(s)
+	}
+	if os.Getpid() != 1 {
+		fmt.Fprintln(os.Stderr, "claude-sandbox (container init): not the container's PID 1")
+		return 125
+	}
+	// First: if nspawn is gone already, or goes while we set up, so do we.
+	_ = unix.Prctl(unix.PR_SET_PDEATHSIG, uintptr(unix.SIGKILL), 0, 0, 0)
+	if err := setupContainerRoot(s); err != nil {
+		fmt.Fprintf(os.Stderr, "claude-sandbox (container init): %v\n", err)
+		return 125
+	}
+	return superviseContainer(s)
+}
+
+// setupContainerRoot writes what the tmpfs root lacks. Entries nspawn
+// already mounted (the host's /etc allowlist) are left as they are.
+func setupContainerRoot(s initSpec) error {
+	if err := os.MkdirAll("/etc", 0o755); err != nil {
+		return err
+	}
+	passwd := "root:x:0:0:System administrator:/root:/bin/bash\n" +
+		"nobody:x:65534:65534:Unprivileged account:/var/empty:/bin/false\n"
+	if s.UID != 0 && s.UID != 65534 {
+		passwd += fmt.Sprintf("%s:x:%d:%d::%s:/bin/bash\n", s.User, s.UID, s.GID, s.Home)
+	}
+	group := "root:x:0:\nnogroup:x:65534:\n"
+	for i, g := range s.Groups {
+		if g.GID == 0 || g.GID == 65534 {
+			continue
+		}
+		members := s.User
+		if i == 0 {
+			members = "" // the primary group, named in passwd
+		}
+		group += fmt.Sprintf("%s:x:%d:%s\n", g.Name, g.GID, members)
+	}
+	files := map[string]string{"passwd": passwd, "group": group}
+	if uuid := strings.ReplaceAll(os.Getenv("container_uuid"), "-", ""); len(uuid) == 32 {
+		files["machine-id"] = uuid + "\n"
+	}
+	for name, content := range files {
+		if err := os.WriteFile("/etc/"+name, []byte(content), 0o644); err != nil {
+			return err
+		}
+	}
+	// /etc from the NixOS system ($toplevel/etc, environment.etc), each entry
+	// linked into the store as NixOS's activation links it (through
+	// /etc/static there; directly here, since a host's /etc/static may be
+	// mounted in). An entry with a .mode file is copied with that mode.
+	etc := filepath.Join(s.Toplevel, "etc")
+	entries, err := os.ReadDir(etc)
+	if err != nil {
+		return fmt.Errorf("reading the system's /etc: %w", err)
+	}
+	for _, e := range entries {
+		name := e.Name()
+		if strings.HasSuffix(name, ".mode") || strings.HasSuffix(name, ".uid") || strings.HasSuffix(name, ".gid") {
+			continue
+		}
+		if _, err := os.Lstat("/etc/" + name); err == nil {
+			continue
+		}
+		if mode, err := os.ReadFile(filepath.Join(etc, name+".mode")); err == nil {
+			if m, err := strconv.ParseUint(strings.TrimSpace(string(mode)), 8, 32); err == nil {
+				if data, err := os.ReadFile(filepath.Join(etc, name)); err == nil {
+					if err := os.WriteFile("/etc/"+name, data, os.FileMode(m)); err != nil {
+						return err
+					}
+					continue
+				}
+			}
+		}
+		if err := os.Symlink(filepath.Join(etc, name), "/etc/"+name); err != nil {
+			return err
+		}
+	}
+	if err := os.MkdirAll("/run", 0o755); err != nil {
+		return err
+	}
+	if err := os.Symlink(s.Toplevel, "/run/current-system"); err != nil && !errors.Is(err, os.ErrExist) {
+		return err
+	}
+	if err := os.MkdirAll("/var/tmp", 0o1777); err == nil {
+		_ = os.Chmod("/var/tmp", 0o1777)
+	}
+	giveHomeDirs(s)
+	copyFiles(s)
+	return nil
+}
+
+// copyFiles puts the plan's file copies in place, the user's (a copy, as
+// bubblewrap makes one: Claude Code replaces ~/.claude.json by rename,
+// which fails on a mount point). A copy that cannot be made is left out,
+// as bubblewrap leaves out a file it cannot read.
+func copyFiles(s initSpec) {
+	for i, c := range s.Copies {
+		data, err := os.ReadFile(copyStaging + strconv.Itoa(i))
+		if err != nil {
+			continue
+		}
+		mode := c.Mode
+		if mode == 0 {
+			mode = 0o600
+		}
+		if err := os.WriteFile(c.Dest, data, mode); err == nil {
+			_ = os.Lchown(c.Dest, s.UID, s.GID)
+		}
+	}
+}
+
+// giveHomeDirs hands the user the directories nspawn made in their home
+// tmpfs as parents of mount points (~/.config for ~/.config/chromium…):
+// made by root, they would keep the user from creating anything beside
+// those mounts. Mounted directories themselves are left as they are.
+func giveHomeDirs(s initSpec) {
+	var home unix.Stat_t
+	if err := unix.Lstat(s.Home, &home); err != nil || s.UID == 0 {
+		return
+	}
+	_ = filepath.WalkDir(s.Home, func(p string, d fs.DirEntry, err error) error {
+		if err != nil || !d.IsDir() {
+			return nil
+		}
+		var st unix.Stat_t
+		if unix.Lstat(p, &st) != nil || st.Dev != home.Dev {
+			return filepath.SkipDir // another file system: a mount, not ours to change
+		}
+		if st.Uid == 0 {
+			_ = os.Lchown(p, s.UID, s.GID)
+		}
+		return nil
+	})
+}
+
+// initForwardedSignals are the signals init passes to the payload. SIGWINCH is not
+// among them: the terminal sends it to the payload's process group itself.
+var initForwardedSignals = []os.Signal{unix.SIGTERM, unix.SIGINT, unix.SIGHUP, unix.SIGQUIT, unix.SIGUSR1, unix.SIGUSR2}
+
+// superviseContainer runs the payload and returns its exit status. As PID 1
+// it also reaps every orphan; when it returns, the kernel kills whatever
+// is left in the container.
+func superviseContainer(s initSpec) int {
+	if s.TTY {
+		// nspawn made the console pty this session's terminal; hand it to the
+		// payload's session, owned by the user (so /dev/tty opens for them).
+		// Giving it up sends this session SIGHUP, which is not for anyone.
+		signal.Ignore(unix.SIGHUP)
+		_ = unix.IoctlSetInt(0, unix.TIOCNOTTY, 0)
+		_ = unix.Fchown(0, s.UID, s.GID)
+	}
+	sigs := make(chan os.Signal, 32)
+	signal.Notify(sigs, append([]os.Signal{unix.SIGCHLD}, initForwardedSignals...)...)
+
+	path, err := initLookPath(s.Command[0])
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "claude-sandbox: %s: %v\n", s.Command[0], err)
+		return 127
+	}
+	pid, err := syscall.ForkExec(path, s.Command, &syscall.ProcAttr{
+		Dir:   s.Cwd,
+		Env:   containerPayloadEnv(os.Environ()),
+		Files: []uintptr{0, 1, 2},
+		Sys: &syscall.SysProcAttr{
+			Setsid:     true,
+			Setctty:    s.TTY,
+			Ctty:       0,
+			Credential: &syscall.Credential{Uid: uint32(s.UID), Gid: uint32(s.GID), Groups: containerGIDs(s.Groups)},
+			Pdeathsig:  syscall.SIGKILL,
+		},
+	})
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "claude-sandbox: starting %s: %v\n", s.Command[0], err)
+		if errors.Is(err, unix.ENOENT) {
+			return 127
+		}
+		return 126
+	}
+	for sig := range sigs {
+		if sig != unix.SIGCHLD {
+			_ = unix.Kill(pid, sig.(unix.Signal))
+			continue
+		}
+		for {
+			var ws unix.WaitStatus
+			wpid, err := unix.Wait4(-1, &ws, unix.WNOHANG, nil)
+			if wpid <= 0 || err != nil {
+				break
+			}
+			if wpid == pid {
+				return proc.ExitCode(ws)
+			}
+		}
+	}
+	return 125
+}
+
+// containerPayloadEnv drops what nspawn adds for an init (its notification socket,
+// the host's OS identity); what the launcher passed stays.
+func containerPayloadEnv(env []string) []string {
+	out := env[:0:0]
+	for _, kv := range env {
+		name, _, _ := strings.Cut(kv, "=")
+		if name == "NOTIFY_SOCKET" || strings.HasPrefix(name, "LISTEN_") || strings.HasPrefix(name, "container_host_") {
+			continue
+		}
+		out = append(out, kv)
+	}
+	return out
+}
+
+func containerGIDs(gs []containerGroup) []uint32 {
+	out := make([]uint32, len(gs))
+	for i, g := range gs {
+		out[i] = uint32(g.GID)
+	}
+	return out
+}
+
+func initLookPath(name string) (string, error) {
+	if strings.Contains(name, "/") {
+		return name, nil
+	}
+	p, err := exec.LookPath(name)
+	if err != nil {
+		return "", errors.New("command not found")
+	}
+	return p, nil
+}
+
+// joinContainer is `enter` inside the container: a new session (so a host
+// terminal it was handed is not its controlling terminal, and TIOCSTI into it
+// fails), the pty made for it as controlling terminal when there is one,
+// the init's capability bound, then the user's ids and the command.
+func joinContainer(s initSpec) int {
+	_, _ = unix.Setsid()
+	if s.TTY {
+		_ = unix.IoctlSetInt(0, unix.TIOCSCTTY, 0)
+		_ = unix.Fchown(0, s.UID, s.GID)
+	}
+	// syscall's set*id and setgroups apply to every thread of this process.
+	if err := boundCapabilitiesLikeInit(); err != nil {
+		fmt.Fprintf(os.Stderr, "claude-sandbox (enter): %v\n", err)
+		return 125
+	}
+	if err := syscall.Setgroups(containerGIDInts(s.Groups)); err != nil {
+		fmt.Fprintf(os.Stderr, "claude-sandbox (enter): setgroups: %v\n", err)
+		return 125
+	}
+	if err := syscall.Setresgid(s.GID, s.GID, s.GID); err != nil {
+		fmt.Fprintf(os.Stderr, "claude-sandbox (enter): setresgid: %v\n", err)
+		return 125
+	}
+	if err := syscall.Setresuid(s.UID, s.UID, s.UID); err != nil {
+		fmt.Fprintf(os.Stderr, "claude-sandbox (enter): setresuid: %v\n", err)
+		return 125
+	}
+	// After the namespaces are entered, not before (nsenter --wd): a cwd
+	// taken from the host's view leaves getcwd(2) failing inside.
+	if err := os.Chdir(s.Cwd); err != nil {
+		fmt.Fprintf(os.Stderr, "claude-sandbox (enter): %v; starting in /\n", err)
+		_ = os.Chdir("/")
+	}
+	path, err := initLookPath(s.Command[0])
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "claude-sandbox: %s: %v\n", s.Command[0], err)
+		return 127
+	}
+	err = unix.Exec(path, s.Command, os.Environ())
+	fmt.Fprintf(os.Stderr, "claude-sandbox: %s: %v\n", s.Command[0], err)
+	return 126
+}
+
+func containerGIDInts(gs []containerGroup) []int {
+	out := make([]int, len(gs))
+	for i, g := range gs {
+		out[i] = g.GID
+	}
+	return out
+}
+
+// boundCapabilitiesLikeInit drops from the bounding set what the container's
+// init lacks (nspawn restricted it): a process that nsenter put in arrives
+// with all of the host root's capabilities.
+func boundCapabilitiesLikeInit() error {
+	st, err := proc.ReadStatus(1)
+	if err != nil {
+		return fmt.Errorf("reading the container's capabilities: %w", err)
+	}
+	for c := 0; c < 64; c++ {
+		if st.CapBnd&(1<<c) == 0 {
+			if err := unix.Prctl(unix.PR_CAPBSET_DROP, uintptr(c), 0, 0, 0); err != nil && !errors.Is(err, unix.EINVAL) {
+				return fmt.Errorf("dropping capability %d: %w", c, err)
+			}
+		}
+	}
+	return nil
+}

@@ -1,0 +1,189 @@
+package launch_test
+
+import (
+	"os"
+	"path/filepath"
+	"reflect"
+	"slices"
+	"testing"
+
+	. "github.com/claude-sandbox/claude-sandbox/launch"
+	"github.com/claude-sandbox/claude-sandbox/launch/internal/launchtest"
+)
+
+var fakeHost = launchtest.Host
+
+func TestHostForwardsEverythingPresent(t *testing.T) {
+	h := fakeHost(map[string]string{
+		"DISPLAY": ":3", "XAUTHORITY": "/home/u/.Xauth", "WAYLAND_DISPLAY": "wayland-1",
+		"XDG_RUNTIME_DIR": "/run/user/1000", "DBUS_SESSION_BUS_ADDRESS": "unix:path=/run/user/1000/bus,guid=abc",
+		"SSH_AUTH_SOCK": "/tmp/ssh-x/agent.1", "GNOME_KEYRING_CONTROL": "/run/user/1000/keyring", "XDG_SESSION_TYPE": "wayland",
+	}, []string{
+		"/tmp/.X11-unix/X3", "/run/user/1000/wayland-1", "/run/user/1000/bus", "/run/dbus/system_bus_socket",
+		"/run/user/1000/pulse/native", "/run/user/1000/pipewire-0", "/tmp/ssh-x/agent.1", "/nix/var/nix/daemon-socket/socket",
+	}, []string{"/run/user/1000", "/run/user/1000/keyring", "/dev/dri"}, []string{"/home/u/.Xauth", "/run/opengl-driver"})
+	f := h.Forwards(&Runtime{Home: "/home/u", Network: true, NixDaemon: true})
+	want := map[string]string{
+		"DISPLAY": ":3", "XAUTHORITY": "/run/user/1000/Xauthority", "WAYLAND_DISPLAY": "wayland-1",
+		"XDG_RUNTIME_DIR": "/run/user/1000", "DBUS_SESSION_BUS_ADDRESS": "unix:path=/run/user/1000/bus",
+		"PULSE_SERVER": "unix:/run/user/1000/pulse/native", "PIPEWIRE_REMOTE": "/run/user/1000/pipewire-0",
+		"SSH_AUTH_SOCK": "/run/user/1000/ssh-agent", "NIX_REMOTE": "daemon", "GNOME_KEYRING_CONTROL": "/run/user/1000/keyring",
+		"XDG_SESSION_TYPE": "wayland",
+	}
+	for k, v := range want {
+		if f.Env[k] != v {
+			t.Errorf("%s = %q, want %q", k, f.Env[k], v)
+		}
+	}
+	ro := func(src, dst string) Mount { return Mount{Kind: ROBind, Source: src, Dest: dst, Optional: true} }
+	for _, m := range []Mount{
+		{Kind: Tmpfs, Dest: "/tmp/.X11-unix"},
+		ro("/tmp/.X11-unix/X3", "/tmp/.X11-unix/X3"),
+		ro("/run/user/1000/wayland-1", "/run/user/1000/wayland-1"),
+		ro("/run/dbus/system_bus_socket", "/run/dbus/system_bus_socket"),
+		ro("/tmp/ssh-x/agent.1", "/run/user/1000/ssh-agent"),
+		ro("/nix/var/nix/daemon-socket/socket", "/nix/var/nix/daemon-socket/socket"),
+		{Kind: DevBind, Source: "/dev/dri", Dest: "/dev/dri", Optional: true},
+		ro("/run/opengl-driver", "/run/opengl-driver"),
+		ro("/run/user/1000/keyring", "/run/user/1000/keyring"),
+	} {
+		if mountIndex(f.Mounts, m) < 0 {
+			t.Errorf("missing %+v in %+v", m, f.Mounts)
+		}
+	}
+	if mountIndex(f.Mounts, Mount{Kind: Tmpfs, Dest: "/tmp/.X11-unix"}) > mountIndex(f.Mounts, ro("/tmp/.X11-unix/X3", "/tmp/.X11-unix/X3")) {
+		t.Error("the X11 socket is mounted before the tmpfs that holds it")
+	}
+
+	// --no-desktop keeps only the agent and the daemon; --no-nix-daemon drops that.
+	f = h.Forwards(&Runtime{Home: "/home/u", NoDesktop: true})
+	if f.Env["DISPLAY"] != "" || f.Env["NIX_REMOTE"] != "" || f.Env["SSH_AUTH_SOCK"] == "" {
+		t.Errorf("--no-desktop --no-nix-daemon: %v", f.Env)
+	}
+}
+
+// mountIndex is where want is in ms, or -1.
+func mountIndex(ms []Mount, want Mount) int {
+	return slices.IndexFunc(ms, func(m Mount) bool { return reflect.DeepEqual(m, want) })
+}
+
+func TestHostForwardsSkipsWhatIsAbsent(t *testing.T) {
+	// Variables naming sockets that do not exist, and no runtime directory.
+	h := fakeHost(map[string]string{
+		"DISPLAY": ":9", "WAYLAND_DISPLAY": "wayland-0", "DBUS_SESSION_BUS_ADDRESS": "unix:path=/nope",
+		"SSH_AUTH_SOCK": "/nope", "PULSE_SERVER": "unix:/nope",
+	}, nil, nil, nil)
+	f := h.Forwards(&Runtime{Home: "/home/u", Network: true, NixDaemon: true})
+	if len(f.Mounts) != 0 {
+		t.Errorf("mounts for absent resources: %+v", f.Mounts)
+	}
+	if len(f.Env) != 1 || f.Env["XDG_RUNTIME_DIR"] == "" {
+		t.Errorf("variables for absent resources: %v", f.Env)
+	}
+}
+
+func TestHostForwardsTCPAndAbstractOnlyWithNetwork(t *testing.T) {
+	h := fakeHost(map[string]string{"DISPLAY": "localhost:10.0", "DBUS_SESSION_BUS_ADDRESS": "unix:abstract=/tmp/dbus-x"}, nil, nil, nil)
+	on := h.Forwards(&Runtime{Network: true})
+	off := h.Forwards(&Runtime{Network: false})
+	if on.Env["DISPLAY"] != "localhost:10.0" || on.Env["DBUS_SESSION_BUS_ADDRESS"] == "" {
+		t.Errorf("network on: %v", on.Env)
+	}
+	if off.Env["DISPLAY"] != "" || off.Env["DBUS_SESSION_BUS_ADDRESS"] != "" {
+		t.Errorf("network off, yet a TCP display or abstract bus is set: %v", off.Env)
+	}
+}
+
+func TestX11AndDBusAddresses(t *testing.T) {
+	for in, want := range map[string][2]any{
+		":0": {"0", true}, "unix:1.0": {"1", true}, "localhost:10.0": {"10", false}, "x": {"", false}, ":a": {"", false},
+	} {
+		n, local := X11Display(in)
+		if n != want[0] || local != want[1] {
+			t.Errorf("X11Display(%q) = %q %v", in, n, local)
+		}
+	}
+	if p, _ := DBusUnixAddress("tcp:host=x;unix:path=/run/a%20b/bus,guid=1"); p != "/run/a b/bus" {
+		t.Errorf("dbus path = %q", p)
+	}
+	if _, abstract := DBusUnixAddress("unix:abstract=/tmp/x,guid=1"); !abstract {
+		t.Error("abstract address not recognised")
+	}
+}
+
+func TestProtectGit(t *testing.T) {
+	p := t.TempDir()
+	if got, prep := ProtectGit(p, nil); got != nil || prep != nil {
+		t.Errorf("no .git: %v %v", got, prep)
+	}
+	git := filepath.Join(p, ".git")
+	os.Mkdir(git, 0o755)
+	os.WriteFile(filepath.Join(git, "config"), nil, 0o644)
+	got, prepare := ProtectGit(p, nil)
+	for _, m := range []Mount{
+		{Kind: Bind, Source: git, Dest: git},
+		{Kind: ROBind, Source: git + "/config", Dest: git + "/config"},
+		{Kind: ROBind, Source: git + "/hooks", Dest: git + "/hooks"},
+	} {
+		if mountIndex(got, m) < 0 {
+			t.Errorf("missing %+v in %+v", m, got)
+		}
+	}
+	if _, err := os.Lstat(filepath.Join(git, "hooks")); err == nil {
+		t.Error("deciding the mounts created .git/hooks: a plan writes nothing")
+	}
+	if err := PrepareHost(&Plan{Prepare: prepare}); err != nil {
+		t.Fatal(err)
+	}
+	if st, err := os.Stat(filepath.Join(git, "hooks")); err != nil || !st.IsDir() {
+		t.Error("a missing hooks directory was not created by the start")
+	}
+	if mountIndex(got, Mount{Kind: Bind, Source: git, Dest: git}) > mountIndex(got, Mount{Kind: ROBind, Source: git + "/config", Dest: git + "/config"}) {
+		t.Error(".git must be bound before the read-only binds inside it")
+	}
+
+	wt := t.TempDir()
+	os.WriteFile(filepath.Join(wt, ".git"), []byte("gitdir: /elsewhere\n"), 0o644)
+	if got, _ := ProtectGit(wt, nil); !reflect.DeepEqual(got, []Mount{{Kind: ROBind, Source: wt + "/.git", Dest: wt + "/.git"}}) {
+		t.Errorf("worktree .git file: %+v", got)
+	}
+}
+
+func TestConfigOfSeparatesWhatShapesTheSandbox(t *testing.T) {
+	base := Runtime{Project: "/p", Home: "/home/u", Network: true, ProtectGit: true, NixDaemon: true}
+	same := base
+	same.Shell, same.Command, same.Tmux = true, []string{"x"}, true
+	if ConfigOf("bubblewrap", "/nix/store/a", &base) != ConfigOf("bubblewrap", "/nix/store/a", &same) {
+		t.Error("the program run inside changed the configuration")
+	}
+	for name, change := range map[string]func(*Runtime){
+		"network":     func(r *Runtime) { r.Network = false },
+		"protect-git": func(r *Runtime) { r.ProtectGit = false },
+		"env":         func(r *Runtime) { r.ExtraEnv = []string{"X"} },
+		"gh-token":    func(r *Runtime) { r.GHToken = true },
+		"desktop":     func(r *Runtime) { r.NoDesktop = true },
+	} {
+		r := base
+		change(&r)
+		if ConfigOf("bubblewrap", "/nix/store/a", &base) == ConfigOf("bubblewrap", "/nix/store/a", &r) {
+			t.Errorf("%s does not change the configuration", name)
+		}
+	}
+	if ConfigOf("bubblewrap", "/nix/store/a", &base) == ConfigOf("bubblewrap", "/nix/store/b", &base) {
+		t.Error("the closure does not change the configuration")
+	}
+}
+
+func TestSandboxEnvGHTokenOnlyOnRequest(t *testing.T) {
+	host := map[string]string{"GH_TOKEN": "a", "GITHUB_TOKEN": "b"}
+	rt := &Runtime{Home: "/home/u", User: "u", LookupEnv: env(host)}
+	got, _ := SandboxEnv(handManifest(), rt)
+	if slices.Contains(got, "GH_TOKEN=a") || slices.Contains(got, "GITHUB_TOKEN=b") {
+		t.Error("a GitHub token crossed without --gh-token")
+	}
+	rt.GHToken = true
+	got, _ = SandboxEnv(handManifest(), rt)
+	if !slices.Contains(got, "GH_TOKEN=a") || !slices.Contains(got, "GITHUB_TOKEN=b") {
+		t.Error("--gh-token did not pass the tokens")
+	}
+}

@@ -1,0 +1,189 @@
+package launch
+
+import (
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"sort"
+	"strings"
+
+	"github.com/claude-sandbox/claude-sandbox/manifest"
+)
+
+// Plan is a decided sandbox start, before anything on the host changes:
+// what the sandbox sees (mounts), its environment and network, the program
+// it runs, what the host must have first (Prepare), and the backend's
+// rendering of all that (Invocation), which --dry-run prints and Start
+// runs. It is built by NewPlan and the backend's Plan; every later stage
+// reads it, nothing re-parses a command line (runc's libcontainer/configs
+// is the model).
+type Plan struct {
+	Backend  string
+	ID       string // the registry id the sandbox will have
+	Project  string
+	StateDir string // the project's state directory (ProjectStatePath); Start creates it
+	Network  bool   // shares the host's network; otherwise it has loopback only
+	Cwd      string
+	Command  []string // the program, decided once (Command)
+	Env      []string // the program's whole environment, sorted NAME=value
+	Mounts   []Mount  // in order: a directory or tmpfs comes before what is mounted inside it
+	Prepare  []HostDir
+
+	// Invocation is the backend's rendering: what Start executes (bwrap,
+	// systemd-nspawn, QEMU).
+	Invocation *Invocation
+	// Detail is the backend's own part of the plan, for its Start.
+	Detail any
+}
+
+// MountKind says what a Mount puts at its destination.
+type MountKind uint8
+
+const (
+	Bind    MountKind = iota + 1 // the host path, read-write
+	ROBind                       // the host path, read-only
+	DevBind                      // the host path with its device nodes usable (the GPU)
+	Tmpfs                        // an empty tmpfs
+	Dir                          // an empty directory of the sandbox user's own (Mode)
+	File                         // a file holding Data, or a snapshot of Source: a copy, never a bind
+	Symlink                      // a symbolic link to Source
+)
+
+func (k MountKind) String() string {
+	switch k {
+	case Bind:
+		return "bind"
+	case ROBind:
+		return "ro-bind"
+	case DevBind:
+		return "dev-bind"
+	case Tmpfs:
+		return "tmpfs"
+	case Dir:
+		return "dir"
+	case File:
+		return "file"
+	case Symlink:
+		return "symlink"
+	}
+	return fmt.Sprintf("MountKind(%d)", uint8(k))
+}
+
+// Mount is one thing placed in the sandbox's file system.
+type Mount struct {
+	Kind   MountKind
+	Source string // the host path (a symlink's target, a file's origin)
+	Dest   string // the path inside
+	// Optional: left out where Source does not exist (bwrap's -try forms)
+	// or cannot be read, rather than failing the start.
+	Optional bool
+	Mode     fs.FileMode // Dir, File: the permissions (0: the backend's default)
+	Data     []byte      // File: the content, when it is not read from Source
+	Secret   bool        // File: its content is never printed
+	Tag      string      // the name a VM guest mounts it by
+}
+
+// HostDir is a directory Start creates on the host before the sandbox
+// starts (Plan only lists it). A directory already there is kept; anything
+// else in its place is an error, and a symlink is never followed.
+type HostDir struct {
+	Path string
+	Mode fs.FileMode
+	// Owner, when set, is who gets the directory: a root launcher creates
+	// it for the user the sandbox runs as.
+	Owner *Owner
+}
+
+// Owner is a uid and gid.
+type Owner struct{ UID, GID int }
+
+// WillExist says whether path exists on the host, or will once Start has
+// prepared it: what a backend that cannot skip a missing source (nspawn)
+// checks an optional mount against.
+func (p *Plan) WillExist(path string, exists func(string) bool) bool {
+	for _, d := range p.Prepare {
+		if d.Path == path {
+			return true
+		}
+	}
+	return exists(path)
+}
+
+// PrepareHost creates every HostDir of the plan, in order. The project
+// state directory they may lie in exists already: Claim made it.
+func PrepareHost(p *Plan) error {
+	for _, d := range p.Prepare {
+		if err := d.create(); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (d HostDir) create() error {
+	st, err := os.Lstat(d.Path)
+	switch {
+	case err == nil && st.IsDir():
+		return nil
+	case err == nil:
+		return fmt.Errorf("preparing %s: it exists and is not a directory", d.Path)
+	case !errors.Is(err, fs.ErrNotExist):
+		return fmt.Errorf("preparing %s: %w", d.Path, err)
+	}
+	if err := os.Mkdir(d.Path, d.Mode); err != nil && !errors.Is(err, fs.ErrExist) {
+		return fmt.Errorf("preparing %s: %w", d.Path, err)
+	}
+	if d.Owner != nil {
+		if err := os.Lchown(d.Path, d.Owner.UID, d.Owner.GID); err != nil {
+			return fmt.Errorf("preparing %s: %w", d.Path, err)
+		}
+	}
+	return nil
+}
+
+// NewPlan starts the plan of a sandbox: what the core decides for every
+// backend (id, project, state directory, network, the program and its
+// working directory). The backend's Plan completes it.
+func NewPlan(b Backend, m *manifest.Manifest, rt *Runtime, id string) *Plan {
+	return &Plan{
+		Backend:  b.Name(),
+		ID:       id,
+		Project:  rt.Project,
+		StateDir: rt.StateDir,
+		Network:  rt.Network,
+		Cwd:      rt.Project,
+		Command:  Command(b, m, rt),
+	}
+}
+
+// MergeEnv overlays maps of variables on a NAME=value list, later ones
+// winning, and returns it sorted.
+func MergeEnv(base []string, overlays ...map[string]string) []string {
+	m := make(map[string]string, len(base)+8)
+	for _, kv := range base {
+		k, v, _ := strings.Cut(kv, "=")
+		m[k] = v
+	}
+	for _, o := range overlays {
+		for k, v := range o {
+			m[k] = v
+		}
+	}
+	out := make([]string, 0, len(m))
+	for k, v := range m {
+		out = append(out, k+"="+v)
+	}
+	sort.Strings(out)
+	return out
+}
+
+// EnvValue returns a variable's value in a NAME=value list.
+func EnvValue(env []string, name string) string {
+	for _, kv := range env {
+		if k, v, ok := strings.Cut(kv, "="); ok && k == name {
+			return v
+		}
+	}
+	return ""
+}

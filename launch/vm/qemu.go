@@ -1,0 +1,295 @@
+package vm
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/claude-sandbox/claude-sandbox/launch"
+	"github.com/claude-sandbox/claude-sandbox/manifest"
+)
+
+// File names inside a VM's run directory (<state>/vm/<id>/). QEMU runs with
+// the run directory as its working directory and is given these relative
+// names, so socket paths stay short whatever the state directory's length.
+const (
+	vmMetaDir     = "meta"
+	vmEmptyDir    = "empty"
+	vmQMPSock     = "qmp.sock"
+	vmConsoleSock = "console.sock"
+	vmVirtiofsd   = "virtiofsd.sock"
+	vmBootLog     = "boot.log"
+	vmQEMULog     = "qemu.log"
+	vmLock        = "lock"
+)
+
+// vmPlan is a decided VM start (the launch plan's Detail): the QEMU
+// command line and what the host side must prepare for it.
+type vmPlan struct {
+	ID       string
+	RunDir   string
+	StateDir string
+	QEMU     string
+	Args     []string // argv, Args[0] included
+	Accel    string
+	AutoKVM  bool              // KVM chosen by --accel auto
+	Sources  map[string]string // share source → host directory
+	Present  map[string]bool   // share source → the host has it (not the empty stand-in)
+	Shares   []launch.Mount    // the manifest's shares as mounts, in its order (Tag set)
+	FS       string
+	VFSTag   string // virtiofs tag of the project, when FS is virtiofs
+	Virtiofs string // virtiofsd binary, when FS is virtiofs
+	Display  vmDisplay
+	Warning  string // one line for the user: the window that could not be opened
+
+	// Who the command runs as in the guest, and what the metadata share
+	// carries beside the command and its environment.
+	Project  string
+	HostHome string // where the host's ~/.claude.json and ~/.gitconfig are copied from
+	Shell    string
+	User     string
+	UID, GID int
+	Home     string
+}
+
+// vmDisplay is how the guest is shown: UI is QEMU's -display backend ("gtk"
+// or "sdl") with a virtio GPU, or "" for no window at all. Env is what QEMU
+// needs of the host's environment to reach the display.
+type vmDisplay struct {
+	UI  string
+	Env []string
+}
+
+// qemuDisplayUIs lists the -display backends a QEMU binary can open; tests
+// replace it. Debian ships gtk and sdl as modules in qemu-system-gui, so
+// asking QEMU is the only check that holds for every packaging.
+var qemuDisplayUIs = func(qemu string) map[string]bool {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, qemu, "-display", "help")
+	cmd.Env = qemuEnv()
+	out, _ := cmd.Output()
+	uis := map[string]bool{}
+	for _, line := range strings.Split(string(out), "\n") {
+		if f := strings.Fields(line); len(f) == 1 {
+			uis[f[0]] = true
+		}
+	}
+	return uis
+}
+
+// chooseDisplay opens a window only where the host has a display whose
+// socket exists (a stale DISPLAY would make QEMU fail to start) and the
+// user did not turn it off. A QEMU without a window backend still runs the
+// guest, without a window, and says so once.
+func chooseDisplay(h launch.Host, rt *launch.Runtime, qemu string) (d vmDisplay, warning string) {
+	if rt.NoDisplay || rt.NoDesktop {
+		return vmDisplay{}, ""
+	}
+	var env []string
+	if display := h.Env("DISPLAY"); display != "" {
+		if n, local := launch.X11Display(display); local && h.IsSocket("/tmp/.X11-unix/X"+n) {
+			env = append(env, "DISPLAY="+display)
+			if xauth := h.Env("XAUTHORITY"); filepath.IsAbs(xauth) {
+				env = append(env, "XAUTHORITY="+xauth)
+			} else if filepath.IsAbs(rt.Home) {
+				// Xlib's own default, spelled out: QEMU's environment is
+				// built from nothing.
+				env = append(env, "XAUTHORITY="+filepath.Join(rt.Home, ".Xauthority"))
+			}
+		}
+	}
+	if wl := h.Env("WAYLAND_DISPLAY"); wl != "" {
+		run := h.RuntimeDir()
+		sock := wl
+		if !filepath.IsAbs(sock) && run != "" {
+			sock = filepath.Join(run, wl)
+		}
+		if filepath.IsAbs(sock) && h.IsSocket(sock) {
+			env = append(env, "WAYLAND_DISPLAY="+wl)
+			if run != "" {
+				env = append(env, "XDG_RUNTIME_DIR="+run)
+			}
+		}
+	}
+	if len(env) == 0 {
+		return vmDisplay{}, ""
+	}
+	uis := qemuDisplayUIs(qemu)
+	for _, ui := range []string{"gtk", "sdl"} {
+		if uis[ui] {
+			return vmDisplay{UI: ui, Env: env}, ""
+		}
+	}
+	return vmDisplay{}, "this QEMU has no window (gtk or sdl) backend: the VM runs without a display (Debian: apt install qemu-system-gui; --no-display silences this)"
+}
+
+// qemuOpt escapes a value for QEMU's comma-separated option syntax, where a
+// literal comma is written twice. A project path is the user's text.
+func qemuOpt(v string) string { return strings.ReplaceAll(v, ",", ",,") }
+
+// hostShares decides which host directory backs each share the guest
+// declares. Optional ones the host lacks get an empty stand-in, because the
+// guest's fstab mounts every declared share at boot.
+func hostShares(m *manifest.Manifest, rt *launch.Runtime, stateDir, runDir string) (sources map[string]string, present map[string]bool) {
+	empty := filepath.Join(runDir, vmEmptyDir)
+	sources, present = map[string]string{}, map[string]bool{}
+	dirIf := func(p string) (string, bool) {
+		real, err := filepath.EvalSymlinks(p)
+		if err != nil {
+			return empty, false
+		}
+		if st, err := os.Stat(real); err != nil || !st.IsDir() {
+			return empty, false
+		}
+		return real, true
+	}
+	for _, s := range m.VM.Shares {
+		var p string
+		ok := true
+		switch s.Source {
+		case "store":
+			p = manifest.StoreDir
+		case "meta":
+			p = filepath.Join(runDir, vmMetaDir)
+		case "project":
+			p = rt.Project
+		case "claude":
+			p, ok = dirIf(filepath.Join(rt.Home, ".claude"))
+		case "state":
+			p = filepath.Join(stateDir, launch.StateGuest)
+		case "ssh":
+			p, ok = dirIf(filepath.Join(rt.Home, ".ssh"))
+		case "git":
+			p, ok = dirIf(filepath.Join(rt.Home, ".config", "git"))
+		case "gh":
+			p, ok = dirIf(filepath.Join(rt.Home, ".config", "gh"))
+		}
+		sources[s.Source], present[s.Source] = p, ok
+	}
+	return sources, present
+}
+
+// qemuArgs builds QEMU's command line. Nothing secret is on it: the
+// command, its environment and the API key travel in the metadata share.
+func qemuArgs(m *manifest.Manifest, p *vmPlan, network bool) []string {
+	vm := m.VM
+	machine, cpu := launch.HostArch().Machine+",accel=tcg", "max"
+	if p.Accel == launch.AccelKVM {
+		machine, cpu = launch.HostArch().Machine+",accel=kvm", "host"
+	}
+	a := []string{p.QEMU,
+		"-name", "claude-sandbox,process=claude-sandbox-vm",
+		"-nodefaults", "-no-user-config",
+		"-machine", machine, "-cpu", cpu,
+		"-m", strconv.Itoa(vm.MemoryMiB), "-smp", strconv.Itoa(vm.Cores),
+		// A guest reboot (or a panic, with panic=-1) ends the VM instead of
+		// looping through another boot.
+		"-no-reboot",
+		"-kernel", vm.Kernel, "-initrd", vm.Initrd,
+		"-append", strings.Join(vm.KernelParams, " "),
+		// ttyS0: the guest console and the command's terminal, relayed by
+		// the supervisor through QEMU's stdin and stdout.
+		"-chardev", "stdio,id=console,signal=off", "-serial", "chardev:console",
+		// ttyS1: the second console, for `enter`.
+		"-chardev", "socket,id=enter,path=" + vmConsoleSock + ",server=on,wait=off", "-serial", "chardev:enter",
+		"-chardev", "socket,id=qmp,path=" + vmQMPSock + ",server=on,wait=off", "-mon", "chardev=qmp,mode=control",
+		"-device", "virtio-rng-pci",
+	}
+	if p.Display.UI != "" {
+		// A window for the guest's own display (Chromium's kiosk in the
+		// NixOS guest); the serial consoles stay where they are.
+		a = append(a, "-display", p.Display.UI, "-device", "virtio-vga")
+	} else {
+		a = append(a, "-display", "none")
+	}
+	if network {
+		// User-mode NAT: the guest reaches what the host reaches, and
+		// nothing on the host's networks can reach the guest.
+		a = append(a, "-nic", "user,model=virtio-net-pci")
+	} else {
+		a = append(a, "-nic", "none")
+	}
+	for i, s := range p.Shares {
+		id := "fs" + strconv.Itoa(i)
+		fsdev := "local,id=" + id + ",path=" + qemuOpt(s.Source) + ",security_model=none,multidevs=remap"
+		if s.Kind == launch.ROBind {
+			fsdev += ",readonly=on"
+		}
+		a = append(a, "-fsdev", fsdev, "-device", "virtio-9p-pci,fsdev="+id+",mount_tag="+s.Tag)
+	}
+	if p.FS == launch.FSVirtiofs {
+		// vhost-user needs the guest's memory shared with virtiofsd.
+		a = append(a,
+			"-object", "memory-backend-memfd,id=mem,size="+strconv.Itoa(vm.MemoryMiB)+"M,share=on",
+			"-numa", "node,memdev=mem",
+			"-chardev", "socket,id=vfs,path="+vmVirtiofsd,
+			"-device", "vhost-user-fs-pci,chardev=vfs,tag="+p.VFSTag)
+	}
+	return a
+}
+
+// planVMRun decides everything about a start without touching the host.
+// id is the registry id it will have, which names its run directory, so a
+// sweep never takes the directory of a VM that is registered.
+func planVMRun(m *manifest.Manifest, rt *launch.Runtime, id string) (*vmPlan, error) {
+	if m.VM == nil {
+		return nil, errors.New("vm backend without a vm section in the manifest")
+	}
+	if m.VM.Network != rt.Network {
+		return nil, launch.NewVMStartError(
+			fmt.Sprintf("this guest was built with network=%t, the run asks for network=%t", m.VM.Network, rt.Network),
+			"the vm backend builds the network into the guest: rebuild with the same --no-network setting")
+	}
+	fs := rt.FS
+	if fs == "" {
+		fs = launch.FS9p
+	}
+	if fs != launch.FS9p && fs != launch.FSVirtiofs {
+		return nil, &launch.OptionError{Flag: "--fs", Value: fs, Want: "9p or virtiofs"}
+	}
+	accel, auto, err := chooseAccel(rt.Accel)
+	if err != nil {
+		return nil, err
+	}
+	qemu, err := launch.FindQEMU(m)
+	if err != nil {
+		return nil, err
+	}
+	stateDir := rt.StateDir
+	if stateDir == "" {
+		if stateDir, err = launch.ProjectStatePath(rt.Project); err != nil {
+			return nil, err
+		}
+	}
+	p := &vmPlan{
+		ID: id, StateDir: stateDir, RunDir: filepath.Join(stateDir, launch.StateVM, id),
+		QEMU: qemu, Accel: accel, AutoKVM: auto && accel == launch.AccelKVM, FS: fs,
+		Project: rt.Project, HostHome: rt.Home, Shell: m.Shell,
+	}
+	p.User, p.UID, p.GID, p.Home = guestIdentity(rt)
+	if fs == launch.FSVirtiofs {
+		if p.Virtiofs, err = launch.FindVirtiofsd(m); err != nil {
+			return nil, err
+		}
+		share, _ := m.VM.Share("project")
+		p.VFSTag = share.Tag + "-vfs"
+	}
+	p.Sources, p.Present = hostShares(m, rt, stateDir, p.RunDir)
+	for _, s := range m.VM.Shares {
+		kind := launch.Bind
+		if s.ReadOnly {
+			kind = launch.ROBind
+		}
+		p.Shares = append(p.Shares, launch.Mount{Kind: kind, Source: p.Sources[s.Source], Dest: s.Target, Tag: s.Tag})
+	}
+	p.Display, p.Warning = chooseDisplay(launch.OSHost(rt), rt, qemu)
+	p.Args = qemuArgs(m, p, rt.Network)
+	return p, nil
+}

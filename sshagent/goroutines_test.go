@@ -1,0 +1,5 @@
+package sshagent
+
+import "runtime"
+
+func countGoroutines() int { return runtime.NumGoroutine() }

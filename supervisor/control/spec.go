@@ -1,0 +1,72 @@
+package control
+
+// Spec is what a launcher hands a new supervisor, as JSON on its standard
+// input (a pipe: never the command line or the environment, since it may
+// carry secret values). Descriptors are numbered as the supervisor
+// receives them: 3 is the first of the launcher's ExtraFiles.
+type Spec struct {
+	ID       string `json:"id"`       // the sandbox's registry id
+	Project  string `json:"project"`  // the project directory
+	Backend  string `json:"backend"`  // bubblewrap, container, vm
+	StateDir string `json:"stateDir"` // the project's state directory
+	RunDir   string `json:"runDir"`   // this sandbox's sockets
+	LogPath  string `json:"logPath"`  // the session log
+	// Record is the registry record the launcher wrote; it goes when the
+	// sandbox is decided to end, so no launch finds an ending sandbox.
+	Record string `json:"record"`
+
+	ControlFD      int `json:"controlFd"`                // the listening control socket
+	FirstSessionFD int `json:"firstSessionFd,omitempty"` // the starting launcher's session (0: none)
+
+	// Exactly one of these says how the sandbox process came to be.
+	Adopted *AdoptedSpec `json:"adopted,omitempty"`
+
+	Nix      *NixSpec      `json:"nix,omitempty"`
+	Net      *NetSpec      `json:"net,omitempty"`
+	SSHAgent *SSHAgentSpec `json:"sshAgent,omitempty"`
+}
+
+// AdoptedSpec hands over a sandbox process the launcher started itself.
+type AdoptedSpec struct {
+	OuterFD    int `json:"outerFd"`    // pidfd of the sandbox process (bwrap)
+	InitFD     int `json:"initFd"`     // pidfd of the sandbox's init
+	InitPID    int `json:"initPid"`    // the init's pid: where sessions join
+	LifetimeFD int `json:"lifetimeFd"` // write end of the keeper's lifetime pipe
+}
+
+// NixSpec configures the Nix daemon gateway.
+type NixSpec struct {
+	ListenerFD int `json:"listenerFd"`
+	// Socket is the host daemon's socket.
+	Socket                 string `json:"socket"`
+	AllowUnsandboxedBuilds bool   `json:"allowUnsandboxedBuilds,omitempty"`
+	Network                bool   `json:"network,omitempty"` // the sandbox's network is open
+}
+
+// NetSpec configures the egress proxy.
+type NetSpec struct {
+	// ListenerFDs are the proxy's listeners: a Unix socket bound into
+	// the sandbox, or a loopback TCP socket made inside its network
+	// namespace.
+	ListenerFDs []int  `json:"listenerFds"`
+	Mode        string `json:"mode"` // open, allowlist, learn
+	Allow       []Rule `json:"allow,omitempty"`
+	Deny        []Rule `json:"deny,omitempty"`
+	// Upstream is the corporate proxy allowed destinations go through
+	// ("" for none), as the host's HTTPS_PROXY names it.
+	Upstream string `json:"upstream,omitempty"`
+	NoProxy  string `json:"noProxy,omitempty"`
+}
+
+// Rule is one allow or deny rule as written, and where.
+type Rule struct {
+	Text   string `json:"text"`
+	Source string `json:"source,omitempty"` // e.g. claude-sandbox.toml:7
+}
+
+// SSHAgentSpec configures the filtering SSH agent.
+type SSHAgentSpec struct {
+	ListenerFD int      `json:"listenerFd"`
+	Upstream   string   `json:"upstream"` // the host's SSH_AUTH_SOCK
+	Keys       []string `json:"keys"`     // nil: every key of the host agent
+}

@@ -1,0 +1,91 @@
+package supervisor
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/claude-sandbox/claude-sandbox/internal/proc"
+)
+
+// Adopted is a sandbox whose process a launcher started before this
+// supervisor existed (bubblewrap: so that no launch waits for a second Go
+// program's start-up), handed over as descriptors: pidfds of the sandbox
+// process and of its init (pid 1 of the sandbox's pid namespace, the
+// process sessions join), and the write end of the keeper's lifetime pipe.
+// The keeper inside reads that pipe until end of file: closing it (or this
+// process dying) lets the sandbox end.
+type Adopted struct {
+	Outer    int      // pidfd of the sandbox process (bwrap)
+	Init     int      // pidfd of the sandbox's init
+	InitPID  int      // its pid, which sessions join
+	Lifetime *os.File // write end of the keeper's lifetime pipe
+
+	done chan struct{}
+}
+
+// Watch starts watching the sandbox process; call it once before use.
+func (a *Adopted) Watch() {
+	a.done = make(chan struct{})
+	go func() {
+		defer close(a.done)
+		// The init outlives bwrap's own process only while something
+		// in the sandbox does; it is the sandbox's real end.
+		proc.WaitPidfd(a.Init, -1)
+	}()
+}
+
+// Ready: an adopted sandbox was ready before it was handed over.
+func (a *Adopted) Ready(context.Context) (int, uint64, error) {
+	select {
+	case <-a.done:
+		return 0, 0, errors.New("the sandbox has ended")
+	default:
+	}
+	st, err := proc.ReadStat(a.InitPID)
+	if err != nil {
+		return 0, 0, fmt.Errorf("the sandbox's init: %w", err)
+	}
+	return a.InitPID, st.StartTime, nil
+}
+
+func (a *Adopted) Done() <-chan struct{} { return a.done }
+
+// Stop ends the sandbox. Graceful: every process in it but its init and
+// keeper is sent SIGHUP and SIGTERM (what a closing terminal and a polite
+// request send) and given grace; then the keeper's pipe closes and the
+// init is killed, which ends every process left in its pid namespace.
+func (a *Adopted) Stop(ctx context.Context, graceful bool, grace time.Duration) error {
+	if graceful {
+		members := proc.PIDNamespaceMembers(a.InitPID)
+		for _, pid := range members {
+			_ = unix.Kill(pid, unix.SIGHUP)
+			_ = unix.Kill(pid, unix.SIGTERM)
+		}
+		deadline := time.Now().Add(grace)
+		for len(members) > 0 && time.Now().Before(deadline) && ctx.Err() == nil {
+			time.Sleep(20 * time.Millisecond)
+			members = proc.PIDNamespaceMembers(a.InitPID)
+		}
+	}
+	if a.Lifetime != nil {
+		a.Lifetime.Close()
+		a.Lifetime = nil
+	}
+	_ = unix.PidfdSendSignal(a.Init, unix.SIGKILL, nil, 0)
+	wait := 5 * time.Second
+	if d, ok := ctx.Deadline(); ok {
+		wait = max(time.Until(d), 0)
+	}
+	if !proc.WaitPidfd(a.Init, wait) {
+		return errors.New("the sandbox's init did not end")
+	}
+	// bwrap's own process ends with its init; it is the launcher's child,
+	// reaped by whoever inherited it.
+	proc.WaitPidfd(a.Outer, 2*time.Second)
+	return nil
+}

@@ -1,0 +1,135 @@
+package supervisor
+
+import (
+	"context"
+	"encoding/json"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/claude-sandbox/claude-sandbox/internal/proc"
+	"github.com/claude-sandbox/claude-sandbox/internal/testenv"
+)
+
+// startBwrap starts a real bubblewrap sandbox the way a launcher does:
+// detached, its keeper `cat` reading a lifetime pipe, its init's pid from
+// --info-fd. Returns the Adopted handle.
+func startBwrap(t *testing.T) *Adopted {
+	t.Helper()
+	bwrap := testenv.RequireProgram(t, "bwrap")
+	cat := testenv.RequireProgram(t, "cat")
+	lifeR, lifeW, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	infoR, infoW, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Readiness as a launcher sees it: bwrap's child reads one byte from
+	// --block-fd once its set-up is complete; a pipe of one page holding
+	// that byte turns writable at that moment.
+	blockR, blockW, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := unix.FcntlInt(blockW.Fd(), unix.F_SETPIPE_SZ, 4096); err != nil {
+		t.Fatal(err)
+	}
+	blockW.Write([]byte{0})
+	cmd := exec.Command(bwrap, "--unshare-all", "--ro-bind", "/", "/", "--proc", "/proc", "--dev", "/dev",
+		"--info-fd", "3", "--block-fd", "4", cat)
+	cmd.Stdin = lifeR
+	cmd.ExtraFiles = []*os.File{infoW, blockR}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	lifeR.Close()
+	infoW.Close()
+	blockR.Close()
+	fds := []unix.PollFd{{Fd: int32(blockW.Fd()), Events: unix.POLLOUT}}
+	if n, err := unix.Poll(fds, 10000); n != 1 || err != nil {
+		t.Fatalf("bwrap did not finish its set-up: %d %v", n, err)
+	}
+	blockW.Close()
+	t.Cleanup(func() { _ = cmd.Process.Kill() })
+	var info struct {
+		ChildPID int `json:"child-pid"`
+	}
+	if err := json.NewDecoder(infoR).Decode(&info); err != nil {
+		t.Fatalf("reading bwrap's info: %v", err)
+	}
+	infoR.Close()
+	outer, err := unix.PidfdOpen(cmd.Process.Pid, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	init, err := unix.PidfdOpen(info.ChildPID, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() { _ = cmd.Wait() }() // the launcher's role: reap bwrap
+	a := &Adopted{Outer: outer, Init: init, InitPID: info.ChildPID, Lifetime: lifeW}
+	a.Watch()
+	return a
+}
+
+func TestAdoptedStopEndsEveryProcess(t *testing.T) {
+	testenv.RequireRoot(t) // bwrap --unshare-all as root needs no user namespace set-up
+	a := startBwrap(t)
+	target, start, err := a.Ready(context.Background())
+	if err != nil || target != a.InitPID || start == 0 {
+		t.Fatalf("Ready: %d %d %v", target, start, err)
+	}
+	// A process of the sandbox that ignores SIGTERM: what a graceful stop
+	// cannot end, the init's death must.
+	stubborn := exec.Command("nsenter", "--target", strconv.Itoa(a.InitPID), "--all", "--", "sh", "-c", "trap '' TERM HUP; exec sleep 300")
+	var stubbornOut strings.Builder
+	stubborn.Stdout, stubborn.Stderr = &stubbornOut, &stubbornOut
+	if err := stubborn.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer stubborn.Process.Kill()
+	waited := make(chan error, 1)
+	go func() { waited <- stubborn.Wait() }()
+	var members []int
+	for deadline := time.Now().Add(5 * time.Second); len(members) < 2 && time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		members = proc.PIDNamespaceMembers(a.InitPID)
+	}
+	if len(members) < 2 {
+		t.Fatalf("found members %v of the sandbox, want the keeper and the sleeper (nsenter said %q)", members, stubbornOut.String())
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := a.Stop(ctx, true, 300*time.Millisecond); err != nil {
+		t.Fatalf("Stop: %v", err)
+	}
+	select {
+	case <-a.Done():
+	case <-time.After(5 * time.Second):
+		t.Fatal("Done was not closed after Stop")
+	}
+	select {
+	case <-waited:
+	case <-time.After(5 * time.Second):
+		t.Fatal("a process of the stopped sandbox lives on")
+	}
+}
+
+func TestAdoptedEndsWhenLifetimeCloses(t *testing.T) {
+	testenv.RequireRoot(t)
+	a := startBwrap(t)
+	a.Lifetime.Close() // the supervisor died: the keeper reads end of file
+	select {
+	case <-a.Done():
+	case <-time.After(5 * time.Second):
+		t.Fatal("closing the lifetime pipe did not end an idle sandbox")
+	}
+}

@@ -1,0 +1,213 @@
+package supervisor
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"time"
+
+	"github.com/claude-sandbox/claude-sandbox/egress"
+	"github.com/claude-sandbox/claude-sandbox/nixgate"
+	"github.com/claude-sandbox/claude-sandbox/sessionlog"
+	"github.com/claude-sandbox/claude-sandbox/sshagent"
+	"github.com/claude-sandbox/claude-sandbox/supervisor/control"
+)
+
+// Inherited hands out the descriptors a launcher passed, by number.
+type Inherited func(fd int) (*os.File, error)
+
+// FromSpec builds the supervisor a launcher's spec describes. log is the
+// session log; the services log through a counter in front of it.
+func FromSpec(ctx context.Context, spec control.Spec, fds Inherited, log sessionlog.Logger) (*Supervisor, error) {
+	counter := &Counter{Next: log}
+	s := &Supervisor{ID: spec.ID, Log: counter, Counter: counter}
+	if spec.Record != "" {
+		record := spec.Record
+		s.OnEnd = func() { _ = os.Remove(record) }
+	}
+
+	ctl, err := listener(fds, spec.ControlFD, "control")
+	if err != nil {
+		return nil, err
+	}
+	s.Control = ctl
+	if spec.FirstSessionFD != 0 {
+		f, err := fds(spec.FirstSessionFD)
+		if err != nil {
+			return nil, fmt.Errorf("the first session: %w", err)
+		}
+		c, err := net.FileConn(f)
+		f.Close()
+		if err != nil {
+			return nil, fmt.Errorf("the first session: %w", err)
+		}
+		s.First = control.NewConn(c)
+	}
+
+	switch {
+	case spec.Adopted != nil:
+		a := spec.Adopted
+		life, err := fds(a.LifetimeFD)
+		if err != nil {
+			return nil, fmt.Errorf("the lifetime pipe: %w", err)
+		}
+		outer, err := fds(a.OuterFD)
+		if err != nil {
+			return nil, fmt.Errorf("the sandbox process: %w", err)
+		}
+		init, err := fds(a.InitFD)
+		if err != nil {
+			return nil, fmt.Errorf("the sandbox's init: %w", err)
+		}
+		ad := &Adopted{Outer: int(outer.Fd()), Init: int(init.Fd()), InitPID: a.InitPID, Lifetime: life}
+		// The pidfds live as long as this process; keep their *os.File
+		// from being collected (and closed) under the raw numbers.
+		keep = append(keep, outer, init)
+		ad.Watch()
+		s.Sandbox = ad
+	default:
+		return nil, errors.New("the spec says nothing about the sandbox process")
+	}
+
+	if n := spec.Nix; n != nil {
+		ln, err := listener(fds, n.ListenerFD, "nix gateway")
+		if err != nil {
+			return nil, err
+		}
+		s.Services = append(s.Services, &nixService{spec: *n, ln: ln, log: counter})
+	}
+	if n := spec.Net; n != nil {
+		svc, err := newNetService(*n, fds, counter)
+		if err != nil {
+			return nil, err
+		}
+		s.Services = append(s.Services, svc)
+	}
+	if a := spec.SSHAgent; a != nil {
+		ln, err := listener(fds, a.ListenerFD, "ssh agent")
+		if err != nil {
+			return nil, err
+		}
+		filter := sshagent.AllKeys()
+		if a.Keys != nil {
+			if filter, err = sshagent.ParseKeys(a.Keys); err != nil {
+				return nil, err
+			}
+		}
+		s.Services = append(s.Services, &sshagent.Server{Listener: ln, Upstream: a.Upstream, Filter: filter, Log: counter})
+	}
+	return s, nil
+}
+
+// keep holds descriptors whose numbers are used raw for the process's life.
+var keep []*os.File
+
+func listener(fds Inherited, fd int, what string) (net.Listener, error) {
+	f, err := fds(fd)
+	if err != nil {
+		return nil, fmt.Errorf("the %s socket: %w", what, err)
+	}
+	defer f.Close()
+	ln, err := net.FileListener(f)
+	if err != nil {
+		return nil, fmt.Errorf("the %s socket: %w", what, err)
+	}
+	return ln, nil
+}
+
+// nixService is the Nix daemon gateway. It learns how the host daemon
+// builds before it answers anyone: connections wait in the listener's
+// queue meanwhile, never reach the daemon unjudged.
+type nixService struct {
+	spec control.NixSpec
+	ln   net.Listener
+	log  sessionlog.Logger
+}
+
+func (n *nixService) Name() string { return "nix" }
+
+func (n *nixService) Serve(ctx context.Context) error {
+	pctx, cancel := context.WithTimeout(ctx, time.Minute)
+	facts, err := nixgate.ProbeHost(pctx, nixgate.ProbeOptions{Socket: n.spec.Socket})
+	cancel()
+	if err != nil {
+		// Unknown counts as not sandboxed: builds are refused unless
+		// opted in, queries still work.
+		n.log.Log(sessionlog.Entry{Service: "nix", Decision: sessionlog.Note, Reason: "could not learn how the host daemon builds: " + err.Error()})
+	}
+	gw := nixgate.New(nixgate.Config{
+		Socket:                 n.spec.Socket,
+		Host:                   facts,
+		AllowUnsandboxedBuilds: n.spec.AllowUnsandboxedBuilds,
+		Network:                n.spec.Network,
+		Logger:                 n.log,
+	})
+	return gw.Serve(ctx, n.ln)
+}
+
+// netService is the egress proxy on its listeners.
+type netService struct {
+	srv *egress.Server
+	lns []net.Listener
+}
+
+func newNetService(spec control.NetSpec, fds Inherited, log sessionlog.Logger) (*netService, error) {
+	mode, err := egress.ParseMode(spec.Mode)
+	if err != nil {
+		return nil, err
+	}
+	rules := func(in []control.Rule) ([]egress.Rule, error) {
+		var out []egress.Rule
+		for _, r := range in {
+			parsed, err := egress.ParseRules([]string{r.Text})
+			if err != nil {
+				return nil, err
+			}
+			for i := range parsed {
+				parsed[i].Source = r.Source
+			}
+			out = append(out, parsed...)
+		}
+		return out, nil
+	}
+	allow, err := rules(spec.Allow)
+	if err != nil {
+		return nil, err
+	}
+	deny, err := rules(spec.Deny)
+	if err != nil {
+		return nil, err
+	}
+	var up *egress.Upstream
+	if spec.Upstream != "" {
+		env := map[string]string{"HTTPS_PROXY": spec.Upstream, "HTTP_PROXY": spec.Upstream, "NO_PROXY": spec.NoProxy}
+		if up, err = egress.UpstreamFromEnv(func(k string) string { return env[k] }); err != nil {
+			return nil, err
+		}
+	}
+	srv, err := egress.New(egress.Options{Policy: egress.NewPolicy(mode, allow, deny), Log: log, Upstream: up})
+	if err != nil {
+		return nil, err
+	}
+	svc := &netService{srv: srv}
+	for _, fd := range spec.ListenerFDs {
+		ln, err := listener(fds, fd, "egress proxy")
+		if err != nil {
+			return nil, err
+		}
+		svc.lns = append(svc.lns, ln)
+	}
+	return svc, nil
+}
+
+func (n *netService) Name() string { return "net" }
+
+func (n *netService) Serve(ctx context.Context) error {
+	for _, ln := range n.lns {
+		go func(ln net.Listener) { _ = n.srv.Serve(ln) }(ln)
+	}
+	<-ctx.Done()
+	return n.srv.Close()
+}
