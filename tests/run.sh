@@ -44,6 +44,8 @@ wanted+=(qemu-system-gui xvfb x11-utils)
 # The egress proxy's tests run OpenSSH through the ProxyCommands people use
 # (egress/ssh_test.go): OpenBSD netcat's `nc -X 5` and connect-proxy.
 wanted+=(netcat-openbsd connect-proxy)
+# The SSH agent filter's tests sign through a real sshd (sshagent/sshd_test.go).
+wanted+=(openssh-server)
 # The second Nix's root (tests/nix-root.sh).
 wanted+=(debootstrap)
 missing=()
