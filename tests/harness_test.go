@@ -50,7 +50,14 @@ func runMain(m *testing.M) int {
 		fmt.Fprintln(os.Stderr, "building claude-sandbox:", err)
 		return 1
 	}
-	fixture, _ = filepath.Abs("fixtures/nixpkgs")
+	// The offline nixpkgs, copied where every user a test runs as can read
+	// it: the checkout need not be readable by them (a clone in /root, mode
+	// 0700, is not).
+	fixture = filepath.Join(workDir, "nixpkgs")
+	if err := os.CopyFS(fixture, os.DirFS("fixtures/nixpkgs")); err != nil {
+		fmt.Fprintln(os.Stderr, "copying the offline nixpkgs:", err)
+		return 1
+	}
 	return m.Run()
 }
 
