@@ -12,6 +12,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/claude-sandbox/claude-sandbox/internal/nsenter"
 	"github.com/claude-sandbox/claude-sandbox/internal/proc"
 	"github.com/claude-sandbox/claude-sandbox/internal/sockpath"
 	"github.com/claude-sandbox/claude-sandbox/supervisor/control"
@@ -221,6 +222,11 @@ func spawnSupervisor(p *Plan, rt *Runtime, rec *Record, doors *Doors, s *Started
 			Network:                p.Network,
 		}
 	}
+	if e := rt.Egress; e != nil {
+		// Its listener comes later: a socket on the sandbox's own loopback,
+		// made once the sandbox is up (OpenProxyDoor).
+		spec.Net = &control.NetSpec{Mode: e.Mode, Allow: e.Allow, Deny: e.Deny, Upstream: e.Upstream, NoProxy: e.NoProxy}
+	}
 	specData, err := json.Marshal(spec)
 	if err != nil {
 		ours.Close()
@@ -262,6 +268,21 @@ func spawnSupervisor(p *Plan, rt *Runtime, rec *Record, doors *Doors, s *Started
 		return 0, nil, err
 	}
 	return cmd.Process.Pid, control.NewConn(c), nil
+}
+
+// openProxyDoor makes the proxy's socket on the sandbox's own loopback
+// (127.0.0.1:ProxyPort, in the network namespace of target) and hands it to
+// the supervisor on the first session's connection. It runs before the
+// first session's command starts, so that nothing inside ever finds the
+// proxy port closed; connections made before the supervisor serves it wait
+// in the socket's queue.
+func openProxyDoor(first *control.Conn, target int) error {
+	f, err := nsenter.ListenLoopback(target, ProxyPort)
+	if err != nil {
+		return fmt.Errorf("the sandbox's proxy port: %w", err)
+	}
+	defer f.Close()
+	return first.SendFile(control.Request{Op: control.OpDoor, Service: "net"}, f)
 }
 
 // recordPath is a registry record's file.

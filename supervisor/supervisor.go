@@ -14,6 +14,7 @@ import (
 	"context"
 	"errors"
 	"net"
+	"os"
 	"sync"
 	"time"
 
@@ -54,6 +55,12 @@ type Supervisor struct {
 	// OnEnd runs once the sandbox is decided to end, before it is stopped:
 	// the launcher's registry record goes, so no new launch finds it.
 	OnEnd func()
+	// Doors take sockets a launcher made inside the sandbox, by service
+	// name (OpDoor on the first session).
+	Doors map[string]func(*os.File) error
+	// Learned answers OpLearned: the rules learn mode recorded (nil: not
+	// in learn mode).
+	Learned func() []string
 	// FirstSessionWait bounds how long a sandbox started without a first
 	// session waits for one.
 	FirstSessionWait time.Duration
@@ -101,7 +108,7 @@ func (s *Supervisor) Run(ctx context.Context) error {
 		s.mu.Lock()
 		s.sessions, s.joined = 1, true
 		s.mu.Unlock()
-		go s.holdSession(s.First, "first session")
+		go s.holdFirstSession(s.First)
 	}
 	go s.accept()
 
@@ -229,9 +236,51 @@ func (s *Supervisor) handle(c *control.Conn) {
 	case control.OpStatus:
 		_ = c.Send(control.Reply{OK: true, Status: s.status()})
 		c.Close()
+	case control.OpLearned:
+		var rules []string
+		if s.Learned != nil {
+			rules = s.Learned()
+		}
+		_ = c.Send(control.Reply{OK: s.Learned != nil, Learned: rules, Reason: map[bool]string{true: "", false: "not in learn mode"}[s.Learned != nil]})
+		c.Close()
 	default:
 		_ = c.Send(control.Reply{Reason: "unknown request " + req.Op})
 		c.Close()
+	}
+}
+
+// holdFirstSession keeps the starting launcher's session registered until
+// its connection closes, and takes the doors it made inside the sandbox
+// (OpDoor, each with a listening socket attached).
+func (s *Supervisor) holdFirstSession(c *control.Conn) {
+	defer s.sessionEnded()
+	defer c.Close()
+	for {
+		var req control.Request
+		f, err := c.ReceiveWithFile(&req)
+		if err != nil {
+			return
+		}
+		reply := control.Reply{OK: true}
+		door := s.Doors[req.Service]
+		switch {
+		case req.Op != control.OpDoor:
+			reply = control.Reply{Reason: "a session sends nothing but doors"}
+		case f == nil:
+			reply = control.Reply{Reason: "a door without its socket"}
+		case door == nil:
+			reply = control.Reply{Reason: "no service " + req.Service}
+		default:
+			if err := door(f); err != nil {
+				reply = control.Reply{Reason: err.Error()}
+			}
+		}
+		if f != nil {
+			f.Close()
+		}
+		if err := c.Send(reply); err != nil {
+			return
+		}
 	}
 }
 

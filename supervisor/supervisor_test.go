@@ -4,8 +4,10 @@ import (
 	"context"
 	"errors"
 	"net"
+	"os"
 	"path/filepath"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -56,9 +58,22 @@ func start(t *testing.T, withFirst bool, tweak ...func(*Supervisor)) *harness {
 	h := &harness{sock: sock, fake: newFake(), done: make(chan error, 1)}
 	h.sv = &Supervisor{ID: "abc", Sandbox: h.fake, Control: ln, FirstSessionWait: 2 * time.Second, StopGrace: 100 * time.Millisecond}
 	if withFirst {
-		a, b := net.Pipe()
-		h.first = a
-		h.sv.First = control.NewConn(b)
+		// A socket pair, as a launcher hands one over.
+		fds, err := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		conn := func(fd int) net.Conn {
+			f := os.NewFile(uintptr(fd), "pair")
+			defer f.Close()
+			c, err := net.FileConn(f)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return c
+		}
+		h.first = conn(fds[0])
+		h.sv.First = control.NewConn(conn(fds[1]))
 	}
 	for _, f := range tweak {
 		f(h.sv)

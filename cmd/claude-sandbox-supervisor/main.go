@@ -7,6 +7,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -15,6 +16,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/claude-sandbox/claude-sandbox/egress"
 	"github.com/claude-sandbox/claude-sandbox/nixdaemon"
 	"github.com/claude-sandbox/claude-sandbox/nixgate"
 
@@ -33,6 +35,9 @@ func main() {
 func run() int {
 	if len(os.Args) > 1 && os.Args[1] == "probe-nix" {
 		return probeNix(os.Args[2:])
+	}
+	if len(os.Args) > 1 && os.Args[1] == "check-rules" {
+		return checkRules()
 	}
 	data, err := io.ReadAll(io.LimitReader(os.Stdin, maxSpec))
 	os.Stdin.Close()
@@ -137,6 +142,37 @@ func probeNix(args []string) int {
 		out.Error = err.Error()
 	}
 	out.Explain = nixgate.Explain(facts, nixgate.Config{AllowUnsandboxedBuilds: *allow, Network: *network})
+	if err := json.NewEncoder(os.Stdout).Encode(out); err != nil {
+		return 1
+	}
+	return 0
+}
+
+// checkRules is a launch's question before it starts a sandbox: can the
+// proxy use these allow and deny rules? It reads a NetSpec's rules on
+// standard input and prints {} or the first bad rule, where it was
+// written, what is wrong and how to write it.
+func checkRules() int {
+	var spec control.NetSpec
+	if err := json.NewDecoder(io.LimitReader(os.Stdin, maxSpec)).Decode(&spec); err != nil {
+		return fail("check-rules: %v", err)
+	}
+	var out struct {
+		Rule   string `json:"rule,omitempty"`
+		Source string `json:"source,omitempty"`
+		Error  string `json:"error,omitempty"`
+		Hint   string `json:"hint,omitempty"`
+	}
+	for _, r := range append(spec.Allow, spec.Deny...) {
+		if _, err := egress.ParseRules([]string{r.Text}); err != nil {
+			out.Rule, out.Source, out.Error = r.Text, r.Source, err.Error()
+			var re *egress.RuleError
+			if errors.As(err, &re) {
+				out.Error, out.Hint = re.Msg, re.Hint()
+			}
+			break
+		}
+	}
 	if err := json.NewEncoder(os.Stdout).Encode(out); err != nil {
 		return 1
 	}
