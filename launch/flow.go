@@ -224,6 +224,7 @@ func (l *Launch) startSupervised(ctx context.Context, spawner Spawner, p *Plan, 
 		}
 	}
 	s := &Session{Record: rec, Target: started.InitPID, TargetStart: started.InitStart, Conn: first, Env: p.Env}
+	defer s.Close()
 	err = l.Backend.Enter(ctx, s, l.Runtime, p.Command)
 	if e := l.Runtime.Egress; e != nil && e.Mode == NetLearn {
 		l.reportLearned(ctx, rec)

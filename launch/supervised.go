@@ -324,11 +324,18 @@ type Session struct {
 	Env []string
 }
 
-// Close ends the session's registration.
+// Close ends the session's registration, waiting (boundedly) until a
+// sandbox it was the last session of has been torn down: a launch that
+// returns leaves no sandbox, record or run directory behind it.
 func (s *Session) Close() {
-	if s.Conn != nil {
-		s.Conn.Close()
+	if s.Conn == nil {
+		return
 	}
+	ctx, cancel := context.WithTimeout(context.Background(), 40*time.Second)
+	_, _ = s.Conn.Call(ctx, control.Request{Op: control.OpLeave})
+	cancel()
+	s.Conn.Close()
+	s.Conn = nil
 }
 
 // Stop ends a running sandbox: through its supervisor, which asks every

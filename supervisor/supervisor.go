@@ -55,6 +55,11 @@ type Supervisor struct {
 	// OnEnd runs once the sandbox is decided to end, before it is stopped:
 	// the launcher's registry record goes, so no new launch finds it.
 	OnEnd func()
+	// AfterEnd runs once the sandbox and the services are gone, with
+	// what Run will return, before a session that waits for the end
+	// (OpLeave) is answered: the last words of the log, the run
+	// directory's removal.
+	AfterEnd func(error)
 	// Doors take sockets a launcher made inside the sandbox, by service
 	// name (OpDoor on the first session).
 	Doors map[string]func(*os.File) error
@@ -148,14 +153,14 @@ func (s *Supervisor) Run(ctx context.Context) error {
 	cancel()
 	stopServices()
 	wg.Wait()
+	if err == nil && !errors.Is(reason, errNoSessions) && !errors.Is(reason, errStopped) && !errors.Is(reason, errSandboxEnded) {
+		err = reason
+	}
+	if s.AfterEnd != nil {
+		s.AfterEnd(err)
+	}
 	close(s.ended)
-	if err != nil {
-		return err
-	}
-	if errors.Is(reason, errNoSessions) || errors.Is(reason, errStopped) || errors.Is(reason, errSandboxEnded) {
-		return nil
-	}
-	return reason
+	return err
 }
 
 var (
@@ -253,12 +258,19 @@ func (s *Supervisor) handle(c *control.Conn) {
 // its connection closes, and takes the doors it made inside the sandbox
 // (OpDoor, each with a listening socket attached).
 func (s *Supervisor) holdFirstSession(c *control.Conn) {
-	defer s.sessionEnded()
 	defer c.Close()
 	for {
 		var req control.Request
 		f, err := c.ReceiveWithFile(&req)
 		if err != nil {
+			s.sessionEnded()
+			return
+		}
+		if req.Op == control.OpLeave {
+			if f != nil {
+				f.Close()
+			}
+			s.leave(c)
 			return
 		}
 		reply := control.Reply{OK: true}
@@ -286,18 +298,41 @@ func (s *Supervisor) holdFirstSession(c *control.Conn) {
 
 // holdSession keeps a session registered until its connection closes.
 func (s *Supervisor) holdSession(c *control.Conn, what string) {
-	defer s.sessionEnded()
 	defer c.Close()
-	var ignored control.Request
 	for {
-		// A session says nothing more; any read result but a message is its end.
-		if err := c.Receive(context.Background(), &ignored); err != nil {
+		// A session says nothing more than that it leaves; any read
+		// result but a message is its end too.
+		var req control.Request
+		if err := c.Receive(context.Background(), &req); err != nil {
+			s.sessionEnded()
+			return
+		}
+		if req.Op == control.OpLeave {
+			s.leave(c)
 			return
 		}
 	}
 }
 
-func (s *Supervisor) sessionEnded() {
+// leaveWait bounds how long a leaving session is kept waiting for the
+// sandbox to be gone.
+const leaveWait = 30 * time.Second
+
+// leave ends a session that said so, and answers once what it leaves
+// behind is settled: at once if other sessions remain, after the sandbox
+// has ended if it was the last.
+func (s *Supervisor) leave(c *control.Conn) {
+	if s.sessionEnded() {
+		select {
+		case <-s.ended:
+		case <-time.After(leaveWait):
+		}
+	}
+	_ = c.Send(control.Reply{OK: true})
+}
+
+// sessionEnded counts a session out and says whether it was the last.
+func (s *Supervisor) sessionEnded() bool {
 	s.mu.Lock()
 	s.sessions--
 	last := s.sessions <= 0
@@ -310,6 +345,7 @@ func (s *Supervisor) sessionEnded() {
 	if last {
 		s.requestEnd(false)
 	}
+	return last
 }
 
 func (s *Supervisor) status() *control.Status {

@@ -211,3 +211,34 @@ func TestConcurrentJoinsAndLeaves(t *testing.T) {
 	h.first.Close()
 	h.waitEnd(t)
 }
+
+// A launch whose command has ended leaves; the last one is answered only
+// once the sandbox is gone and the supervisor's last words are written,
+// so the launch returns with nothing of the sandbox left behind.
+func TestLastLeaveIsAnsweredAfterTheEnd(t *testing.T) {
+	var mu sync.Mutex
+	afterEnd := false
+	h := start(t, true, func(sv *Supervisor) {
+		sv.AfterEnd = func(error) { mu.Lock(); afterEnd = true; mu.Unlock() }
+	})
+	second := h.join(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if r, err := second.Call(ctx, control.Request{Op: control.OpLeave}); err != nil || !r.OK {
+		t.Fatalf("leaving while another session remains: %+v, %v", r, err)
+	}
+	if stopped, _ := h.fake.state(); stopped {
+		t.Fatal("a session left and the sandbox stopped while the first session remained")
+	}
+	r, err := control.NewConn(h.first).Call(ctx, control.Request{Op: control.OpLeave})
+	if err != nil || !r.OK {
+		t.Fatalf("the last session's leave: %+v, %v", r, err)
+	}
+	mu.Lock()
+	ended := afterEnd
+	mu.Unlock()
+	if stopped, _ := h.fake.state(); !stopped || !ended {
+		t.Fatalf("the last leave was answered before the end: sandbox stopped %v, last words %v", stopped, ended)
+	}
+	h.waitEnd(t)
+}

@@ -87,16 +87,17 @@ func run() int {
 		}
 	}
 	log.Log(sessionlog.Entry{Service: "supervisor", Decision: sessionlog.Note, Op: "start", Target: spec.Project})
-	err = sv.Run(ctx)
-	reason := "ended"
-	if err != nil {
-		reason = "ended: " + err.Error()
+	sv.AfterEnd = func(err error) {
+		reason := "ended"
+		if err != nil {
+			reason = "ended: " + err.Error()
+		}
+		log.Log(sessionlog.Entry{Service: "supervisor", Decision: sessionlog.Note, Op: "end", Reason: reason})
+		if spec.RunDir != "" {
+			_ = os.RemoveAll(spec.RunDir)
+		}
 	}
-	log.Log(sessionlog.Entry{Service: "supervisor", Decision: sessionlog.Note, Op: "end", Reason: reason})
-	if spec.RunDir != "" {
-		_ = os.RemoveAll(spec.RunDir)
-	}
-	if err != nil {
+	if err = sv.Run(ctx); err != nil {
 		return fail("%v", err)
 	}
 	return 0

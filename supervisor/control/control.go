@@ -36,6 +36,10 @@ const (
 	OpDoor = "door"
 	// OpLearned asks for the allow rules learn mode recorded.
 	OpLearned = "learned"
+	// OpLeave ends a session whose command has ended. The reply waits,
+	// if it was the last session, until the sandbox is gone and its
+	// registry record removed, so a finished launch leaves nothing behind.
+	OpLeave = "leave"
 )
 
 // Request is one line from a launcher.
