@@ -76,6 +76,7 @@ func exitCode(err error) int {
 		netMode   *launch.NetworkModeError
 		rule      *launch.RuleError
 		noSuper   *launch.SupervisorMissingError
+		pushURL   *closure.PushURLError
 	)
 	switch {
 	case err == nil:
@@ -89,7 +90,7 @@ func exitCode(err error) int {
 		return exitConfig
 	case errors.As(err, &noSuper):
 		return exitSupervisor
-	case errors.As(err, &usage), errors.As(err, &backend), errors.As(err, &envName), errors.As(err, &module), errors.As(err, &unsupport), errors.As(err, &netMode):
+	case errors.As(err, &usage), errors.As(err, &pushURL), errors.As(err, &backend), errors.As(err, &envName), errors.As(err, &module), errors.As(err, &unsupport), errors.As(err, &netMode):
 		return exitUsage
 	case errors.As(err, &invalid):
 		return exitInvalidPackage
