@@ -109,6 +109,10 @@ type runOpts struct {
 	env   []string // added to (or replacing) the base environment
 	stdin string
 	path  string // PATH; default the test's PATH
+	// command makes the process (default exec.CommandContext), e.g. a
+	// testenv.NixRoot's Command, to run with another store at /nix.
+	command func(ctx context.Context, name string, args ...string) *exec.Cmd
+	timeout time.Duration // default 10 minutes
 }
 
 // run starts claude-sandbox with a small, explicit environment: the host
@@ -131,9 +135,16 @@ func run(t testing.TB, o runOpts, args ...string) result {
 		"XDG_CONFIG_HOME=" + filepath.Join(workDir, "no-config"),
 	}
 	env = append(env, o.env...)
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	if o.timeout == 0 {
+		o.timeout = 10 * time.Minute
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), o.timeout)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, binary, args...)
+	command := o.command
+	if command == nil {
+		command = exec.CommandContext
+	}
+	cmd := command(ctx, binary, args...)
 	cmd.Env = env
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
