@@ -104,12 +104,6 @@ func TestWarmCacheServesAnEmptyStore(t *testing.T) {
 		}
 	}
 	conf = append(conf, "require-sigs = true") // Nix's default, said out loud
-	consumer := testenv.StartNixRoot(t, testenv.NixRootOptions{ThisNix: true, Conf: conf})
-	t.Logf("consumer: an empty store of Nix %s at %s", consumer.Version, consumer.Dir)
-	if got := requisitesValid(t, consumer, outPaths...); len(got) != 0 {
-		t.Fatalf("the consumer's store is not empty: %v", got)
-	}
-
 	// The same configuration: the CI step's build flags, without the push.
 	var build []string
 	for i := 0; i < len(step); i++ {
@@ -119,6 +113,38 @@ func TestWarmCacheServesAnEmptyStore(t *testing.T) {
 		}
 		build = append(build, step[i])
 	}
+
+	// The consumer's Nix: this pass's; and where the second Nix is another
+	// version (the first pass), that one too: CI and its consumers need
+	// not run the same Nix.
+	thisNix, err := exec.Command("nix-store", "--version").Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, o := range []testenv.NixRootOptions{{ThisNix: true, Conf: conf}, {Conf: conf}} {
+		name := "this Nix"
+		if !o.ThisNix {
+			name = "the second Nix"
+		}
+		t.Run(name, func(t *testing.T) {
+			consumer := testenv.StartNixRoot(t, o)
+			if !o.ThisNix && strings.HasSuffix(strings.TrimSpace(string(thisNix)), " "+consumer.Version) {
+				t.Skipf("the second Nix is this pass's Nix (%s), tried above", consumer.Version)
+			}
+			warmedStoreFetches(t, consumer, build, outPaths, closure)
+		})
+	}
+}
+
+// warmedStoreFetches runs build (the recipe's configuration) in the
+// consumer's empty store and checks it fetched the pushed closures and
+// built nothing.
+func warmedStoreFetches(t *testing.T, consumer *testenv.NixRoot, build, outPaths []string, closure map[string]bool) {
+	t.Logf("consumer: an empty store of Nix %s at %s", consumer.Version, consumer.Dir)
+	if got := requisitesValid(t, consumer, outPaths...); len(got) != 0 {
+		t.Fatalf("the consumer's store is not empty: %v", got)
+	}
+
 	fetch := run(t, runOpts{dirs: freshDirs(t), command: consumer.Command}, append(build, "--json", "--log-format", "json")...)
 	if fetch.code != 0 {
 		t.Fatalf("claude-sandbox %s in the consumer's store: %s", strings.Join(build, " "), fetch)
