@@ -35,7 +35,7 @@ func (a *app) newBuildCmd() *cobra.Command {
 		Short: "Build (or find in the cache) the sandbox closure and print its store path",
 		Example: `  claude-sandbox build --with python3
   claude-sandbox build vm --json
-  claude-sandbox build --all --push file:///srv/nix-cache`,
+  claude-sandbox build --all --push file:///srv/nix-cache --secret-key cache-key.sec`,
 		Args: cobra.MaximumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if len(args) == 1 {
