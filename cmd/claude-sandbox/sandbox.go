@@ -91,22 +91,18 @@ func (a *app) launch(ctx context.Context, projectArg string, mode launchMode) er
 		return err
 	}
 	rt.Network = rt.Egress != nil
-	if !a.opts.DryRun {
-		dirs, err := closure.DefaultDirs()
-		if err != nil {
-			return err
-		}
-		if err := launch.CheckRules(rt.Egress, dirs.Cache, rt.Getenv); err != nil {
-			return err
-		}
+	dirs, err := closure.DefaultDirs()
+	if err != nil {
+		return err
 	}
 	l := &launch.Launch{
-		Backend: backend,
-		Runtime: rt,
-		New:     a.opts.Launch.New,
-		DryRun:  a.opts.DryRun,
-		Say:     a.say,
-		Log:     a.log,
+		Backend:  backend,
+		Runtime:  rt,
+		New:      a.opts.Launch.New,
+		DryRun:   a.opts.DryRun,
+		CacheDir: dirs.Cache,
+		Say:      a.say,
+		Log:      a.log,
 	}
 	// Before a build that could take minutes, not after.
 	if err := l.Check(); err != nil {
