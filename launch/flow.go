@@ -165,6 +165,7 @@ func (l *Launch) Run(ctx context.Context) error {
 		if err := PrepareHost(p); err != nil {
 			return err
 		}
+		defer p.ReleasePlaceholders()
 		return l.Backend.Start(ctx, p, rec)
 	}
 	return l.startSupervised(ctx, spawner, p, rec, doors)
@@ -179,6 +180,9 @@ func (l *Launch) startSupervised(ctx context.Context, spawner Spawner, p *Plan, 
 		if !handedOver {
 			Unregister(p.StateDir, rec.ID)
 			doors.Remove()
+			p.ReleasePlaceholders()
+		} else {
+			p.handOverPlaceholders() // the supervisor holds them now
 		}
 	}()
 	if err := PrepareHost(p); err != nil {

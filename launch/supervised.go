@@ -207,6 +207,12 @@ func spawnSupervisor(p *Plan, rt *Runtime, rec *Record, doors *Doors, s *Started
 	spec.Adopted.OuterFD = add(s.Outer)
 	spec.Adopted.InitFD = add(s.Init)
 	spec.Adopted.LifetimeFD = add(lifetime)
+	for _, h := range p.held {
+		spec.Placeholders = append(spec.Placeholders, control.PlaceholderSpec{Path: h.Path, FD: add(h.File), Recorded: h.Recorded})
+	}
+	if len(spec.Placeholders) > 0 {
+		spec.PlaceholderRecords = placeholderRecords(p.StateDir)
+	}
 	if doors.Nix != nil {
 		nixFile, err := doors.Nix.File()
 		if err != nil {

@@ -82,7 +82,10 @@ func (a *app) launch(ctx context.Context, projectArg string, mode launchMode) er
 	if err != nil {
 		return err
 	}
-	rt := a.runtimeFor(project, mode)
+	rt, err := a.runtimeFor(project, mode)
+	if err != nil {
+		return err
+	}
 	netMode, err := a.networkMode(a.flagChanged)
 	if err != nil {
 		return err
@@ -125,7 +128,11 @@ func (a *app) launch(ctx context.Context, projectArg string, mode launchMode) er
 		defer p.Invocation.Close()
 		enc := json.NewEncoder(a.stdout)
 		enc.SetIndent("", "  ")
-		return enc.Encode(p.Invocation.Printable())
+		// The invocation, and what it keeps from being changed.
+		return enc.Encode(struct {
+			*launch.Invocation
+			Protected []launch.Protected `json:"protected"`
+		}{p.Invocation.Printable(), p.Protected})
 	}
 	a.log.Debug().Str("key", c.Key).Str("out", c.OutPath).Bool("cached", c.Cached).Msg("launching")
 	a.sayNetwork(rt)
