@@ -66,6 +66,10 @@ type Traits struct {
 	// rather than chosen at launch (nixgen.NetworkInClosure says the same
 	// for the build side; launch/backends tests that they agree).
 	NetworkInClosure bool
+	// Protects: it renders the plan's protection (Plan.Protected, covered
+	// by the mounts of ProjectProtection and ClaudeHome), so the session
+	// notice may tell Claude what is read-only.
+	Protects bool
 	// Persistence is what the session notice tells Claude Code outlives the
 	// sandbox besides the project and ~/.claude; "" tells nothing more.
 	Persistence string

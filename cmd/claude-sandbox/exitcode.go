@@ -73,6 +73,8 @@ func exitCode(err error) int {
 		enterErr  *launch.EnterError
 		untrusted *config.UntrustedError
 		cfgFile   *config.FileError
+		unprot    *launch.UnprotectError
+		protErr   *launch.ProtectionError
 		netMode   *launch.NetworkModeError
 		rule      *launch.RuleError
 		noSuper   *launch.SupervisorMissingError
@@ -90,11 +92,15 @@ func exitCode(err error) int {
 		return exitConfig
 	case errors.As(err, &noSuper):
 		return exitSupervisor
+<<<<<<< HEAD
 	case errors.As(err, &usage), errors.As(err, &pushURL), errors.As(err, &backend), errors.As(err, &envName), errors.As(err, &module), errors.As(err, &unsupport), errors.As(err, &netMode):
+=======
+	case errors.As(err, &usage), errors.As(err, &backend), errors.As(err, &envName), errors.As(err, &module), errors.As(err, &unsupport), errors.As(err, &netMode), errors.As(err, &unprot):
+>>>>>>> 89259e28f1335b23321425edb84ba6b04a663c99
 		return exitUsage
 	case errors.As(err, &invalid):
 		return exitInvalidPackage
-	case errors.As(err, &project):
+	case errors.As(err, &project), errors.As(err, &protErr):
 		return exitProject
 	case errors.As(err, &unknown):
 		return exitUnknownPackage
