@@ -92,11 +92,7 @@ func exitCode(err error) int {
 		return exitConfig
 	case errors.As(err, &noSuper):
 		return exitSupervisor
-<<<<<<< HEAD
-	case errors.As(err, &usage), errors.As(err, &pushURL), errors.As(err, &backend), errors.As(err, &envName), errors.As(err, &module), errors.As(err, &unsupport), errors.As(err, &netMode):
-=======
-	case errors.As(err, &usage), errors.As(err, &backend), errors.As(err, &envName), errors.As(err, &module), errors.As(err, &unsupport), errors.As(err, &netMode), errors.As(err, &unprot):
->>>>>>> 89259e28f1335b23321425edb84ba6b04a663c99
+	case errors.As(err, &usage), errors.As(err, &pushURL), errors.As(err, &backend), errors.As(err, &envName), errors.As(err, &module), errors.As(err, &unsupport), errors.As(err, &netMode), errors.As(err, &unprot):
 		return exitUsage
 	case errors.As(err, &invalid):
 		return exitInvalidPackage
