@@ -313,4 +313,3 @@ func TestConfigPrecedence(t *testing.T) {
 		t.Fatalf("version with a broken config: %s", r)
 	}
 }
-
