@@ -109,7 +109,14 @@ func (l *Launch) Run(ctx context.Context) error {
 		}
 		forceNew = true
 	}
-	defer Unregister(p.StateDir, rec.ID) // reached when the backend supervises, or could not start
+	defer func() {
+		// Reached when the backend supervises, or could not start. A
+		// sandbox handed to a supervisor (the record names its control
+		// socket) outlives this launch: its supervisor removes the record.
+		if rec.Control == "" {
+			Unregister(p.StateDir, rec.ID)
+		}
+	}()
 	l.Log.Debug().Str("id", rec.ID).Str("config", rec.Config).Msg("registered")
 	if len(others) > 0 && !forceNew {
 		l.say("a sandbox with other settings runs for %s; starting a separate one (`claude-sandbox enter` joins the running one)", rt.Project)

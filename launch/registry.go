@@ -32,6 +32,9 @@ type Record struct {
 	// Config fingerprints every choice that shapes the sandbox (ConfigOf):
 	// a second launch joins only a sandbox it would have started itself.
 	Config string `json:"config,omitempty"`
+	// Control is the supervisor's control socket: sessions join through it,
+	// stop and ps ask it.
+	Control string `json:"control,omitempty"`
 	// A backend's handles on a running sandbox (a VM's consoles).
 	Console string `json:"console,omitempty"` // the second console's Unix socket
 	QMP     string `json:"qmp,omitempty"`     // the QMP socket

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/claude-sandbox/claude-sandbox/egress"
+	"github.com/claude-sandbox/claude-sandbox/launch/vm/vmhost"
 	"github.com/claude-sandbox/claude-sandbox/nixgate"
 	"github.com/claude-sandbox/claude-sandbox/sessionlog"
 	"github.com/claude-sandbox/claude-sandbox/sshagent"
@@ -28,6 +29,7 @@ func FromSpec(ctx context.Context, spec control.Spec, fds Inherited, log session
 		s.OnEnd = func() { _ = os.Remove(record) }
 	}
 
+	var vm *vmhost.VM
 	ctl, err := listener(fds, spec.ControlFD, "control")
 	if err != nil {
 		return nil, err
@@ -67,6 +69,16 @@ func FromSpec(ctx context.Context, spec control.Spec, fds Inherited, log session
 		keep = append(keep, outer, init)
 		ad.Watch()
 		s.Sandbox = ad
+	case spec.VM != nil:
+		v, err := vmhost.Start(ctx, *spec.VM)
+		if err != nil {
+			return nil, err
+		}
+		vm = v
+		s.Sandbox = v
+		// Stopping a VM is a power-down: the guest's store disk must be
+		// left clean, and its services get their own grace.
+		s.StopGrace = 30 * time.Second
 	default:
 		return nil, errors.New("the spec says nothing about the sandbox process")
 	}
@@ -83,11 +95,16 @@ func FromSpec(ctx context.Context, spec control.Spec, fds Inherited, log session
 		if err != nil {
 			return nil, err
 		}
+		if vm != nil {
+			svc.lns = append(svc.lns, vm.ProxyListener())
+		}
 		s.Services = append(s.Services, svc)
 	}
 	if a := spec.SSHAgent; a != nil {
-		ln, err := listener(fds, a.ListenerFD, "ssh agent")
-		if err != nil {
+		var ln net.Listener
+		if vm != nil && a.ListenerFD == 0 {
+			ln = vm.SSHAgentListener()
+		} else if ln, err = listener(fds, a.ListenerFD, "ssh agent"); err != nil {
 			return nil, err
 		}
 		filter := sshagent.AllKeys()

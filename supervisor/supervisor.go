@@ -33,6 +33,19 @@ type Sandbox interface {
 	Stop(ctx context.Context, graceful bool, grace time.Duration) error
 }
 
+// Execer is a sandbox whose sessions run through the supervisor rather
+// than by entering its namespaces (a VM): Exec serves one session on its
+// launcher's connection (reply, then the session's frames) until it ends.
+type Execer interface {
+	Exec(ctx context.Context, c *control.Conn)
+}
+
+// Describer is a sandbox that says a few words about its own state for
+// `ps` (a VM: its run state, accelerator, Nix store size).
+type Describer interface {
+	Status(ctx context.Context) string
+}
+
 // Service is one door the supervisor keeps for the sandbox.
 type Service interface {
 	Name() string
@@ -214,6 +227,26 @@ func (s *Supervisor) handle(c *control.Conn) {
 			return
 		}
 		s.holdSession(c, req.What)
+	case control.OpExec:
+		ex, ok := s.Sandbox.(Execer)
+		if !ok {
+			_ = c.Send(control.Reply{Reason: "this sandbox's sessions join it; they do not run through its supervisor"})
+			c.Close()
+			return
+		}
+		s.mu.Lock()
+		if s.ending {
+			s.mu.Unlock()
+			_ = c.Send(control.Reply{Ending: true, Reason: "the sandbox is ending"})
+			c.Close()
+			return
+		}
+		s.sessions++
+		s.joined = true
+		s.mu.Unlock()
+		defer s.sessionEnded()
+		defer c.Close()
+		ex.Exec(context.Background(), c)
 	case control.OpStop:
 		s.mu.Lock()
 		s.ending = true
@@ -269,6 +302,11 @@ func (s *Supervisor) status() *control.Status {
 	s.mu.Unlock()
 	if s.Counter != nil {
 		st.Services = s.Counter.Counts()
+	}
+	if d, ok := s.Sandbox.(Describer); ok {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		st.Detail = d.Status(ctx)
+		cancel()
 	}
 	return st
 }

@@ -9,6 +9,7 @@ import (
 	"github.com/claude-sandbox/claude-sandbox/launch/bubblewrap"
 	"github.com/claude-sandbox/claude-sandbox/launch/container"
 	"github.com/claude-sandbox/claude-sandbox/launch/vm"
+	"github.com/claude-sandbox/claude-sandbox/launch/vm/agent"
 	"github.com/claude-sandbox/claude-sandbox/nixgen"
 )
 
@@ -54,8 +55,26 @@ func FromEntryName(command string) (string, bool) {
 // when it is started under that role's name (the container's init), or
 // nil.
 func Helper(argv0 string) func(args []string) int {
-	if argv0 == container.InitPath {
+	switch argv0 {
+	case container.InitPath:
 		return container.Init
+	case agent.Path:
+		return agent.Main
 	}
 	return nil
+}
+
+// ResetGuestStore throws away a project's guest Nix store (the vm
+// backend's, kept between runs) and says how large it was ("" when there
+// was none). Refused while a VM of the project runs.
+func ResetGuestStore(project string) (size string, err error) {
+	dir, err := launch.ProjectStatePath(project)
+	if err != nil {
+		return "", err
+	}
+	size = vm.StoreSize(dir)
+	if size == "" {
+		return "", nil
+	}
+	return size, vm.ResetStore(dir, project)
 }
