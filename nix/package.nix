@@ -13,7 +13,7 @@
 , nixpkgs ? null
 , pname ? "claude-sandbox"
 , doCheck ? true
-, subPackages ? [ "cmd/claude-sandbox" ]
+, subPackages ? [ "cmd/claude-sandbox" "cmd/claude-sandbox-supervisor" ]
 , excludedPackages ? [ ]
 }:
 

@@ -12,10 +12,12 @@ import (
 	"os/signal"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
 	"github.com/hashicorp/yamux"
+	"golang.org/x/sys/unix"
 )
 
 // Ready is what the agent tells the supervisor once the guest is set up
@@ -29,6 +31,11 @@ type agent struct {
 	cfg      *Config
 	setupErr error
 	mux      *yamux.Session
+
+	mu       sync.Mutex
+	sessions int  // running sessions
+	stopping bool // the guest is powering down
+	idle     chan struct{}
 }
 
 // MuxConfig is the yamux configuration of both ends. Keep-alives are
@@ -48,17 +55,21 @@ func MuxConfig() *yamux.Config {
 // Main is the agent's main: this binary started as Path. It returns only
 // when the port closes.
 func Main([]string) int {
-	// The guest's power-down signals everything; the agent stays until
-	// its sessions have reported how their commands ended.
+	a := &agent{idle: make(chan struct{}, 1)}
+	// The guest's power-down signals everything: the agent stays until its
+	// sessions' commands (signalled too) have ended and their status is
+	// reported, then goes, which powers the guest off.
 	signal.Ignore(syscall.SIGPIPE)
 	sigs := make(chan os.Signal, 4)
 	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGHUP, syscall.SIGINT)
 	go func() {
-		for range sigs {
+		for sig := range sigs {
+			if sig == syscall.SIGTERM {
+				a.drain()
+			}
 		}
 	}()
 
-	a := &agent{}
 	cfg, err := readConfig(filepath.Join(MetaDir, ConfigFile))
 	if err != nil {
 		fail("reading the run's configuration: %v", err)
@@ -101,9 +112,62 @@ func Main([]string) int {
 		if err != nil {
 			return 0
 		}
-		go a.serveSession(st)
+		if !a.begin() {
+			st.Close()
+			continue
+		}
+		go func() {
+			defer a.end()
+			a.serveSession(st)
+		}()
 	}
 }
+
+func (a *agent) begin() bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.stopping {
+		return false
+	}
+	a.sessions++
+	return true
+}
+
+func (a *agent) end() {
+	a.mu.Lock()
+	a.sessions--
+	idle := a.sessions == 0
+	a.mu.Unlock()
+	if idle {
+		select {
+		case a.idle <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// drain waits for the running sessions to end, then ends the agent.
+func (a *agent) drain() {
+	a.mu.Lock()
+	a.stopping = true
+	a.mu.Unlock()
+	go func() {
+		for {
+			a.mu.Lock()
+			n := a.sessions
+			a.mu.Unlock()
+			if n == 0 {
+				syncDisks()
+				os.Exit(0)
+			}
+			<-a.idle
+		}
+	}()
+}
+
+// syncDisks writes what the guest's store has in memory to its disk
+// before the power goes.
+func syncDisks() { unix.Sync() }
 
 func fail(format string, args ...any) {
 	fmt.Fprintf(os.Stderr, "claude-sandbox-agent: "+format+"\n", args...)

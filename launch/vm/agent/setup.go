@@ -2,14 +2,17 @@ package agent
 
 import (
 	"bufio"
+	"context"
 	"errors"
 	"fmt"
 	"io"
 	"io/fs"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -98,6 +101,7 @@ func setup(c *Config) error {
 			return err
 		}
 	}
+	startKiosk(c)
 	// The serial console is the boot log only, but kernel chatter there
 	// costs emulated time: emergencies only from now on.
 	_ = os.WriteFile("/proc/sys/kernel/printk", []byte("1\n"), 0o644)
@@ -205,4 +209,28 @@ func appendLine(path, line string) error {
 		return err
 	}
 	return f.Close()
+}
+
+// KioskDropIn is where the guest's kiosk unit (cage-tty1, templates/vm.nix)
+// learns which user it runs as; it waits for this file.
+const KioskDropIn = "/run/systemd/system/cage-tty1.service.d/claude-sandbox-user.conf"
+
+// startKiosk starts Chromium's kiosk on the guest's display, as the
+// sandbox user, when QEMU gave the guest one. Only the uid reaches the
+// unit file.
+func startKiosk(c *Config) {
+	if _, err := os.Stat("/dev/dri/card0"); err != nil {
+		return
+	}
+	if err := os.MkdirAll(filepath.Dir(KioskDropIn), 0o755); err != nil {
+		return
+	}
+	if err := os.WriteFile(KioskDropIn, []byte(fmt.Sprintf("[Service]\nUser=%d\n", c.UID)), 0o644); err != nil {
+		return
+	}
+	systemctl := "/run/current-system/sw/bin/systemctl"
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	_ = exec.CommandContext(ctx, systemctl, "daemon-reload").Run()
+	_ = exec.CommandContext(ctx, systemctl, "start", "--no-block", "cage-tty1.service").Run()
 }

@@ -496,15 +496,13 @@ func (v *VM) Exec(ctx context.Context, c *control.Conn) {
 	}
 }
 
-// Stop powers the guest down: the power button (graceful) and up to
-// grace for the guest to power off, then QEMU is told to quit, then
-// killed. The store disk is only safe after a power-off, so even a stop
-// without grace presses the button first, briefly.
-func (v *VM) Stop(ctx context.Context, graceful bool, grace time.Duration) error {
+// Stop powers the guest down: the power button and up to grace for the
+// guest to power off, then QEMU is told to quit, then killed. Graceful or
+// not (the last session ended: nothing is left to ask), the guest powers
+// off by itself first: its Nix store disk is only whole after a clean
+// power-off.
+func (v *VM) Stop(ctx context.Context, _ bool, grace time.Duration) error {
 	defer v.release()
-	if !graceful {
-		grace = min(grace, 5*time.Second)
-	}
 	select {
 	case <-v.exited:
 		return nil
