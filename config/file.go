@@ -48,7 +48,8 @@ var Keys = []Key{
 	{Name: "backend", Kind: String, Choices: nixgen.Backends, Doc: "sandbox backend"},
 	{Name: "with", Kind: List, Doc: "extra nixpkgs packages (attribute paths)"},
 	{Name: "network", Kind: Bool, Grants: ptr(true), Doc: "network inside the sandbox"},
-	{Name: "nix-daemon", Kind: Bool, Grants: ptr(true), Doc: "forward the Nix daemon socket"},
+	{Name: "nix-daemon", Kind: Bool, Grants: ptr(true), Doc: "Nix inside, through the Nix daemon gateway"},
+	{Name: "nix-unsandboxed-builds", Kind: Bool, Grants: ptr(true), Doc: "let builds through the gateway on a host daemon that does not sandbox them"},
 	{Name: "desktop", Kind: Bool, Grants: ptr(true), Doc: "forward display, audio, D-Bus, keyring and GPU"},
 	{Name: "protect-git", Kind: Bool, Grants: ptr(false), Doc: "keep .git/config and .git/hooks read-only"},
 	{Name: "tmux", Kind: Bool, Doc: "run Claude Code inside tmux"},
@@ -75,20 +76,21 @@ func KeyByName(name string) (Key, bool) {
 // error with its line, never silently ignored (a typo like `netwrok = false`
 // would otherwise leave the network on).
 type fileSettings struct {
-	Backend    *string  `toml:"backend"`
-	With       []string `toml:"with"`
-	Network    *bool    `toml:"network"`
-	NixDaemon  *bool    `toml:"nix-daemon"`
-	Desktop    *bool    `toml:"desktop"`
-	ProtectGit *bool    `toml:"protect-git"`
-	Tmux       *bool    `toml:"tmux"`
-	Accel      *string  `toml:"accel"`
-	FS         *string  `toml:"fs"`
-	Env        []string `toml:"env"`
-	GHToken    *bool    `toml:"gh-token"`
-	Modules    []string `toml:"modules"`
-	Nixpkgs    *string  `toml:"nixpkgs"`
-	Sudo       *bool    `toml:"sudo"`
+	Backend              *string  `toml:"backend"`
+	With                 []string `toml:"with"`
+	Network              *bool    `toml:"network"`
+	NixDaemon            *bool    `toml:"nix-daemon"`
+	NixUnsandboxedBuilds *bool    `toml:"nix-unsandboxed-builds"`
+	Desktop              *bool    `toml:"desktop"`
+	ProtectGit           *bool    `toml:"protect-git"`
+	Tmux                 *bool    `toml:"tmux"`
+	Accel                *string  `toml:"accel"`
+	FS                   *string  `toml:"fs"`
+	Env                  []string `toml:"env"`
+	GHToken              *bool    `toml:"gh-token"`
+	Modules              []string `toml:"modules"`
+	Nixpkgs              *string  `toml:"nixpkgs"`
+	Sudo                 *bool    `toml:"sudo"`
 }
 
 func (s *fileSettings) values() map[string]any {
@@ -114,6 +116,7 @@ func (s *fileSettings) values() map[string]any {
 	put("with", s.With != nil, s.With)
 	put("network", s.Network != nil, deref(s.Network))
 	put("nix-daemon", s.NixDaemon != nil, deref(s.NixDaemon))
+	put("nix-unsandboxed-builds", s.NixUnsandboxedBuilds != nil, deref(s.NixUnsandboxedBuilds))
 	put("desktop", s.Desktop != nil, deref(s.Desktop))
 	put("protect-git", s.ProtectGit != nil, deref(s.ProtectGit))
 	put("tmux", s.Tmux != nil, deref(s.Tmux))

@@ -78,7 +78,9 @@ func boolWhy(key string) string {
 	case "network":
 		return "turns the network on, which your settings keep off"
 	case "nix-daemon":
-		return "forwards the Nix daemon socket, which your settings keep out"
+		return "gives the sandbox Nix through the daemon gateway, which your settings keep out"
+	case "nix-unsandboxed-builds":
+		return "lets the sandbox run builds on the host's Nix daemon outside any build sandbox"
 	case "desktop":
 		return "forwards display, audio, D-Bus, keyring and GPU, which your settings keep out"
 	case "protect-git":

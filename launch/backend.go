@@ -2,6 +2,7 @@ package launch
 
 import (
 	"context"
+	"os"
 
 	"github.com/claude-sandbox/claude-sandbox/manifest"
 )
@@ -35,12 +36,21 @@ type Backend interface {
 	// running sandbox and returns its exit status as an *ExitStatusError
 	// when it is not zero. When the sandbox ended before argv could start,
 	// the error is a *NotRunningError or an *EnterError with Ended set.
-	Enter(ctx context.Context, rec *Record, rt *Runtime, argv []string) error
+	// A supervised sandbox's session says which process to join (Target).
+	Enter(ctx context.Context, s *Session, rt *Runtime, argv []string) error
 	// Stop ends a running sandbox: gracefully first, then by force.
 	Stop(ctx context.Context, rec *Record) error
 	// Status is a short description of a running sandbox's state for `ps`
 	// ("" when the record says all there is).
 	Status(ctx context.Context, rec *Record) string
+}
+
+// Spawner is a backend whose sandbox lives under a supervisor: Spawn
+// starts it detached, running only a keeper that holds it open while the
+// lifetime pipe (its read end given here) stays open; every session,
+// this launch's first, then joins it with Enter. The supervisor ends it.
+type Spawner interface {
+	Spawn(ctx context.Context, p *Plan, lifetime *os.File) (*Started, error)
 }
 
 // Traits are the facts about a backend the core decides with.
@@ -56,6 +66,10 @@ type Traits struct {
 	// rather than chosen at launch (nixgen.NetworkInClosure says the same
 	// for the build side; launch/backends tests that they agree).
 	NetworkInClosure bool
+	// SessionsThroughSupervisor: its sessions run through its supervisor
+	// (a VM's guest agent) rather than by entering the sandbox's
+	// namespaces; Enter asks the supervisor itself (control.OpExec).
+	SessionsThroughSupervisor bool
 	// Persistence is what the session notice tells Claude Code outlives the
 	// sandbox besides the project and ~/.claude; "" tells nothing more.
 	Persistence string

@@ -3,10 +3,15 @@ package launch
 import (
 	"context"
 	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
 
 	"github.com/rs/zerolog"
 
+	"github.com/claude-sandbox/claude-sandbox/internal/proc"
 	"github.com/claude-sandbox/claude-sandbox/manifest"
+	"github.com/claude-sandbox/claude-sandbox/supervisor/control"
 )
 
 // Launch is one launch of a sandbox for a project (`claude-sandbox
@@ -64,6 +69,7 @@ func (l *Launch) Plan() (*Plan, error) {
 		rt.StateDir = dir
 	}
 	p := NewPlan(l.Backend, l.Manifest, rt, NewRecordID())
+	planNixGateway(p, rt)
 	if err := l.Backend.Plan(p, l.Manifest, rt); err != nil {
 		p.Invocation.Close()
 		return nil, err
@@ -73,8 +79,10 @@ func (l *Launch) Plan() (*Plan, error) {
 
 // Run plans the sandbox, then joins the project's running sandbox with the
 // same configuration (unless New) or registers this one, prepares the host
-// and starts it. A backend that becomes its sandbox does not return on
-// success.
+// and starts it. A sandbox that lives under a supervisor (every backend
+// that is a Spawner) is started detached, its supervisor beside it, and
+// this launch then joins it like any later session: it returns with its
+// own command's status, and the sandbox lives on while other sessions do.
 func (l *Launch) Run(ctx context.Context) error {
 	p, err := l.Plan()
 	if err != nil {
@@ -89,11 +97,32 @@ func (l *Launch) Run(ctx context.Context) error {
 		Closure: l.Closure,
 		Config:  ConfigOf(l.Backend.Name(), l.Closure, rt),
 	}
+	spawner, supervised := l.Backend.(Spawner)
 	forceNew := l.New
 	var others []*Record
+	var doors *Doors
 	for {
+		if supervised {
+			// Before the claim, so that the record names a control socket
+			// from its first instant: a launch that joins this sandbox
+			// while it starts waits in that socket's queue.
+			if err := EnsureProjectStateDir(p.StateDir, rt.Project); err != nil {
+				return err
+			}
+			if doors, err = OpenDoors(p, rt); err != nil {
+				return err
+			}
+			rec.Control = filepath.Join(p.RunDir, control.SocketName)
+		}
 		var join *Record
 		join, others, err = Claim(ctx, p.StateDir, rec, forceNew)
+		if err != nil || join != nil {
+			if doors != nil {
+				doors.Close()
+				doors.Remove()
+				doors = nil
+			}
+		}
 		if err != nil {
 			return err
 		}
@@ -101,7 +130,7 @@ func (l *Launch) Run(ctx context.Context) error {
 			break
 		}
 		l.say("joining the sandbox already running for %s (pid %d); --new starts a separate one", rt.Project, join.PID)
-		err = l.Backend.Enter(ctx, join, rt, p.Command)
+		err = joinSandbox(ctx, l.Backend, join, rt, p.Command, sessionName(rt))
 		// A sandbox that ended between the look and the join (it ran a
 		// short command): start one after all.
 		if !EndedBeforeJoin(err) {
@@ -109,14 +138,17 @@ func (l *Launch) Run(ctx context.Context) error {
 		}
 		forceNew = true
 	}
-	defer func() {
-		// Reached when the backend supervises, or could not start. A
-		// sandbox handed to a supervisor (the record names its control
-		// socket) outlives this launch: its supervisor removes the record.
-		if rec.Control == "" {
-			Unregister(p.StateDir, rec.ID)
-		}
-	}()
+	if !supervised {
+		defer func() {
+			// Reached when the backend supervises, or could not start. A
+			// sandbox whose Start handed it to a supervisor of its own (a
+			// VM: the record names its control socket) outlives this
+			// launch: that supervisor removes the record.
+			if rec.Control == "" {
+				Unregister(p.StateDir, rec.ID)
+			}
+		}()
+	}
 	l.Log.Debug().Str("id", rec.ID).Str("config", rec.Config).Msg("registered")
 	if len(others) > 0 && !forceNew {
 		l.say("a sandbox with other settings runs for %s; starting a separate one (`claude-sandbox enter` joins the running one)", rt.Project)
@@ -124,10 +156,96 @@ func (l *Launch) Run(ctx context.Context) error {
 	if rt.Tmux {
 		l.say("tmux: attach from the host with  tmux -S %s attach", TmuxSocket(p.StateDir))
 	}
+	if !supervised {
+		if err := PrepareHost(p); err != nil {
+			return err
+		}
+		return l.Backend.Start(ctx, p, rec)
+	}
+	return l.startSupervised(ctx, spawner, p, rec, doors)
+}
+
+// startSupervised starts a registered sandbox detached, hands it to a new
+// supervisor, and joins it as this launch's session.
+func (l *Launch) startSupervised(ctx context.Context, spawner Spawner, p *Plan, rec *Record, doors *Doors) (err error) {
+	handedOver := false
+	defer func() {
+		doors.Close()
+		if !handedOver {
+			Unregister(p.StateDir, rec.ID)
+			doors.Remove()
+		}
+	}()
 	if err := PrepareHost(p); err != nil {
 		return err
 	}
-	return l.Backend.Start(ctx, p, rec)
+	lifeR, lifeW, err := os.Pipe()
+	if err != nil {
+		return err
+	}
+	started, err := spawner.Spawn(ctx, p, lifeR)
+	lifeR.Close()
+	if err != nil {
+		lifeW.Close()
+		return err
+	}
+	defer func() {
+		if started.Release != nil {
+			started.Release()
+		}
+	}()
+	svPID, first, err := spawnSupervisor(p, l.Runtime, rec, doors, started, lifeW, started.RunAs)
+	// From here the supervisor alone holds the sandbox's lifetime: if it
+	// could not start, the keeper reads end of file and the sandbox ends.
+	lifeW.Close()
+	if err != nil {
+		return err
+	}
+	handedOver = true
+	defer first.Close()
+	if u := started.RunAs; u != nil {
+		// The supervisor, once it is this user, removes its sockets there.
+		_ = os.Lchown(p.RunDir, u.UID, u.GID)
+	}
+	// The record names the supervisor from now on: it lives as long as
+	// the sandbox, and removes the record when the sandbox ends.
+	rec.PID = svPID
+	if rec.PIDStart, err = proc.StartTime(svPID); err == nil {
+		err = Register(p.StateDir, rec)
+	}
+	if err != nil {
+		return fmt.Errorf("registering the sandbox: %w", err)
+	}
+	if err := started.Ready(ctx); err != nil {
+		return err
+	}
+	s := &Session{Record: rec, Target: started.InitPID, TargetStart: started.InitStart, Conn: first, Env: p.Env}
+	return l.Backend.Enter(ctx, s, l.Runtime, p.Command)
+}
+
+// joinSandbox runs argv in a running sandbox as a session of its own:
+// registered with the sandbox's supervisor for as long as it runs.
+func joinSandbox(ctx context.Context, b Backend, rec *Record, rt *Runtime, argv []string, what string) error {
+	if rec.Control == "" || b.Traits().SessionsThroughSupervisor {
+		return b.Enter(ctx, &Session{Record: rec}, rt, argv)
+	}
+	s, err := JoinSupervised(ctx, rec, what)
+	if err != nil {
+		return err
+	}
+	defer s.Close()
+	return b.Enter(ctx, s, rt, argv)
+}
+
+// sessionName names a session in the session log.
+func sessionName(rt *Runtime) string {
+	switch {
+	case len(rt.Command) > 0:
+		return "exec: " + strings.Join(rt.Command, " ")
+	case rt.Shell:
+		return "shell"
+	}
+	return "claude"
 }
 
 func (l *Launch) say(format string, args ...any) {
@@ -138,5 +256,5 @@ func (l *Launch) say(format string, args ...any) {
 
 // Enter runs a command, or a login shell, in a running sandbox (`enter`).
 func Enter(ctx context.Context, b Backend, rec *Record, rt *Runtime) error {
-	return b.Enter(ctx, rec, rt, EnterCommand(rec, rt))
+	return joinSandbox(ctx, b, rec, rt, EnterCommand(rec, rt), "enter")
 }

@@ -120,20 +120,6 @@ func (h Host) Forwards(rt *Runtime) Forwards {
 		f.found("ssh-agent", sock)
 	}
 
-	// The Nix daemon: the store stays read-only, builds go through the
-	// daemon like any multi-user Nix client's.
-	if rt.NixDaemon {
-		sock := h.Env("NIX_DAEMON_SOCKET_PATH")
-		if !filepath.IsAbs(sock) {
-			sock = "/nix/var/nix/daemon-socket/socket"
-		}
-		if h.IsSocket(sock) {
-			f.bind(ROBind, sock, "/nix/var/nix/daemon-socket/socket")
-			f.Env["NIX_REMOTE"] = "daemon"
-			f.found("nix-daemon", sock)
-		}
-	}
-
 	if rt.NoDesktop {
 		return f
 	}

@@ -27,7 +27,7 @@ func TestHostForwardsEverythingPresent(t *testing.T) {
 		"DISPLAY": ":3", "XAUTHORITY": "/run/user/1000/Xauthority", "WAYLAND_DISPLAY": "wayland-1",
 		"XDG_RUNTIME_DIR": "/run/user/1000", "DBUS_SESSION_BUS_ADDRESS": "unix:path=/run/user/1000/bus",
 		"PULSE_SERVER": "unix:/run/user/1000/pulse/native", "PIPEWIRE_REMOTE": "/run/user/1000/pipewire-0",
-		"SSH_AUTH_SOCK": "/run/user/1000/ssh-agent", "NIX_REMOTE": "daemon", "GNOME_KEYRING_CONTROL": "/run/user/1000/keyring",
+		"SSH_AUTH_SOCK": "/run/user/1000/ssh-agent", "GNOME_KEYRING_CONTROL": "/run/user/1000/keyring",
 		"XDG_SESSION_TYPE": "wayland",
 	}
 	for k, v := range want {
@@ -42,7 +42,6 @@ func TestHostForwardsEverythingPresent(t *testing.T) {
 		ro("/run/user/1000/wayland-1", "/run/user/1000/wayland-1"),
 		ro("/run/dbus/system_bus_socket", "/run/dbus/system_bus_socket"),
 		ro("/tmp/ssh-x/agent.1", "/run/user/1000/ssh-agent"),
-		ro("/nix/var/nix/daemon-socket/socket", "/nix/var/nix/daemon-socket/socket"),
 		{Kind: DevBind, Source: "/dev/dri", Dest: "/dev/dri", Optional: true},
 		ro("/run/opengl-driver", "/run/opengl-driver"),
 		ro("/run/user/1000/keyring", "/run/user/1000/keyring"),

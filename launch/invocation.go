@@ -18,6 +18,9 @@ type Invocation struct {
 	Env  []string `json:"env"`
 	// Files become descriptors of the program; Args name them by number.
 	Files []*ExtraFile `json:"files,omitempty"`
+	// Session is the command a launch runs in the sandbox once it is up
+	// (the sandbox program itself runs a keeper, and sessions join it).
+	Session []string `json:"session,omitempty"`
 }
 
 // ExtraFile is one descriptor handed to the program: bwrap reads its
@@ -51,6 +54,9 @@ func (inv *Invocation) AppendFile(flag, what, source string, data []byte, secret
 	x.argIndex = len(inv.Args) - 1
 	return nil
 }
+
+// Descriptor is the open file behind an extra file (nil once released).
+func (f *ExtraFile) Descriptor() *os.File { return f.file }
 
 // Close releases the descriptors of an invocation that will not run.
 func (inv *Invocation) Close() {

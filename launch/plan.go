@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
+	"path/filepath"
 	"sort"
 	"strings"
 
@@ -29,6 +30,18 @@ type Plan struct {
 	Env      []string // the program's whole environment, sorted NAME=value
 	Mounts   []Mount  // in order: a directory or tmpfs comes before what is mounted inside it
 	Prepare  []HostDir
+	// Files are written on the host at Start (in RunDir), for a backend
+	// that binds a file rather than taking its content by descriptor.
+	Files []HostFile
+
+	// RunDir holds the sandbox's sockets (RunDir(StateDir, ID)).
+	RunDir string
+	// NixGateway is the host path of the Nix daemon gateway's socket,
+	// bound into the sandbox at the daemon's usual path; "" when the
+	// sandbox gets no Nix daemon. NixUpstream is the host daemon's socket
+	// it forwards to.
+	NixGateway  string
+	NixUpstream string
 
 	// Invocation is the backend's rendering: what Start executes (bwrap,
 	// systemd-nspawn, QEMU).
@@ -95,6 +108,14 @@ type HostDir struct {
 	Owner *Owner
 }
 
+// HostFile is a file Start writes on the host before the sandbox starts:
+// never a secret (a run directory is private, but not memory).
+type HostFile struct {
+	Path string
+	Data []byte
+	Mode fs.FileMode
+}
+
 // Owner is a uid and gid.
 type Owner struct{ UID, GID int }
 
@@ -116,6 +137,14 @@ func PrepareHost(p *Plan) error {
 	for _, d := range p.Prepare {
 		if err := d.create(); err != nil {
 			return err
+		}
+	}
+	for _, f := range p.Files {
+		if err := os.MkdirAll(filepath.Dir(f.Path), 0o700); err != nil {
+			return fmt.Errorf("preparing %s: %w", f.Path, err)
+		}
+		if err := os.WriteFile(f.Path, f.Data, f.Mode); err != nil {
+			return fmt.Errorf("preparing %s: %w", f.Path, err)
 		}
 	}
 	return nil
@@ -146,7 +175,7 @@ func (d HostDir) create() error {
 // backend (id, project, state directory, network, the program and its
 // working directory). The backend's Plan completes it.
 func NewPlan(b Backend, m *manifest.Manifest, rt *Runtime, id string) *Plan {
-	return &Plan{
+	p := &Plan{
 		Backend:  b.Name(),
 		ID:       id,
 		Project:  rt.Project,
@@ -155,6 +184,10 @@ func NewPlan(b Backend, m *manifest.Manifest, rt *Runtime, id string) *Plan {
 		Cwd:      rt.Project,
 		Command:  Command(b, m, rt),
 	}
+	if rt.StateDir != "" {
+		p.RunDir = RunDir(rt.StateDir, id)
+	}
+	return p
 }
 
 // MergeEnv overlays maps of variables on a NAME=value list, later ones

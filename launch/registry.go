@@ -41,8 +41,22 @@ type Record struct {
 }
 
 // Alive says whether the recorded process still runs (and is the same
-// process, not a later one that reused its pid).
-func (r *Record) Alive() bool { return proc.Running(r.PID, r.PIDStart) }
+// process, not a later one that reused its pid), and, for a sandbox under
+// a supervisor, whether that supervisor still takes sessions: it removes
+// its control socket the moment it decides the sandbox ends, which it may
+// lack the right to record otherwise (a container's supervisor is not
+// root, its registry is).
+func (r *Record) Alive() bool {
+	if !proc.Running(r.PID, r.PIDStart) {
+		return false
+	}
+	if r.Control != "" {
+		if _, err := os.Lstat(r.Control); err != nil {
+			return false
+		}
+	}
+	return true
+}
 
 // Open takes a handle on the recorded process, to signal it and wait for
 // it; proc.ErrExited when it has gone.
@@ -143,8 +157,8 @@ func ConfigOf(backend, closure string, rt *Runtime) string {
 	env := append([]string(nil), rt.ExtraEnv...)
 	sort.Strings(env)
 	h := sha256.New()
-	fmt.Fprintf(h, "backend=%s\x00closure=%s\x00network=%t\x00protect-git=%t\x00nix-daemon=%t\x00desktop=%t\x00gh-token=%t\x00env=%s\x00home=%s",
-		backend, closure, rt.Network, rt.ProtectGit, rt.NixDaemon, !rt.NoDesktop, rt.GHToken, strings.Join(env, ","), rt.Home)
+	fmt.Fprintf(h, "backend=%s\x00closure=%s\x00network=%t\x00protect-git=%t\x00nix-daemon=%t\x00nix-unsandboxed-builds=%t\x00desktop=%t\x00gh-token=%t\x00env=%s\x00home=%s",
+		backend, closure, rt.Network, rt.ProtectGit, rt.NixDaemon, rt.NixUnsandboxedBuilds, !rt.NoDesktop, rt.GHToken, strings.Join(env, ","), rt.Home)
 	return hex.EncodeToString(h.Sum(nil))[:16]
 }
 

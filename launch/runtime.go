@@ -34,8 +34,11 @@ type Runtime struct {
 	StateDir   string
 	GHToken    bool // --gh-token: pass GH_TOKEN and GITHUB_TOKEN
 	ProtectGit bool // --protect-git: .git/config and .git/hooks read-only, .git not replaceable
-	NixDaemon  bool // forward the Nix daemon socket with NIX_REMOTE=daemon (--no-nix-daemon clears it)
-	NoDesktop  bool // --no-desktop: no X11, Wayland, D-Bus, audio, keyring or GPU from the host
+	NixDaemon  bool // Nix inside through the Nix daemon gateway, NIX_REMOTE=daemon (--no-nix-daemon clears it)
+	// NixUnsandboxedBuilds: the gateway lets builds through although the
+	// host daemon runs them outside any sandbox (--nix-unsandboxed-builds).
+	NixUnsandboxedBuilds bool
+	NoDesktop            bool // --no-desktop: no X11, Wayland, D-Bus, audio, keyring or GPU from the host
 
 	// For a backend that runs a virtual machine: --accel, --fs, --no-display.
 	Accel     string // AccelAuto, AccelKVM, AccelTCG

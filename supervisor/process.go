@@ -60,6 +60,11 @@ func (a *Adopted) Done() <-chan struct{} { return a.done }
 // request send) and given grace; then the keeper's pipe closes and the
 // init is killed, which ends every process left in its pid namespace.
 func (a *Adopted) Stop(ctx context.Context, graceful bool, grace time.Duration) error {
+	if graceful && a.Lifetime != nil {
+		// A keeper that understands it (the container's init, which may
+		// signal what this process may not) asks everyone itself.
+		_, _ = a.Lifetime.Write([]byte("stop\n"))
+	}
 	if graceful {
 		members := proc.PIDNamespaceMembers(a.InitPID)
 		for _, pid := range members {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"path/filepath"
 	"time"
 
 	"github.com/claude-sandbox/claude-sandbox/egress"
@@ -24,9 +25,15 @@ type Inherited func(fd int) (*os.File, error)
 func FromSpec(ctx context.Context, spec control.Spec, fds Inherited, log sessionlog.Logger) (*Supervisor, error) {
 	counter := &Counter{Next: log}
 	s := &Supervisor{ID: spec.ID, Log: counter, Counter: counter}
-	if spec.Record != "" {
-		record := spec.Record
-		s.OnEnd = func() { _ = os.Remove(record) }
+	s.OnEnd = func() {
+		// The control socket first: a launch that looks finds the sandbox
+		// gone even where removing the record is not this process's right.
+		if spec.RunDir != "" {
+			_ = os.Remove(filepath.Join(spec.RunDir, control.SocketName))
+		}
+		if spec.Record != "" {
+			_ = os.Remove(spec.Record)
+		}
 	}
 
 	var vm *vmhost.VM
@@ -70,7 +77,7 @@ func FromSpec(ctx context.Context, spec control.Spec, fds Inherited, log session
 		ad.Watch()
 		s.Sandbox = ad
 	case spec.VM != nil:
-		v, err := vmhost.Start(ctx, *spec.VM)
+		v, err := vmhost.Start(ctx, *spec.VM, counter)
 		if err != nil {
 			return nil, err
 		}
@@ -149,6 +156,9 @@ func (n *nixService) Serve(ctx context.Context) error {
 	pctx, cancel := context.WithTimeout(ctx, time.Minute)
 	facts, err := nixgate.ProbeHost(pctx, nixgate.ProbeOptions{Socket: n.spec.Socket})
 	cancel()
+	if ctx.Err() != nil {
+		return nil // the sandbox ended before anyone asked
+	}
 	if err != nil {
 		// Unknown counts as not sandboxed: builds are refused unless
 		// opted in, queries still work.

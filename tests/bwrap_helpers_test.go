@@ -144,6 +144,14 @@ type psEntry struct {
 	Backend string `json:"backend"`
 	PID     int    `json:"pid"`
 	Closure string `json:"closure"`
+	// Sessions: how many sessions its supervisor counts.
+	Sessions int `json:"sessions"`
+}
+
+// isSupervisor says whether pid is a claude-sandbox-supervisor process.
+func isSupervisor(pid int) bool {
+	exe, err := os.Readlink(fmt.Sprintf("/proc/%d/exe", pid))
+	return err == nil && filepath.Base(exe) == "claude-sandbox-supervisor"
 }
 
 func ps(t *testing.T, o runOpts) []psEntry {
@@ -213,3 +221,26 @@ func (p *pty) run(t *testing.T, env []string, argv ...string) int {
 
 // lines returns the terminal output without carriage returns.
 func (p *pty) text() string { return strings.ReplaceAll(p.out.String(), "\r", "") }
+
+// waitNoRecords waits until a project's registry holds no record: every
+// sandbox of it has ended and its supervisor removed its entry.
+func waitNoRecords(t *testing.T, records string, limit time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(limit)
+	for {
+		entries, _ := os.ReadDir(records)
+		var names []string
+		for _, e := range entries {
+			if strings.HasSuffix(e.Name(), ".json") {
+				names = append(names, e.Name())
+			}
+		}
+		if len(names) == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("registry entries left after the sandbox ended: %v", names)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}

@@ -40,8 +40,8 @@ func runMain(m *testing.M) int {
 	defer os.RemoveAll(workDir)
 	os.Chmod(workDir, 0o755)
 	binary = filepath.Join(workDir, "claude-sandbox")
-	// The supervisor beside it, where the launcher looks for it.
-	build := exec.Command("go", "build", "-o", workDir, "../cmd/claude-sandbox", "../cmd/claude-sandbox-supervisor")
+	// The launcher and, beside it where the launcher looks, the supervisor.
+	build := exec.Command("go", "build", "-o", workDir+"/", "../cmd/claude-sandbox", "../cmd/claude-sandbox-supervisor")
 	// Static, as released: a cgo binary pays ~1 ms for the dynamic loader on
 	// every launch, a fifth of bwrap's own start-up.
 	build.Env = append(os.Environ(), "CGO_ENABLED=0")

@@ -65,6 +65,14 @@ func run() int {
 		log.Log(sessionlog.Entry{Service: "supervisor", Decision: sessionlog.Note, Reason: "could not start: " + err.Error()})
 		return fail("%v", err)
 	}
+	if r := spec.RunAs; r != nil {
+		// Everything root was needed for is in hand (descriptors, the
+		// log): from here the host's daemon, agent and network see the
+		// user the sandbox runs for. syscall's set*id apply to every thread.
+		if err := dropTo(r); err != nil {
+			return fail("becoming uid %d: %v", r.UID, err)
+		}
+	}
 	log.Log(sessionlog.Entry{Service: "supervisor", Decision: sessionlog.Note, Op: "start", Target: spec.Project})
 	err = sv.Run(ctx)
 	reason := "ended"
@@ -84,4 +92,14 @@ func run() int {
 func fail(format string, args ...any) int {
 	fmt.Fprintf(os.Stderr, "claude-sandbox-supervisor: "+format+"\n", args...)
 	return 1
+}
+
+func dropTo(r *control.RunAs) error {
+	if err := syscall.Setgroups(r.Groups); err != nil {
+		return err
+	}
+	if err := syscall.Setresgid(r.GID, r.GID, r.GID); err != nil {
+		return err
+	}
+	return syscall.Setresuid(r.UID, r.UID, r.UID)
 }

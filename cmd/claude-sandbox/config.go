@@ -24,20 +24,21 @@ type configFlag struct {
 }
 
 var configFlags = map[string]configFlag{
-	"backend":     {name: "backend"},
-	"with":        {name: "with"},
-	"network":     {name: "no-network", invert: true},
-	"nix-daemon":  {name: "no-nix-daemon", invert: true},
-	"desktop":     {name: "no-desktop", invert: true},
-	"protect-git": {name: "protect-git"},
-	"tmux":        {name: "tmux"},
-	"accel":       {name: "accel"},
-	"fs":          {name: "fs"},
-	"env":         {name: "env"},
-	"gh-token":    {name: "gh-token"},
-	"modules":     {name: "module"},
-	"nixpkgs":     {name: "nixpkgs"},
-	"sudo":        {name: "sudo"},
+	"backend":                {name: "backend"},
+	"with":                   {name: "with"},
+	"network":                {name: "no-network", invert: true},
+	"nix-daemon":             {name: "no-nix-daemon", invert: true},
+	"nix-unsandboxed-builds": {name: "nix-unsandboxed-builds"},
+	"desktop":                {name: "no-desktop", invert: true},
+	"protect-git":            {name: "protect-git"},
+	"tmux":                   {name: "tmux"},
+	"accel":                  {name: "accel"},
+	"fs":                     {name: "fs"},
+	"env":                    {name: "env"},
+	"gh-token":               {name: "gh-token"},
+	"modules":                {name: "module"},
+	"nixpkgs":                {name: "nixpkgs"},
+	"sudo":                   {name: "sudo"},
 }
 
 // configOptions is the app's share of configuration: the --no-config

@@ -18,6 +18,9 @@ type launchFlags struct {
 	ProtectGit  bool
 	NoNixDaemon bool
 	NoDesktop   bool
+	// NixUnsandboxedBuilds: let builds through the Nix gateway although
+	// the host daemon runs them outside any sandbox.
+	NixUnsandboxedBuilds bool
 }
 
 // runtimeFor builds the run-time half of a launch from the flags.
@@ -38,6 +41,8 @@ func (a *app) runtimeFor(project string, mode launchMode) *launch.Runtime {
 		Accel:      a.opts.Accel,
 		FS:         a.opts.FS,
 		NoDisplay:  a.opts.NoDisplay,
+
+		NixUnsandboxedBuilds: l.NixUnsandboxedBuilds,
 	}
 	rt.HostIdentity()
 	return rt

@@ -147,7 +147,7 @@ launch of a configuration builds it with Nix; later ones start at once.`,
 	if man := a.newManCmd(); man != nil {
 		root.AddCommand(man)
 	}
-	root.AddCommand(a.newEnterCmd(), a.newStopCmd(), a.newPsCmd())
+	root.AddCommand(a.newEnterCmd(), a.newStopCmd(), a.newPsCmd(), a.newLogCmd())
 	root.AddCommand(a.newDoctorCmd(), a.newTrustCmd(), a.newConfigCmd())
 	return root
 }
@@ -177,7 +177,8 @@ func (a *app) launchFlags() *pflag.FlagSet {
 	f.BoolVar(&l.New, "new", false, "start a separate sandbox even if one runs for the project (default: join it)")
 	f.BoolVar(&l.GHToken, "gh-token", false, "pass GH_TOKEN and GITHUB_TOKEN into the sandbox")
 	f.BoolVar(&l.ProtectGit, "protect-git", true, "keep the project's .git/config and .git/hooks read-only (--protect-git=false to allow writing them)")
-	f.BoolVar(&l.NoNixDaemon, "no-nix-daemon", false, "do not forward the Nix daemon socket (no Nix builds inside)")
+	f.BoolVar(&l.NoNixDaemon, "no-nix-daemon", false, "no Nix daemon inside (no Nix builds or store additions from the sandbox)")
+	f.BoolVar(&l.NixUnsandboxedBuilds, "nix-unsandboxed-builds", false, "let the sandbox build through the host's Nix daemon although that daemon does not sandbox its builds (they run on the host as its build users)")
 	f.AddFlag(a.noDesktopFlag())
 	return f
 }

@@ -67,7 +67,7 @@ the next VM starts with an empty one.`,
 				b, err := backends.Get(rec.Backend)
 				if err == nil {
 					ctx, cancel := context.WithTimeout(cmd.Context(), 60*time.Second)
-					err = b.Stop(ctx, rec)
+					err = launch.Stop(ctx, b, rec)
 					cancel()
 				}
 				if err != nil {

@@ -58,6 +58,8 @@ func Helper(argv0 string) func(args []string) int {
 	switch argv0 {
 	case container.InitPath:
 		return container.Init
+	case container.NspawnWrapperName:
+		return container.NspawnWrapper
 	case agent.Path:
 		return agent.Main
 	}

@@ -9,6 +9,7 @@ package bubblewrap
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -60,10 +61,9 @@ func (Backend) Plan(p *launch.Plan, m *manifest.Manifest, rt *launch.Runtime) er
 		launch.Mount{Kind: launch.Dir, Dest: home},
 		launch.Mount{Kind: launch.ROBind, Source: manifest.StoreDir, Dest: manifest.StoreDir},
 	)
-	for _, name := range m.HostEtc {
-		etc := filepath.Join("/etc", name)
-		mounts = append(mounts, launch.Mount{Kind: launch.ROBind, Source: etc, Dest: etc, Optional: true})
-	}
+	mounts = append(mounts, launch.HostEtcMounts(m)...)
+	nix, nixEnv := launch.NixMounts(p)
+	mounts = append(mounts, nix...)
 	// Who the user is: ssh, git and `id` ask getpwuid(). Synthesised with
 	// the user alone rather than the host's files, which list every account.
 	// machine-id: D-Bus clients read it.
@@ -96,10 +96,10 @@ func (Backend) Plan(p *launch.Plan, m *manifest.Manifest, rt *launch.Runtime) er
 		prepare = append(prepare, dirs...)
 	}
 	p.Mounts, p.Prepare = mounts, prepare
-	p.Env = launch.MergeEnv(env, fwd.Env, map[string]string{
+	p.Env = launch.MergeEnv(env, fwd.Env, nixEnv, map[string]string{
 		"PATH": strings.Join(append(append([]string{}, m.Path...), filepath.Join(home, ".local/bin")), ":"),
 	})
-	inv, err := render(p, m.Bwrap)
+	inv, err := render(p, m.Bwrap, keeperCommand(m))
 	if err != nil {
 		return err
 	}
@@ -107,13 +107,22 @@ func (Backend) Plan(p *launch.Plan, m *manifest.Manifest, rt *launch.Runtime) er
 	return nil
 }
 
-// render writes the plan as bwrap's command line. Files go to bwrap as
-// descriptors; the environment is bwrap's own, never arguments.
-func render(p *launch.Plan, bwrap string) (inv *launch.Invocation, err error) {
+// keeperCommand is what bwrap runs: not the session's program (every
+// session joins), but coreutils' cat reading the lifetime pipe on its
+// standard input, which holds the sandbox open until the supervisor closes
+// that pipe (or dies). A program in C: the first session waits for it.
+func keeperCommand(m *manifest.Manifest) []string {
+	return []string{filepath.Join(filepath.Dir(m.UsrBinEnv), "cat")}
+}
+
+// render writes the plan as bwrap's command line, running keeper. Files
+// go to bwrap as descriptors; the environment is bwrap's own, never
+// arguments. No --die-with-parent: the sandbox outlives the launch that
+// started it while other sessions run; its supervisor ends it.
+func render(p *launch.Plan, bwrap string, keeper []string) (inv *launch.Invocation, err error) {
 	inv = &launch.Invocation{Path: bwrap, Env: p.Env, Args: []string{"bwrap",
 		"--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try",
 		"--hostname", "claude-sandbox",
-		"--die-with-parent",
 	}}
 	defer func() {
 		if err != nil {
@@ -134,8 +143,9 @@ func render(p *launch.Plan, bwrap string) (inv *launch.Invocation, err error) {
 			return nil, err
 		}
 	}
-	inv.Args = append(inv.Args, "--chdir", p.Cwd, "--")
-	inv.Args = append(inv.Args, p.Command...)
+	inv.Args = append(inv.Args, "--chdir", "/", "--")
+	inv.Args = append(inv.Args, keeper...)
+	inv.Session = p.Command
 	return inv, nil
 }
 
@@ -221,10 +231,9 @@ func identityFiles(rt *launch.Runtime) (passwd, group string) {
 	return passwd, group
 }
 
-// Start replaces this process with bwrap (the pid the registry recorded
-// survives the exec). It returns only on failure.
-func (Backend) Start(_ context.Context, p *launch.Plan, _ *launch.Record) error {
-	return &launch.StartError{Err: launch.Exec(p.Invocation)}
+// Start is not used: a bubblewrap sandbox is spawned for its supervisor.
+func (Backend) Start(context.Context, *launch.Plan, *launch.Record) error {
+	return errors.New("bubblewrap sandboxes start through Spawn")
 }
 
 // Status: the record says all there is.

@@ -38,7 +38,6 @@ func TestBubblewrapMountsAndOrder(t *testing.T) {
 		{"--unshare-pid"}, {"--unshare-ipc"}, {"--unshare-uts"},
 		{"--ro-bind", "/nix/store", "/nix/store"},
 		{"--bind", "/tmp/proj", "/tmp/proj"},
-		{"--chdir", "/tmp/proj"},
 		{"--tmpfs", "/home"},
 		{"--symlink", handManifest().Shell, "/bin/sh"},
 		{"--symlink", handManifest().UsrBinEnv, "/usr/bin/env"},
@@ -54,9 +53,18 @@ func TestBubblewrapMountsAndOrder(t *testing.T) {
 	if index(a, "--tmpfs", "/tmp") > index(a, "--bind", "/tmp/proj", "/tmp/proj") {
 		t.Error("the /tmp tmpfs comes after the project bind and would hide a project under /tmp")
 	}
-	if dash := slices.Index(a, "--"); dash < 0 || !slices.Equal(a[dash+1:len(a)-1], []string{handManifest().Claude, "--append-system-prompt"}) ||
-		!strings.HasPrefix(a[len(a)-1], "You are running inside claude-sandbox (bubblewrap backend)") {
-		t.Errorf("default command is %q, want Claude Code told where it runs", a[slices.Index(a, "--")+1:])
+	// bwrap runs the keeper that holds the sandbox open; the session's
+	// command (Claude Code told where it runs) joins it.
+	if dash := slices.Index(a, "--"); dash < 0 || !slices.Equal(a[dash+1:], []string{"/nix/store/0000000000000000000000000000000a-coreutils/bin/cat"}) {
+		t.Errorf("bwrap runs %q, want the keeper", a[slices.Index(a, "--")+1:])
+	}
+	if index(a, "--die-with-parent") >= 0 {
+		t.Error("--die-with-parent: the sandbox would end with the launch that started it, under its other sessions")
+	}
+	session := plan(t, handManifest(), rt).Invocation.Session
+	if len(session) != 3 || session[0] != handManifest().Claude || session[1] != "--append-system-prompt" ||
+		!strings.HasPrefix(session[2], "You are running inside claude-sandbox (bubblewrap backend)") {
+		t.Errorf("the session's command is %q, want Claude Code told where it runs", session)
 	}
 	for _, arg := range a {
 		if strings.Contains(arg, "sk-") {
@@ -128,12 +136,15 @@ func TestBubblewrapFullSandbox(t *testing.T) {
 			t.Fatal("the ~/.claude.json content is on the command line")
 		}
 	}
-	// seccomp filter, /etc/passwd, /etc/group, ~/.claude.json
-	if len(inv.Files) != 4 || inv.Files[3].Data != nil || inv.Files[3].Source != filepath.Join(home, ".claude.json") {
+	// seccomp filter, the sandbox's nix.conf, /etc/passwd, /etc/group, ~/.claude.json
+	if len(inv.Files) != 5 || inv.Files[4].Data != nil || inv.Files[4].Source != filepath.Join(home, ".claude.json") {
 		t.Fatalf("files: %+v", inv.Files)
 	}
-	if !strings.Contains(string(inv.Files[1].Data), ":x:0:0:root:") || !strings.Contains(string(inv.Files[2].Data), "root:x:0:") {
-		t.Errorf("passwd/group: %q %q", inv.Files[1].Data, inv.Files[2].Data)
+	if !strings.Contains(string(inv.Files[1].Data), "experimental-features") || strings.Contains(string(inv.Files[1].Data), "substituters") {
+		t.Errorf("the sandbox's nix.conf: %q", inv.Files[1].Data)
+	}
+	if !strings.Contains(string(inv.Files[2].Data), ":x:0:0:root:") || !strings.Contains(string(inv.Files[3].Data), "root:x:0:") {
+		t.Errorf("passwd/group: %q %q", inv.Files[2].Data, inv.Files[3].Data)
 	}
 	// Printable: descriptors renumbered 3, 4 and the arguments with them.
 	pr := inv.Printable()

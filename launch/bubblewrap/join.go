@@ -88,36 +88,27 @@ func bwrapPayload(ctx context.Context, rec *launch.Record) (int, error) {
 	}
 }
 
-// bwrapPayloadEnv reads the payload's environment. A payload found a moment
-// after bwrap forked it may not have exec'd yet: until then it is still
-// bwrap, which is not dumpable, and its environ reads as "permission
-// denied". That passes within milliseconds; anything else is final.
-func bwrapPayloadEnv(ctx context.Context, rec *launch.Record, pid int) ([]string, error) {
-	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-	defer cancel()
-	for {
-		env, err := proc.Environ(pid)
-		if !errors.Is(err, os.ErrPermission) || !rec.Alive() {
-			return env, err
+// Enter runs argv inside a running sandbox as one of its sessions: in the
+// namespaces of its init (the session names it), with the environment the
+// launch decided or, for a later session, the one the sandbox started with
+// (its keeper's), and the same seccomp filter.
+func (Backend) Enter(ctx context.Context, s *launch.Session, rt *launch.Runtime, argv []string) error {
+	rec := s.Record
+	target, env := s.Target, s.Env
+	if target == 0 {
+		// A sandbox started by an older claude-sandbox: its program is the
+		// payload under bwrap's init.
+		payload, err := bwrapPayload(ctx, rec)
+		if err != nil {
+			return err
 		}
-		select {
-		case <-ctx.Done():
-			return nil, err
-		case <-time.After(5 * time.Millisecond):
+		target = payload
+	}
+	if env == nil {
+		var err error
+		if env, err = sandboxEnv(ctx, target); err != nil {
+			return &launch.EnterError{Step: "reading its environment", Err: err, Ended: errors.Is(err, os.ErrNotExist) || errors.Is(err, unix.ESRCH)}
 		}
-	}
-}
-
-// Enter runs argv inside a running sandbox: in its namespaces, with the
-// environment its program started with and the same seccomp filter.
-func (Backend) Enter(ctx context.Context, rec *launch.Record, rt *launch.Runtime, argv []string) error {
-	payload, err := bwrapPayload(ctx, rec)
-	if err != nil {
-		return err
-	}
-	env, err := bwrapPayloadEnv(ctx, rec, payload)
-	if err != nil {
-		return &launch.EnterError{Step: "reading its environment", Err: err, Ended: errors.Is(err, os.ErrNotExist) || errors.Is(err, unix.ESRCH)}
 	}
 	cwd := rt.Project
 	if cwd == "" {
@@ -138,10 +129,14 @@ func (Backend) Enter(ctx context.Context, rec *launch.Record, rt *launch.Runtime
 	signal.Notify(sigs, syscall.SIGINT, syscall.SIGQUIT, syscall.SIGTERM, syscall.SIGHUP)
 	defer signal.Stop(sigs)
 
-	// A handle on the sandbox, taken before the command joins it: when the
-	// command is killed, whether the sandbox ended too is asked of this
-	// process, not of whatever has its pid by then.
-	sandbox, err := rec.Open()
+	// A handle on the sandbox's init, taken before the command joins it:
+	// when the command is killed, whether the sandbox ended too is asked
+	// of that process, not of whatever has its pid by then.
+	start := s.TargetStart
+	if start == 0 {
+		start, _ = proc.StartTime(target)
+	}
+	sandbox, err := proc.Open(target, start)
 	if errors.Is(err, proc.ErrExited) {
 		return &launch.NotRunningError{Project: rec.Project}
 	}
@@ -151,11 +146,11 @@ func (Backend) Enter(ctx context.Context, rec *launch.Record, rt *launch.Runtime
 	defer sandbox.Close()
 
 	e, err := nsenter.Start(nsenter.Options{
-		Target: payload, Argv: argv, Env: env, Path: launch.EnvValue(env, "PATH"),
+		Target: target, Argv: argv, Env: env, Path: launch.EnvValue(env, "PATH"),
 		Dirs: []string{cwd, launch.EnvValue(env, "HOME"), "/"}, Filter: seccomp.TerminalFilter(),
 	})
 	if err != nil {
-		if payloadEnding(err, payload) {
+		if payloadEnding(err, target) {
 			return &launch.NotRunningError{Project: rec.Project}
 		}
 		return enterError(err)
@@ -182,10 +177,36 @@ func (Backend) Enter(ctx context.Context, rec *launch.Record, rt *launch.Runtime
 			}
 		case ws := <-done:
 			if ws.Signaled() && ws.Signal() == unix.SIGKILL && ended(ctx, sandbox) {
-				// Everything in a sandbox ends with its first program.
-				fmt.Fprintf(os.Stderr, "claude-sandbox: the sandbox this joined has ended (the program of the launch that started it exited)\n")
+				fmt.Fprintf(os.Stderr, "claude-sandbox: the sandbox this joined has ended (stopped, or its supervisor is gone)\n")
 			}
 			return launch.StatusError(proc.ExitCode(ws))
+		}
+	}
+}
+
+// sandboxEnv is the environment a sandbox started with: its keeper's (the
+// init's child), which bwrap started with the launch's environment. A
+// keeper found a moment after bwrap forked it may not have exec'd yet:
+// until then it is still bwrap, which is not dumpable, and its environ
+// reads as "permission denied".
+func sandboxEnv(ctx context.Context, init int) ([]string, error) {
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	for {
+		var err error = os.ErrNotExist
+		if kids := proc.Children(init); len(kids) > 0 {
+			var env []string
+			if env, err = proc.Environ(kids[0]); err == nil {
+				return env, nil
+			}
+		}
+		if !errors.Is(err, os.ErrPermission) && !errors.Is(err, os.ErrNotExist) {
+			return nil, err
+		}
+		select {
+		case <-ctx.Done():
+			return nil, err
+		case <-time.After(5 * time.Millisecond):
 		}
 	}
 }

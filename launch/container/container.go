@@ -107,7 +107,10 @@ func nspawnPath(p string) string {
 }
 
 // detail is the container's part of a plan.
-type detail struct{ Machine string }
+type detail struct {
+	Machine string
+	User    containerUser
+}
 
 // Plan decides the container's mounts, environment and init, and renders
 // them as nspawn's command line: no secret in it (the payload's variables
@@ -155,10 +158,9 @@ func plan(p *launch.Plan, m *manifest.Manifest, rt *launch.Runtime, h host, u co
 	fwd := view.Forwards(&inner)
 
 	mounts := []launch.Mount{{Kind: launch.ROBind, Source: manifest.StoreDir, Dest: manifest.StoreDir}}
-	for _, name := range m.HostEtc {
-		etc := "/etc/" + name
-		mounts = append(mounts, launch.Mount{Kind: launch.ROBind, Source: etc, Dest: etc, Optional: true})
-	}
+	mounts = append(mounts, launch.HostEtcMounts(m)...)
+	nix, nixEnv := launch.NixMounts(p)
+	mounts = append(mounts, nix...)
 	// The user's runtime directory, theirs to write in; the sockets go in it.
 	mounts = append(mounts, launch.Mount{Kind: launch.Dir, Dest: launch.RuntimeDirInside(u.UID), Mode: 0o700})
 	mounts = append(mounts, fwd.Mounts...)
@@ -187,11 +189,11 @@ func plan(p *launch.Plan, m *manifest.Manifest, rt *launch.Runtime, h host, u co
 	}
 	mounts = append(mounts, launch.Mount{Kind: launch.ROBind, Source: h.Self, Dest: InitPath})
 	p.Mounts, p.Prepare = mounts, prepare
-	p.Env = launch.MergeEnv(env, fwd.Env, map[string]string{
+	p.Env = launch.MergeEnv(env, fwd.Env, nixEnv, map[string]string{
 		"PATH": strings.Join(append(append([]string{}, m.Path...), filepath.Join(u.Home, ".local/bin")), ":"),
 	})
 	machine := MachineName(rt.Project, p.ID)
-	p.Detail = &detail{Machine: machine}
+	p.Detail = &detail{Machine: machine, User: u}
 	inv, err := render(p, m, h, u, machine)
 	if err != nil {
 		return err
@@ -225,8 +227,7 @@ func render(p *launch.Plan, m *manifest.Manifest, h host, u containerUser, machi
 	}
 	spec := initSpec{
 		UID: u.UID, GID: u.GID, Groups: u.Groups, User: u.Name, Home: u.Home,
-		Cwd: p.Cwd, Toplevel: m.Container.Toplevel, TTY: h.Terminal,
-		Command: p.Command,
+		Cwd: p.Cwd, Toplevel: m.Container.Toplevel, Keep: true,
 	}
 	devices := false
 	bind := func(flag string, mt launch.Mount) bool {
@@ -260,7 +261,12 @@ func render(p *launch.Plan, m *manifest.Manifest, h host, u containerUser, machi
 			a = append(a, fmt.Sprintf("--tmpfs=%s:mode=%04o,uid=%d,gid=%d", nspawnPath(mt.Dest), mode, u.UID, u.GID))
 		case launch.File:
 			if mt.Source == "" {
-				return nil, fmt.Errorf("no nspawn equivalent for a file given by content (%s)", mt.Dest)
+				if mt.Secret || p.RunDir == "" {
+					return nil, fmt.Errorf("no nspawn equivalent for a file given by content (%s)", mt.Dest)
+				}
+				// Written into the run directory at Start, copied into place by the init.
+				mt.Source = filepath.Join(p.RunDir, "files", strconv.Itoa(len(p.Files)))
+				p.Files = append(p.Files, launch.HostFile{Path: mt.Source, Data: mt.Data, Mode: 0o644})
 			}
 			staging := copyStaging + strconv.Itoa(len(spec.Copies))
 			if bind("--bind-ro=", launch.Mount{Source: mt.Source, Dest: staging, Optional: mt.Optional}) {
@@ -275,11 +281,10 @@ func render(p *launch.Plan, m *manifest.Manifest, h host, u containerUser, machi
 		// render nodes are character devices of the drm class.
 		a = append(a, "--property=DeviceAllow=char-drm rw")
 	}
-	if h.Terminal {
-		a = append(a, "--console=interactive")
-	} else {
-		a = append(a, "--console=pipe")
-	}
+	// The init is the container's keeper: its standard input is the
+	// lifetime pipe, its output says when the container is ready. Sessions
+	// get terminals of their own when they join.
+	a = append(a, "--console=pipe")
 	for _, kv := range p.Env {
 		name, _, _ := strings.Cut(kv, "=")
 		a = append(a, "--setenv="+name)
@@ -290,19 +295,40 @@ func render(p *launch.Plan, m *manifest.Manifest, h host, u containerUser, machi
 	// The root is read-only and every container has its own tmpfs over it,
 	// so there is nothing for them to protect.
 	env := append(append([]string(nil), p.Env...), "SYSTEMD_NSPAWN_LOCK=0")
-	return &launch.Invocation{Path: h.Nspawn, Args: a, Env: env}, nil
+	return &launch.Invocation{Path: h.Nspawn, Args: a, Env: env, Session: p.Command}, nil
 }
 
-// Start replaces this process with nspawn (the pid the registry recorded
-// survives the exec), inside a mount namespace of its own whose
-// /run/systemd/nspawn is a private tmpfs. It returns only on failure.
-func (Backend) Start(_ context.Context, p *launch.Plan, _ *launch.Record) error {
-	return &launch.StartError{Err: execContainer(p.Invocation)}
+// Start is not used: a container is spawned for its supervisor.
+func (Backend) Start(context.Context, *launch.Plan, *launch.Record) error {
+	return errors.New("containers start through Spawn")
 }
 
-func execContainer(inv *launch.Invocation) error {
-	// unshare(2) and execve(2) act on the calling thread: keep them on one.
+// NspawnWrapperName is the name this binary runs under to start nspawn
+// in a mount namespace of its own (NspawnWrapper).
+const NspawnWrapperName = "claude-sandbox-nspawn"
+
+// NspawnWrapper is this binary's role of starting systemd-nspawn: inside a
+// mount namespace of its own whose /run/systemd/nspawn is a private tmpfs
+// (nspawn keeps per-machine directories there that it cannot always
+// remove), it executes the command line it was given. A Go program can do
+// this only in a process of its own: unshare(2) and execve(2) act on the
+// calling thread.
+func NspawnWrapper(args []string) int {
+	if len(args) < 1 || !filepath.IsAbs(args[0]) {
+		fmt.Fprintln(os.Stderr, "claude-sandbox (nspawn): usage: NSPAWN ARGS...")
+		return 125
+	}
 	runtime.LockOSThread()
+	if err := privateNspawnDir(); err != nil {
+		fmt.Fprintf(os.Stderr, "claude-sandbox (nspawn): %v\n", err)
+		return 125
+	}
+	err := unix.Exec(args[0], args[1:], os.Environ())
+	fmt.Fprintf(os.Stderr, "claude-sandbox (nspawn): starting %s: %v\n", args[0], err)
+	return 126
+}
+
+func privateNspawnDir() error {
 	if err := unix.Unshare(unix.CLONE_NEWNS); err != nil {
 		return fmt.Errorf("a mount namespace for systemd-nspawn: %w", err)
 	}
@@ -318,7 +344,7 @@ func execContainer(inv *launch.Invocation) error {
 	if err := unix.Mount("tmpfs", dir, "tmpfs", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, "mode=0755"); err != nil {
 		return fmt.Errorf("mounting a tmpfs at %s: %w", dir, err)
 	}
-	return launch.Exec(inv)
+	return nil
 }
 
 // containerProcesses finds, from the record of a running container, its

@@ -34,6 +34,7 @@ func containerRuntime(t *testing.T, vars map[string]string) *launch.Runtime {
 	return &launch.Runtime{
 		Project: "/srv/my:project", Command: []string{"python3", "-c", "print(1)"}, Network: true,
 		Home: home, User: "alice", LookupEnv: env(vars), EUID: func() int { return 1000 },
+		StateDir: filepath.Join(t.TempDir(), "state"),
 	}
 }
 
@@ -99,13 +100,18 @@ func TestContainerInvocation(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !slices.Equal(spec.Command, rt.Command) || spec.Cwd != rt.Project || spec.Toplevel != m.Container.Toplevel || spec.TTY {
+	// The init keeps the container; the command joins it as a session.
+	if !spec.Keep || len(spec.Command) != 0 || spec.Cwd != rt.Project || spec.Toplevel != m.Container.Toplevel || spec.TTY {
 		t.Errorf("init spec %+v", spec)
+	}
+	if !slices.Equal(inv.Session, rt.Command) {
+		t.Errorf("the session's command is %q, want %q", inv.Session, rt.Command)
 	}
 
 	rt.Network = false
 	inv, _, _ = containerPlan(t, m, rt, fakeContainerHost(true, true))
-	for _, want := range []string{"--private-network", "--console=interactive"} {
+	// Even on a terminal: the keeper's standard input is its lifetime pipe.
+	for _, want := range []string{"--private-network", "--console=pipe"} {
 		if !slices.Contains(inv.Args, want) {
 			t.Errorf("missing %q", want)
 		}

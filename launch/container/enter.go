@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"os/signal"
 	"strconv"
+	"strings"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -19,45 +20,43 @@ import (
 	"github.com/claude-sandbox/claude-sandbox/manifest"
 )
 
-// Enter runs argv in a running container: nsenter into the namespaces of
-// its init, then this binary's --join side (already in the container, at
-// InitPath) takes the payload's user and groups and runs the command in
-// the project. The environment is the payload's own, read from
-// /proc/PID/environ, with this terminal's TERM. On a terminal, the command
+// Enter runs argv in a running container as one of its sessions: nsenter
+// into the namespaces of its init, then this binary's --join side (already
+// in the container, at InitPath) takes the container user's identity (the
+// one the init was started for) and runs the command in the project. The
+// environment is the launch's for the first session, else the container's
+// own (its init's), with this terminal's TERM. On a terminal, the command
 // gets a pty of its own: the host terminal is never the controlling
-// terminal of anything inside.
-func (Backend) Enter(ctx context.Context, rec *launch.Record, rt *launch.Runtime, argv []string) error {
+// terminal of anything inside. The command is this process's child, never
+// its replacement: this process holds the session's registration.
+func (Backend) Enter(ctx context.Context, s *launch.Session, rt *launch.Runtime, argv []string) error {
 	if rt.EffectiveUID() != 0 {
 		return &launch.NotRootError{Backend: Name}
 	}
-	// A container that has just been started may not run its command yet.
-	var init, payload int
-	for deadline := time.Now().Add(3 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+	rec := s.Record
+	init := s.Target
+	if init == 0 {
 		var err error
-		if init, payload, err = containerProcesses(rec); err != nil && !errors.Is(err, errNoContainerProcess) {
+		if init, _, err = containerProcesses(rec); err != nil {
+			if errors.Is(err, errNoContainerProcess) {
+				return &launch.NotRunningError{Project: rec.Project}
+			}
 			return err
 		}
-		if payload != 0 {
-			break
-		}
-		if time.Now().After(deadline) || ctx.Err() != nil {
-			return fmt.Errorf("the container of %s runs no command (starting or stopping)", rec.Project)
-		}
 	}
-	env, err := proc.Environ(payload)
+	spec, err := initSpecOf(init)
 	if err != nil {
-		return fmt.Errorf("reading the container's environment: %w", err)
+		return &launch.EnterError{Step: "reading the container's user", Err: err, Ended: errors.Is(err, os.ErrNotExist)}
+	}
+	env := s.Env
+	if env == nil {
+		if env, err = proc.Environ(init); err != nil {
+			return &launch.EnterError{Step: "reading the container's environment", Err: err, Ended: errors.Is(err, os.ErrNotExist)}
+		}
+		env = containerPayloadEnv(env)
 	}
 	if term, ok := rt.Getenv("TERM"); ok && term != "" {
 		env = launch.MergeEnv(env, map[string]string{"TERM": term})
-	}
-	st, err := proc.ReadStatus(payload)
-	if err != nil {
-		return fmt.Errorf("reading the container user: %w", err)
-	}
-	groups := make([]containerGroup, len(st.Groups))
-	for i, g := range st.Groups {
-		groups[i] = containerGroup{GID: g, Name: "g" + strconv.Itoa(g)}
 	}
 	nsenter, err := findNsenter(rec)
 	if err != nil {
@@ -68,7 +67,7 @@ func (Backend) Enter(ctx context.Context, rec *launch.Record, rt *launch.Runtime
 		cwd = rec.Project
 	}
 	terminal := tty.IsTerminal(0) && tty.IsTerminal(1)
-	spec := initSpec{UID: st.UID, GID: st.GID, Groups: groups, Cwd: cwd, TTY: terminal, Join: true, Command: argv}
+	join := initSpec{UID: spec.UID, GID: spec.GID, Groups: spec.Groups, Cwd: cwd, TTY: terminal, Join: true, Command: argv}
 	args := []string{"nsenter", "--target=" + strconv.Itoa(init)}
 	for _, ns := range []struct{ name, flag string }{
 		{"mnt", "--mount"}, {"uts", "--uts"}, {"ipc", "--ipc"}, {"net", "--net"}, {"pid", "--pid"}, {"cgroup", "--cgroup"},
@@ -78,12 +77,55 @@ func (Backend) Enter(ctx context.Context, rec *launch.Record, rt *launch.Runtime
 		}
 	}
 	args = append(args, "--")
-	args = append(args, spec.args()...)
+	args = append(args, join.args()...)
 	inv := &launch.Invocation{Path: nsenter, Args: args, Env: env}
 	if !terminal {
-		return &launch.StartError{Err: launch.Exec(inv)}
+		return runAttached(ctx, inv)
 	}
 	return runOnPTY(ctx, inv, fmt.Sprintf("/proc/%d/root/dev", init))
+}
+
+// initSpecOf reads the container user's identity from its init's command line.
+func initSpecOf(init int) (initSpec, error) {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", init))
+	if err != nil {
+		return initSpec{}, err
+	}
+	args := strings.Split(strings.TrimRight(string(data), "\x00"), "\x00")
+	if len(args) < 2 || args[0] != InitPath {
+		return initSpec{}, fmt.Errorf("process %d is not the container's init", init)
+	}
+	return parseInitSpec(args[1:])
+}
+
+// runAttached runs inv on this process's standard input and output and
+// returns its status; SIGTERM and SIGHUP sent to this process are passed on.
+func runAttached(ctx context.Context, inv *launch.Invocation) error {
+	cmd := &exec.Cmd{Path: inv.Path, Args: inv.Args, Env: inv.Env, Stdin: os.Stdin, Stdout: os.Stdout, Stderr: os.Stderr}
+	sigs := make(chan os.Signal, 4)
+	signal.Notify(sigs, unix.SIGTERM, unix.SIGHUP)
+	defer signal.Stop(sigs)
+	if err := cmd.Start(); err != nil {
+		return &launch.StartError{Err: err}
+	}
+	waited := make(chan error, 1)
+	go func() { waited <- cmd.Wait() }()
+	for {
+		select {
+		case sig := <-sigs:
+			_ = cmd.Process.Signal(sig)
+		case <-ctx.Done():
+			_ = cmd.Process.Signal(unix.SIGTERM)
+		case err := <-waited:
+			if err == nil {
+				return nil
+			}
+			if code, ok := proc.ExitCodeOf(err); ok {
+				return launch.StatusError(code)
+			}
+			return err
+		}
+	}
 }
 
 // findNsenter takes util-linux's nsenter from the closure when the record

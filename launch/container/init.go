@@ -1,6 +1,7 @@
 package container
 
 import (
+	"bufio"
 	"errors"
 	"flag"
 	"fmt"
@@ -13,6 +14,7 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -22,14 +24,15 @@ import (
 // The inside of a container: this same binary, bind-mounted read-only at
 // InitPath, runs as the container's PID 1. It finishes the root
 // (the tmpfs nspawn gave it): /etc from the NixOS system plus a passwd and
-// group naming the invoking user, /run/current-system. Then it starts the
-// payload as that user — no PAM, no setpriv: plain setgroups/setgid/setuid —
-// forwards signals to it, reaps orphans, and exits with its status, which
-// nspawn passes on. It dies with nspawn (PR_SET_PDEATHSIG), so a SIGKILLed
-// launch takes the whole container, and with it its tmpfs root, along.
+// group naming the invoking user, /run/current-system. Then it says "ready"
+// on its standard output and keeps the container: it reaps orphans and
+// reads its standard input, the lifetime pipe the sandbox's supervisor
+// holds, until end of file (the container ends at once) or "stop" (every
+// process is asked to end first). It dies with nspawn (PR_SET_PDEATHSIG).
 //
-// `enter` runs it a second way, with --join, after nsenter put it into the
-// container's namespaces: it drops to the user and executes the command.
+// Every session runs it a second way, with --join, after nsenter put it
+// into the container's namespaces: it drops to the user (no PAM, no
+// setpriv: plain setgroups/setgid/setuid) and executes the command.
 
 // InitPath is where the launcher binds this binary in the container; the
 // binary runs as the container side (Init) when started under this name,
@@ -44,8 +47,9 @@ type initSpec struct {
 	Home     string
 	Cwd      string
 	Toplevel string
-	TTY      bool // fd 0 is a terminal made for this container: make it the payload's
+	TTY      bool // --join: fd 0 is a terminal made for this session: make it the command's
 	Join     bool
+	Keep     bool // the container's keeper: no command of its own
 	Command  []string
 	// Copies are the plan's File mounts: the source is bound at
 	// copyStaging+index, the init copies it to Dest, the user's.
@@ -70,6 +74,9 @@ func (s initSpec) args() []string {
 	if s.Join {
 		a = append(a, "--join")
 	} else {
+		if s.Keep {
+			a = append(a, "--keep")
+		}
 		a = append(a, "--user="+s.User, "--home="+s.Home, "--toplevel="+s.Toplevel)
 	}
 	if s.TTY {
@@ -96,6 +103,7 @@ func parseInitSpec(args []string) (initSpec, error) {
 	fs.StringVar(&s.Toplevel, "toplevel", "", "")
 	fs.BoolVar(&s.TTY, "tty", false, "")
 	fs.BoolVar(&s.Join, "join", false, "")
+	fs.BoolVar(&s.Keep, "keep", false, "")
 	fs.Func("copy", "", func(v string) error { copies = append(copies, v); return nil })
 	if err := fs.Parse(args); err != nil {
 		return s, err
@@ -109,8 +117,8 @@ func parseInitSpec(args []string) (initSpec, error) {
 		s.Copies = append(s.Copies, fileCopy{Dest: dest, Mode: os.FileMode(m).Perm()})
 	}
 	s.Command = fs.Args()
-	if s.UID < 0 || s.GID < 0 || len(s.Command) == 0 {
-		return s, errors.New("needs --uid, --gid and a command")
+	if s.UID < 0 || s.GID < 0 || (len(s.Command) == 0) != s.Keep {
+		return s, errors.New("needs --uid, --gid and a command, or --keep")
 	}
 	for _, g := range strings.Split(groups, ",") {
 		if g == "" {
@@ -147,7 +155,7 @@ func Init(args []string) int {
 		fmt.Fprintf(os.Stderr, "claude-sandbox (container init): %v\n", err)
 		return 125
 	}
-	return superviseContainer(s)
+	return keepContainer()
 }
 
 // setupContainerRoot writes what the tmpfs root lacks. Entries nspawn
@@ -270,66 +278,87 @@ func giveHomeDirs(s initSpec) {
 	})
 }
 
-// initForwardedSignals are the signals init passes to the payload. SIGWINCH is not
-// among them: the terminal sends it to the payload's process group itself.
-var initForwardedSignals = []os.Signal{unix.SIGTERM, unix.SIGINT, unix.SIGHUP, unix.SIGQUIT, unix.SIGUSR1, unix.SIGUSR2}
+// stopGrace is how long a "stop" lets the container's processes end.
+const stopGrace = 5 * time.Second
 
-// superviseContainer runs the payload and returns its exit status. As PID 1
-// it also reaps every orphan; when it returns, the kernel kills whatever
-// is left in the container.
-func superviseContainer(s initSpec) int {
-	if s.TTY {
-		// nspawn made the console pty this session's terminal; hand it to the
-		// payload's session, owned by the user (so /dev/tty opens for them).
-		// Giving it up sends this session SIGHUP, which is not for anyone.
-		signal.Ignore(unix.SIGHUP)
-		_ = unix.IoctlSetInt(0, unix.TIOCNOTTY, 0)
-		_ = unix.Fchown(0, s.UID, s.GID)
-	}
+// keepContainer is the init's life once the root is set up: it says
+// "ready", reaps every orphan, and ends the container when its lifetime
+// pipe says so — at once on end of file, or after asking every process to
+// end on "stop" (and on SIGTERM, nspawn's own way of asking).
+func keepContainer() int {
 	sigs := make(chan os.Signal, 32)
-	signal.Notify(sigs, append([]os.Signal{unix.SIGCHLD}, initForwardedSignals...)...)
-
-	path, err := initLookPath(s.Command[0])
-	if err != nil {
-		fmt.Fprintf(os.Stderr, "claude-sandbox: %s: %v\n", s.Command[0], err)
-		return 127
+	signal.Notify(sigs, unix.SIGCHLD, unix.SIGTERM, unix.SIGINT, unix.SIGHUP)
+	if _, err := os.Stdout.WriteString("ready\n"); err != nil {
+		return 125
 	}
-	pid, err := syscall.ForkExec(path, s.Command, &syscall.ProcAttr{
-		Dir:   s.Cwd,
-		Env:   containerPayloadEnv(os.Environ()),
-		Files: []uintptr{0, 1, 2},
-		Sys: &syscall.SysProcAttr{
-			Setsid:     true,
-			Setctty:    s.TTY,
-			Ctty:       0,
-			Credential: &syscall.Credential{Uid: uint32(s.UID), Gid: uint32(s.GID), Groups: containerGIDs(s.Groups)},
-			Pdeathsig:  syscall.SIGKILL,
-		},
-	})
-	if err != nil {
-		fmt.Fprintf(os.Stderr, "claude-sandbox: starting %s: %v\n", s.Command[0], err)
-		if errors.Is(err, unix.ENOENT) {
-			return 127
-		}
-		return 126
-	}
-	for sig := range sigs {
-		if sig != unix.SIGCHLD {
-			_ = unix.Kill(pid, sig.(unix.Signal))
-			continue
-		}
+	lifetime := make(chan string, 2)
+	go func() {
+		r := bufio.NewReader(os.Stdin)
 		for {
-			var ws unix.WaitStatus
-			wpid, err := unix.Wait4(-1, &ws, unix.WNOHANG, nil)
-			if wpid <= 0 || err != nil {
-				break
+			line, err := r.ReadString('\n')
+			if strings.TrimSpace(line) == "stop" {
+				lifetime <- "stop"
 			}
-			if wpid == pid {
-				return proc.ExitCode(ws)
+			if err != nil {
+				lifetime <- "eof"
+				return
 			}
 		}
+	}()
+	stopping := false
+	var grace <-chan time.Time
+	for {
+		select {
+		case what := <-lifetime:
+			if what == "eof" {
+				return 0 // the kernel ends every process of the container with its init
+			}
+			if !stopping {
+				stopping, grace = true, askEveryoneToEnd()
+			}
+		case sig := <-sigs:
+			if sig != unix.SIGCHLD {
+				if !stopping {
+					stopping, grace = true, askEveryoneToEnd()
+				}
+				continue
+			}
+			for {
+				var ws unix.WaitStatus
+				wpid, err := unix.Wait4(-1, &ws, unix.WNOHANG, nil)
+				if wpid <= 0 || err != nil {
+					break
+				}
+			}
+			if stopping && onlyInitLeft() {
+				return 0
+			}
+		case <-grace:
+			return 0
+		}
 	}
-	return 125
+}
+
+// askEveryoneToEnd sends every other process of the container SIGHUP and
+// SIGTERM (a closing terminal, then a polite request) and starts the grace.
+func askEveryoneToEnd() <-chan time.Time {
+	_ = unix.Kill(-1, unix.SIGHUP)
+	_ = unix.Kill(-1, unix.SIGTERM)
+	return time.After(stopGrace)
+}
+
+// onlyInitLeft says whether this init is the container's last process.
+func onlyInitLeft() bool {
+	entries, err := os.ReadDir("/proc")
+	if err != nil {
+		return false
+	}
+	for _, e := range entries {
+		if pid, err := strconv.Atoi(e.Name()); err == nil && pid != 1 {
+			return false
+		}
+	}
+	return true
 }
 
 // containerPayloadEnv drops what nspawn adds for an init (its notification socket,
@@ -342,14 +371,6 @@ func containerPayloadEnv(env []string) []string {
 			continue
 		}
 		out = append(out, kv)
-	}
-	return out
-}
-
-func containerGIDs(gs []containerGroup) []uint32 {
-	out := make([]uint32, len(gs))
-	for i, g := range gs {
-		out[i] = uint32(g.GID)
 	}
 	return out
 }

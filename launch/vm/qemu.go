@@ -17,7 +17,7 @@ import (
 	"github.com/claude-sandbox/claude-sandbox/manifest"
 )
 
-// File names inside a VM's run directory (<state>/vm/<id>/). QEMU runs with
+// File names inside a VM's run directory (launch.RunDir). QEMU runs with
 // the run directory as its working directory and is given these relative
 // names, so socket paths stay short whatever the state directory's length.
 const (
@@ -318,7 +318,7 @@ func planVMRun(m *manifest.Manifest, rt *launch.Runtime, id string) (*vmPlan, er
 		}
 	}
 	p := &vmPlan{
-		ID: id, StateDir: stateDir, RunDir: filepath.Join(stateDir, launch.StateVM, id),
+		ID: id, StateDir: stateDir, RunDir: launch.RunDir(stateDir, id),
 		QEMU: qemu, Accel: accel, AutoKVM: auto && accel == launch.AccelKVM, FS: fs,
 		Project: rt.Project, HostHome: rt.Home, Shell: m.Shell,
 	}

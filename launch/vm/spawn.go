@@ -84,7 +84,7 @@ func startSupervised(ctx context.Context, vp *vmPlan, p *launch.Plan, rec *launc
 
 	spec := control.Spec{
 		ID: rec.ID, Project: p.Project, Backend: Name, StateDir: p.StateDir, RunDir: vp.RunDir,
-		LogPath:   filepath.Join(p.StateDir, "session.log"),
+		LogPath:   launch.SessionLog(p.StateDir),
 		Record:    filepath.Join(p.StateDir, "sandboxes", rec.ID+".json"),
 		ControlFD: 3,
 		VM:        vp.spec(),

@@ -42,7 +42,8 @@ func (Backend) Name() string { return Name }
 
 func (Backend) Traits() launch.Traits {
 	return launch.Traits{
-		NetworkInClosure: true,
+		NetworkInClosure:          true,
+		SessionsThroughSupervisor: true,
 		Persistence:      "What persists after the VM ends: the project directory, ~/.claude, ~/.local (kept per project) and the guest's Nix store (nix-build, nix profile: kept per project). Everything else in the guest is discarded.",
 	}
 }
@@ -64,6 +65,9 @@ func (Backend) Plan(p *launch.Plan, m *manifest.Manifest, rt *launch.Runtime) er
 	}
 	env = launch.MergeEnv(env, vp.extraEnv())
 	p.Env, p.Mounts, p.Detail = env, append(vp.Shares, vp.Protected...), vp
+	// The guest builds with a Nix daemon of its own, on its own store: the
+	// host's daemon (and the gateway to it) is not for it.
+	p.NixGateway, p.NixUpstream = "", ""
 	p.Prepare = append(p.Prepare, vp.Prepare...)
 	p.Invocation = &launch.Invocation{Path: vp.QEMU, Args: vp.Args, Env: append(qemuEnv(), vp.Display.Env...)}
 	return nil
@@ -90,9 +94,10 @@ func (Backend) Start(ctx context.Context, p *launch.Plan, rec *launch.Record) er
 	return runSession(ctx, rec, &session{argv: p.Command, what: sessionName(p.Command), supLog: supLog, accel: vp.Accel, first: true})
 }
 
-// Enter runs argv as a new session of a running VM.
-func (Backend) Enter(ctx context.Context, rec *launch.Record, _ *launch.Runtime, argv []string) error {
-	return runSession(ctx, rec, &session{argv: argv, what: "enter"})
+// Enter runs argv as a new session of a running VM, through its
+// supervisor (SessionsThroughSupervisor: s holds only the record).
+func (Backend) Enter(ctx context.Context, s *launch.Session, _ *launch.Runtime, argv []string) error {
+	return runSession(ctx, s.Record, &session{argv: argv, what: sessionName(argv)})
 }
 
 // Stop asks the VM's supervisor to power the guest down (the power
@@ -125,8 +130,8 @@ func (Backend) Stop(ctx context.Context, rec *launch.Record) error {
 	return fmt.Errorf("the VM's supervisor (pid %d) did not end", rec.PID)
 }
 
-// Status is the guest's run state, accelerator, sessions and Nix store
-// size, as its supervisor reports them.
+// Status is the guest's run state, accelerator and Nix store size, as
+// its supervisor reports them.
 func (Backend) Status(ctx context.Context, rec *launch.Record) string {
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
@@ -134,12 +139,10 @@ func (Backend) Status(ctx context.Context, rec *launch.Record) string {
 	if err != nil || !reply.OK || reply.Status == nil {
 		return "no answer from its supervisor"
 	}
-	st := reply.Status
-	s := st.Detail
-	if s == "" {
-		s = "starting"
+	if reply.Status.Detail == "" {
+		return "starting"
 	}
-	return fmt.Sprintf("%s, %d session(s)", s, st.Sessions)
+	return reply.Status.Detail
 }
 
 // controlSocket is a VM's control socket: recorded once the supervisor
@@ -153,7 +156,7 @@ func controlSocket(rec *launch.Record) string {
 	if err != nil {
 		return ""
 	}
-	return filepath.Join(dir, launch.StateVM, rec.ID, control.SocketName)
+	return filepath.Join(launch.RunDir(dir, rec.ID), control.SocketName)
 }
 
 // sessionName names a session for the session log.
@@ -175,7 +178,7 @@ func sweepRunDirs(stateDir string) {
 			live[r.ID] = true
 		}
 	}
-	root := filepath.Join(stateDir, launch.StateVM)
+	root := filepath.Join(stateDir, launch.StateRun)
 	entries, err := os.ReadDir(root)
 	if err != nil {
 		return

@@ -15,6 +15,11 @@ type Spec struct {
 	// sandbox is decided to end, so no launch finds an ending sandbox.
 	Record string `json:"record"`
 
+	// RunAs: a supervisor started by root (the container backend) takes
+	// this user's identity once it holds its descriptors, so the host's
+	// Nix daemon, SSH agent and network see the user, not root.
+	RunAs *RunAs `json:"runAs,omitempty"`
+
 	ControlFD      int `json:"controlFd"`                // the listening control socket
 	FirstSessionFD int `json:"firstSessionFd,omitempty"` // the starting launcher's session (0: none)
 
@@ -70,6 +75,13 @@ type SSHAgentSpec struct {
 	ListenerFD int      `json:"listenerFd"`
 	Upstream   string   `json:"upstream"` // the host's SSH_AUTH_SOCK
 	Keys       []string `json:"keys"`     // nil: every key of the host agent
+}
+
+// RunAs is a user identity.
+type RunAs struct {
+	UID    int   `json:"uid"`
+	GID    int   `json:"gid"`
+	Groups []int `json:"groups,omitempty"`
 }
 
 // VMSpec has the supervisor start and own a QEMU guest: what to run is the

@@ -55,6 +55,7 @@ func MuxConfig() *yamux.Config {
 // Main is the agent's main: this binary started as Path. It returns only
 // when the port closes.
 func Main([]string) int {
+	kmsg("started")
 	a := &agent{idle: make(chan struct{}, 1)}
 	// The guest's power-down signals everything: the agent stays until its
 	// sessions' commands (signalled too) have ended and their status is
@@ -95,6 +96,7 @@ func Main([]string) int {
 	}
 	a.mux = mux
 	a.sayReady()
+	kmsg("ready")
 	if a.setupErr == nil {
 		if cfg.Proxy != "" {
 			if err := a.offerTCP(cfg.Proxy, StreamProxy); err != nil {
@@ -315,4 +317,13 @@ func ReadKind(r *bufio.Reader) (string, error) {
 		return "", errors.New("agent: a stream kind too long")
 	}
 	return strings.TrimSuffix(line, "\n"), nil
+}
+
+// kmsg notes a step in the kernel log: the boot log, with the kernel's
+// timestamps.
+func kmsg(what string) {
+	if f, err := os.OpenFile("/dev/kmsg", os.O_WRONLY, 0); err == nil {
+		_, _ = f.WriteString("claude-sandbox-agent: " + what + "\n")
+		f.Close()
+	}
 }

@@ -30,6 +30,7 @@ import (
 	"github.com/claude-sandbox/claude-sandbox/internal/proc"
 	"github.com/claude-sandbox/claude-sandbox/internal/sockpath"
 	"github.com/claude-sandbox/claude-sandbox/launch/vm/agent"
+	"github.com/claude-sandbox/claude-sandbox/sessionlog"
 	"github.com/claude-sandbox/claude-sandbox/supervisor/control"
 )
 
@@ -60,7 +61,9 @@ var kernelProgress = lazyregexp.New(`\[\s*\d+\.\d\d\d\d\d\d\]`)
 
 // VM is one running guest.
 type VM struct {
-	spec control.VMSpec
+	spec    control.VMSpec
+	log     sessionlog.Logger
+	started time.Time
 
 	cmd     *exec.Cmd
 	vfsd    *exec.Cmd
@@ -79,9 +82,13 @@ type VM struct {
 }
 
 // Start boots the guest. It returns once QEMU runs; the boot goes on.
-func Start(ctx context.Context, spec control.VMSpec) (*VM, error) {
+// log gets the VM's steps (QEMU started, the guest agent ready, how long
+// each took).
+func Start(ctx context.Context, spec control.VMSpec, log sessionlog.Logger) (*VM, error) {
 	v := &VM{
 		spec:     spec,
+		log:      log,
+		started:  time.Now(),
 		exited:   make(chan struct{}),
 		ready:    make(chan struct{}),
 		proxy:    NewStreamListener("proxy"),
@@ -100,8 +107,17 @@ func Start(ctx context.Context, spec control.VMSpec) (*VM, error) {
 		v.release()
 		return nil, err
 	}
+	v.note("qemu", "QEMU started")
 	go v.connectAgent()
 	return v, nil
+}
+
+// note records a step of the VM's life in the session log.
+func (v *VM) note(op, what string) {
+	if v.log != nil {
+		v.log.Log(sessionlog.Entry{Service: "vm", Decision: sessionlog.Note, Op: op,
+			Reason: fmt.Sprintf("%s after %.2fs", what, time.Since(v.started).Seconds())})
+	}
 }
 
 // ProxyListener yields the guest's connections to the egress proxy.
@@ -321,6 +337,7 @@ func (v *VM) serveStream(st net.Conn) {
 		case !r.OK:
 			v.setFault(&startFault("the guest could not be set up: " + r.Error).Fault)
 		default:
+			v.note("ready", "the guest agent is ready")
 			v.setFault(nil)
 		}
 	case agent.StreamProxy:
@@ -478,6 +495,7 @@ func (v *VM) Exec(ctx context.Context, c *control.Conn) {
 	if err := c.Send(control.Reply{OK: true}); err != nil {
 		return
 	}
+	v.note("session", "a session started")
 	done := make(chan struct{}, 2)
 	s := c.Stream()
 	go func() {
