@@ -35,16 +35,16 @@ type Request struct {
 type Kind uint8
 
 const (
-	KindRequest Kind = iota + 1 // JSON Request: the first frame of a session, to the agent
-	KindStarted                 // the command runs (empty)
-	KindError                   // the command could not start: text, then the stream ends
-	KindStdin                   // input bytes
-	KindStdinEOF                // input ended
-	KindStdout                  // output bytes (a terminal session's only output)
-	KindStderr                  // error output bytes
-	KindResize                  // rows, cols: uint16 each
-	KindSignal                  // one byte: a signal number for the command's process group
-	KindExit                    // int32: the exit status (128+n for a signal), the last frame
+	KindRequest  Kind = iota + 1 // JSON Request: the first frame of a session, to the agent
+	KindStarted                  // the command runs (empty)
+	KindError                    // the command could not start: text, then the stream ends
+	KindStdin                    // input bytes
+	KindStdinEOF                 // input ended
+	KindStdout                   // output bytes (a terminal session's only output)
+	KindStderr                   // error output bytes
+	KindResize                   // rows, cols: uint16 each
+	KindSignal                   // one byte: a signal number for the command's process group
+	KindExit                     // int32: the exit status (128+n for a signal), the last frame
 )
 
 // MaxPayload bounds one frame; a peer announcing more is broken or hostile.

@@ -177,4 +177,3 @@ func listenUnix(path string) (*net.UnixListener, error) {
 	}
 	return ln, nil
 }
-

@@ -44,7 +44,7 @@ func (Backend) Traits() launch.Traits {
 	return launch.Traits{
 		NetworkInClosure:          true,
 		SessionsThroughSupervisor: true,
-		Persistence:      "What persists after the VM ends: the project directory, ~/.claude, ~/.local (kept per project) and the guest's Nix store (nix-build, nix profile: kept per project). Everything else in the guest is discarded.",
+		Persistence:               "What persists after the VM ends: the project directory, ~/.claude, ~/.local (kept per project) and the guest's Nix store (nix-build, nix profile: kept per project). Everything else in the guest is discarded.",
 	}
 }
 
@@ -243,5 +243,6 @@ type StoreBusyError struct{ Project string }
 func (e *StoreBusyError) Error() string {
 	return "the guest's Nix store of " + e.Project + " is in use by a running VM"
 }
-func (e *StoreBusyError) Hint() string { return "stop it first: claude-sandbox stop --reset-store PROJECT" }
-
+func (e *StoreBusyError) Hint() string {
+	return "stop it first: claude-sandbox stop --reset-store PROJECT"
+}

@@ -120,7 +120,7 @@ func (a *agent) start(req execstream.Request) (*session, error) {
 	}
 	cmd := &exec.Cmd{Path: path, Args: req.Argv, Env: env, Dir: workDir(req.Cwd, c)}
 	attr := &syscall.SysProcAttr{}
-	if c.UID != 0 {
+	if c.UID != os.Geteuid() {
 		attr.Credential = &syscall.Credential{Uid: uint32(c.UID), Gid: uint32(c.GID), Groups: []uint32{uint32(c.GID)}}
 	}
 	s := &session{cmd: cmd}
@@ -234,14 +234,25 @@ func (s *session) signal(sig unix.Signal) {
 	}
 }
 
+// hangup tells the command its host went away as a closing terminal
+// does (SIGHUP, SIGCONT), then asks it to end (SIGTERM), then kills it.
 func (s *session) hangup(exited <-chan struct{}) {
-	s.signal(unix.SIGHUP)
-	s.signal(unix.SIGCONT)
-	s.signal(unix.SIGTERM)
-	select {
-	case <-exited:
-	case <-time.After(hangupGrace):
-		s.signal(unix.SIGKILL)
+	for _, step := range []struct {
+		sigs []unix.Signal
+		wait time.Duration
+	}{
+		{[]unix.Signal{unix.SIGHUP, unix.SIGCONT}, hangupGrace / 2},
+		{[]unix.Signal{unix.SIGTERM}, hangupGrace / 2},
+		{[]unix.Signal{unix.SIGKILL}, 0},
+	} {
+		for _, sig := range step.sigs {
+			s.signal(sig)
+		}
+		select {
+		case <-exited:
+			return
+		case <-time.After(step.wait):
+		}
 	}
 }
 

@@ -110,4 +110,3 @@ func isClosedConn(err error) bool {
 	return errors.Is(err, unix.ECONNRESET) || errors.Is(err, unix.EPIPE) || errors.Is(err, os.ErrClosed) ||
 		err.Error() == "unexpected end of JSON input"
 }
-

@@ -82,7 +82,7 @@ func MakeStore(ctx context.Context, mkfs, path string, mib int) error {
 	defer cancel()
 	// The root owned by the guest's root, whoever runs mkfs; lazy
 	// initialisation keeps the first start quick.
-	cmd := exec.CommandContext(ctx, mkfs, "-q", "-F", "-L", "nix-store-rw",
+	cmd := exec.CommandContext(ctx, mkfs, "-t", "ext4", "-q", "-F", "-L", "nix-store-rw",
 		"-E", "root_owner=0:0,lazy_itable_init=1,lazy_journal_init=1", tmp, strconv.Itoa(mib)+"M")
 	cmd.Env = []string{"PATH=/usr/bin:/bin", "LC_ALL=C"}
 	if out, err := cmd.CombinedOutput(); err != nil {

@@ -266,6 +266,11 @@ func (v *VM) watchdog() {
 func (v *VM) connectAgent() {
 	conn, err := v.dialAgent()
 	if err != nil {
+		select {
+		case <-v.exited:
+			return // how QEMU ended says why (bootEnded)
+		default:
+		}
 		v.setFault(&startFault("connecting to the guest agent's port: " + err.Error()).Fault)
 		v.kill()
 		return
@@ -620,4 +625,3 @@ func printable(r rune) rune {
 	}
 	return r
 }
-
