@@ -91,7 +91,7 @@ func Run(ctx context.Context, env *Env) *Report {
 		checkNix, checkDaemon, checkStore, checkNixpkgs,
 		checkBwrap, checkUserNSLimits,
 		checkNspawn, checkRoot,
-		checkKVM, checkQEMU, checkVirtiofsd,
+		checkKVM, checkQEMU, checkVirtiofsd, checkGuestStores,
 		checkDisplay, checkAudio, checkDBus, checkSSHAgent,
 		checkCache, checkGCRoots, checkDisk,
 	}

@@ -10,6 +10,7 @@ import (
 	"github.com/claude-sandbox/claude-sandbox/launch/container"
 	"github.com/claude-sandbox/claude-sandbox/launch/vm"
 	"github.com/claude-sandbox/claude-sandbox/launch/vm/agent"
+	"github.com/claude-sandbox/claude-sandbox/launch/vm/vmhost"
 	"github.com/claude-sandbox/claude-sandbox/nixgen"
 )
 
@@ -79,4 +80,20 @@ func ResetGuestStore(project string) (size string, err error) {
 		return "", nil
 	}
 	return size, vm.ResetStore(dir, project)
+}
+
+// GuestStores lists the guest Nix stores of this user's projects (the vm
+// backend's), largest first, as "project: size" lines for doctor.
+func GuestStores() ([]string, int64, error) {
+	stores, err := vm.GuestStores()
+	if err != nil {
+		return nil, 0, err
+	}
+	var lines []string
+	var total int64
+	for _, s := range stores {
+		lines = append(lines, s.Project+": "+vmhost.HumanSize(s.Bytes))
+		total += s.Bytes
+	}
+	return lines, total, nil
 }

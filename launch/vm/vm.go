@@ -17,6 +17,8 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"sort"
+	"strings"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -245,4 +247,38 @@ func (e *StoreBusyError) Error() string {
 }
 func (e *StoreBusyError) Hint() string {
 	return "stop it first: claude-sandbox stop --reset-store PROJECT"
+}
+
+// GuestStore is one project's guest Nix store, for doctor.
+type GuestStore struct {
+	Project string
+	Bytes   int64
+}
+
+// GuestStores lists the guest Nix stores of this user's projects (their
+// space on the host), largest first.
+func GuestStores() ([]GuestStore, error) {
+	root, err := launch.StateRoot()
+	if err != nil {
+		return nil, err
+	}
+	imgs, err := filepath.Glob(filepath.Join(root, "projects", "*", launch.StateGuest, storeImageName))
+	if err != nil {
+		return nil, err
+	}
+	var out []GuestStore
+	for _, img := range imgs {
+		n, err := vmhost.StoreSize(img)
+		if err != nil {
+			continue
+		}
+		state := filepath.Dir(filepath.Dir(img))
+		project := filepath.Base(state)
+		if data, err := os.ReadFile(filepath.Join(state, "path")); err == nil {
+			project = strings.TrimSuffix(string(data), "\n")
+		}
+		out = append(out, GuestStore{Project: project, Bytes: n})
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Bytes > out[j].Bytes })
+	return out, nil
 }
