@@ -118,7 +118,7 @@ func sockets(root string) []string {
 
 // gone waits until the project has no running sandbox and no socket left:
 // the supervisor cleans up after the launch has returned.
-func gone(t *testing.T, project string) {
+func gone(t testing.TB, project string) {
 	t.Helper()
 	state := stateDir(sharedDirs(), project)
 	deadline := time.Now().Add(60 * time.Second)
@@ -305,7 +305,7 @@ sleep 600 & wait`
 
 // waitForVM polls until a file the guest writes appears (a boot under
 // emulation takes a while).
-func waitForVM(t *testing.T, bg *background, path string) {
+func waitForVM(t testing.TB, bg *background, path string) {
 	t.Helper()
 	deadline := time.Now().Add(3 * time.Minute)
 	for time.Now().Before(deadline) {
