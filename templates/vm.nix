@@ -157,6 +157,13 @@ let
     # network: a --no-network guest's Nix has none either.
     networking.proxy.default = lib.mkIf network "http://127.0.0.1:3128";
 
+    # <nixpkgs> in the guest (nix-shell -p, nix-build '<nixpkgs>' -A …) is
+    # the nixpkgs this guest was built from, for every process whatever
+    # its environment (nix.conf(5) nix-path; nixos/modules/config/nix.nix
+    # writes nix.settings there). A nixpkgs that is not in the store yet
+    # (a local checkout) is copied into it once, when the guest is built.
+    nix.settings.nix-path = [ "nixpkgs=${pkgs.path}" ];
+
     # nixos/modules/system/boot/kernel.nix. virtio_pci finds the devices,
     # 9pnet_virtio and 9p mount the shares in stage 1, virtio_blk brings
     # the store disk; virtio_console the agent's port, virtio_rng feeds the
