@@ -2,6 +2,7 @@ package tests
 
 import (
 	"bytes"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"testing"
@@ -77,6 +78,7 @@ func BenchmarkVMStart(b *testing.B) {
 		cold += c
 		gone(b, p)
 
+		os.Remove(filepath.Join(p, "ready"))
 		keeper := startBackground(b, o, append(vm, "sh", "-c", "touch ready; sleep 600")...)
 		waitForVM(b, keeper, filepath.Join(p, "ready"))
 		f, a := firstOutput(cs(append(vm, "echo", marker)...))
