@@ -238,8 +238,10 @@ http.request({host: phost, port: pport, method: 'CONNECT', path: host + ':' + po
 	}
 	assertClean(t, "node", out)
 
-	// Without NODE_EXTRA_CA_CERTS Node refuses the proxy's certificate.
-	out, err = f.run(t, []string{"NODE_EXTRA_CA_CERTS="}, "node", "-e", script, phost, pport, host, port, ph)
+	// Without the trust variables Node refuses the proxy's certificate.
+	// SSL_CERT_FILE and SSL_CERT_DIR too: a Node built to use OpenSSL's
+	// default store (Debian's) trusts the CA through them alone.
+	out, err = f.run(t, []string{"NODE_EXTRA_CA_CERTS=", "SSL_CERT_FILE=", "SSL_CERT_DIR="}, "node", "-e", script, phost, pport, host, port, ph)
 	if err == nil || !strings.Contains(out, "TLS") {
 		t.Errorf("node without the CA: %v %s", err, out)
 	}

@@ -66,7 +66,8 @@ func TestParseErrorsSayWhere(t *testing.T) {
 		line       int
 	}{
 		{"with = [\"jq\"]\nnetwrok = false\n", `unknown key "netwrok"`, 2},
-		{"network = \"no\"\n", "string", 1},
+		{"network = \"no\"\n", `"no" is not one of allowlist, none, open, learn`, 1},
+		{"network = 3\n", `"3" is not one of`, 1},
 		{"with = \"python3\"\n", "string", 1},
 		{"\n\nbackend = \"docker\"\n", `"docker" is not one of bubblewrap, container, vm`, 3},
 		{"with = [\"ok\", \"${builtins.exec}\"]\n", "not a Nix identifier", 1},
@@ -148,9 +149,21 @@ func TestWidenings(t *testing.T) {
 		{`nixpkgs = "github:evil/nixpkgs"`, ``, `nixpkgs`},
 		{`protect-git = false`, ``, `protect-git`},
 		{`sudo = true`, ``, `sudo`},
-		// Network on is a widening only where the user keeps it off.
-		{`network = true`, ``, ``},
-		{`network = true`, `network = false`, `network`},
+		// The network is an allowlist unless someone opens it: opening it
+		// (open, learn, or the older network = true) is a widening, unless
+		// the user opened it too; closing it never is.
+		{`network = true`, ``, `network`},
+		{`network = "open"`, ``, `network`},
+		{`network = "learn"`, ``, `network`},
+		{`network = "allowlist"`, ``, ``},
+		{`network = "none"`, ``, ``},
+		{`network = "open"`, `network = "open"`, ``},
+		{`network = "allowlist"`, `network = false`, `network`},
+		// Allowing a destination widens, unless the user allows it too;
+		// denying never does.
+		{`allow = ["pypi.org", "files.pythonhosted.org"]`, ``, `allow`},
+		{`allow = ["pypi.org"]`, `allow = ["pypi.org"]`, ``},
+		{`deny = ["*.example.com"]`, ``, ``},
 		{`desktop = true`, `desktop = false`, `desktop`},
 		{`gh-token = true`, `gh-token = true`, ``},
 		// What the user already allows is not a widening.

@@ -38,7 +38,11 @@ type Key struct {
 	// AlwaysWidens: any value a project sets widens access (env, modules,
 	// nixpkgs, which run or reveal what the user did not choose).
 	AlwaysWidens bool
-	Doc          string
+	// Ranks orders a String setting's choices from the one that gives the
+	// sandbox least to the one that gives it most: a project's choice
+	// ranked above the user's (or the default's) widens access.
+	Ranks []string
+	Doc   string
 }
 
 func ptr(b bool) *bool { return &b }
@@ -47,7 +51,10 @@ func ptr(b bool) *bool { return &b }
 var Keys = []Key{
 	{Name: "backend", Kind: String, Choices: nixgen.Backends, Doc: "sandbox backend"},
 	{Name: "with", Kind: List, Doc: "extra nixpkgs packages (attribute paths)"},
-	{Name: "network", Kind: Bool, Grants: ptr(true), Doc: "network inside the sandbox"},
+	{Name: "network", Kind: String, Choices: []string{"allowlist", "none", "open", "learn"}, Ranks: []string{"none", "allowlist", "learn", "open"},
+		Doc: "network inside, through the sandbox's proxy: allowlist (the allow rules), open (every public destination), learn (open, and record what was reached), none"},
+	{Name: "allow", Kind: List, AlwaysWidens: true, Doc: "destinations the network proxy allows: host names (*.example.com), :port, methods, addresses and networks"},
+	{Name: "deny", Kind: List, Doc: "destinations the network proxy refuses, whatever allows them"},
 	{Name: "nix-daemon", Kind: Bool, Grants: ptr(true), Doc: "Nix inside, through the Nix daemon gateway"},
 	{Name: "nix-unsandboxed-builds", Kind: Bool, Grants: ptr(true), Doc: "let builds through the gateway on a host daemon that does not sandbox them"},
 	{Name: "desktop", Kind: Bool, Grants: ptr(true), Doc: "forward display, audio, D-Bus, keyring and GPU"},
@@ -76,9 +83,13 @@ func KeyByName(name string) (Key, bool) {
 // error with its line, never silently ignored (a typo like `netwrok = false`
 // would otherwise leave the network on).
 type fileSettings struct {
-	Backend              *string  `toml:"backend"`
-	With                 []string `toml:"with"`
-	Network              *bool    `toml:"network"`
+	Backend *string  `toml:"backend"`
+	With    []string `toml:"with"`
+	// Network is a mode ("allowlist", "open", "none", "learn"), or the
+	// older switch (true: open, false: none).
+	Network              any      `toml:"network"`
+	Allow                []string `toml:"allow"`
+	Deny                 []string `toml:"deny"`
 	NixDaemon            *bool    `toml:"nix-daemon"`
 	NixUnsandboxedBuilds *bool    `toml:"nix-unsandboxed-builds"`
 	Desktop              *bool    `toml:"desktop"`
@@ -114,7 +125,17 @@ func (s *fileSettings) values() map[string]any {
 	}
 	put("backend", s.Backend != nil, str(s.Backend))
 	put("with", s.With != nil, s.With)
-	put("network", s.Network != nil, deref(s.Network))
+	switch v := s.Network.(type) {
+	case bool:
+		out["network"] = map[bool]string{true: "open", false: "none"}[v]
+	case string:
+		out["network"] = v
+	case nil:
+	default:
+		out["network"] = fmt.Sprint(v) // refused by the choices check
+	}
+	put("allow", s.Allow != nil, s.Allow)
+	put("deny", s.Deny != nil, s.Deny)
 	put("nix-daemon", s.NixDaemon != nil, deref(s.NixDaemon))
 	put("nix-unsandboxed-builds", s.NixUnsandboxedBuilds != nil, deref(s.NixUnsandboxedBuilds))
 	put("desktop", s.Desktop != nil, deref(s.Desktop))

@@ -62,6 +62,16 @@ func Widenings(project, user *File, defaults Defaults) []Widening {
 				continue
 			}
 			out = append(out, Widening{s, listWhy(s.Key.Name, extra)})
+		case s.Key.Ranks != nil:
+			from := ""
+			if haveBase {
+				from = base.Str
+			} else if d, ok := stringDefault(s.Key); ok {
+				from = d
+			}
+			if slices.Index(s.Key.Ranks, s.Str) > slices.Index(s.Key.Ranks, from) {
+				out = append(out, Widening{s, rankWhy(s.Key.Name, from, s.Str)})
+			}
 		case s.Key.AlwaysWidens && s.Key.Kind == String:
 			if haveBase && base.Str == s.Str {
 				continue
@@ -93,8 +103,26 @@ func boolWhy(key string) string {
 	return "gives the sandbox more access"
 }
 
+// stringDefault is a ranked setting's value when nobody sets it: the
+// choice listed first.
+func stringDefault(k Key) (string, bool) {
+	if len(k.Choices) == 0 {
+		return "", false
+	}
+	return k.Choices[0], true
+}
+
+func rankWhy(key, from, to string) string {
+	if key == "network" {
+		return fmt.Sprintf("opens the network from %s to %s", from, to)
+	}
+	return fmt.Sprintf("gives the sandbox more access (%s instead of %s)", to, from)
+}
+
 func listWhy(key string, extra []string) string {
 	switch key {
+	case "allow":
+		return "lets the sandbox reach " + strings.Join(extra, ", ")
 	case "env":
 		return "passes host environment variables in: " + strings.Join(extra, ", ")
 	case "modules":

@@ -67,6 +67,9 @@ type Env struct {
 	DefaultBackend string
 	System         string // Nix system, e.g. x86_64-linux
 	NoDesktop      bool   // --no-desktop / desktop = false: nothing of the desktop is forwarded
+	NoNetwork      bool   // --no-network / network = false
+	// NixUnsandboxedBuilds: --nix-unsandboxed-builds / nix-unsandboxed-builds = true.
+	NixUnsandboxedBuilds bool
 	// KVMTimeout bounds the guest boot under KVM (default 10 s). A working
 	// KVM guest prints its first kernel line well within a second.
 	KVMTimeout time.Duration
@@ -88,7 +91,7 @@ func Run(ctx context.Context, env *Env) *Report {
 		env.DefaultBackend = "bubblewrap"
 	}
 	funcs := []checkFunc{
-		checkNix, checkDaemon, checkStore, checkNixpkgs,
+		checkNix, checkDaemon, checkNixGateway, checkStore, checkNixpkgs,
 		checkBwrap, checkUserNSLimits,
 		checkNspawn, checkRoot,
 		checkKVM, checkQEMU, checkVirtiofsd, checkGuestStores,

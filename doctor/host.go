@@ -47,11 +47,7 @@ func forwardCheck(env *Env, c Check, kinds []forwarded, none string) Check {
 	var found, dangling []string
 	for _, k := range kinds {
 		for _, f := range fwd[k.what] {
-			label := k.label + " " + f.Source
-			if f.NetworkOnly {
-				label += " (over the network; not with --no-network)"
-			}
-			found = append(found, label)
+			found = append(found, k.label+" "+f.Source)
 		}
 		if v := env.Getenv(k.namedBy); v != "" && len(fwd[k.what]) == 0 {
 			dangling = append(dangling, k.namedBy+"="+v)

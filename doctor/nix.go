@@ -3,6 +3,7 @@ package doctor
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -13,6 +14,7 @@ import (
 	"time"
 
 	"github.com/claude-sandbox/claude-sandbox/closure"
+	"github.com/claude-sandbox/claude-sandbox/launch"
 	"github.com/claude-sandbox/claude-sandbox/nixdaemon"
 )
 
@@ -207,5 +209,47 @@ func checkNixpkgs(ctx context.Context, env *Env) Check {
 		detail += ", needs Nix " + needs + " or newer"
 	}
 	c.Status, c.Detail = OK, detail
+	return c
+}
+
+// checkNixGateway reports what Nix inside a sandbox may do: how the host
+// daemon builds (sandboxed or not), whether it trusts this user, and what
+// a sandbox's gateway therefore allows. The supervisor program answers it
+// (`claude-sandbox-supervisor probe-nix`), so that this program never links
+// the gateway; the answer takes a probe build, seconds.
+func checkNixGateway(ctx context.Context, env *Env) Check {
+	c := Check{ID: "nix-gateway", Title: "Nix inside"}
+	sv, err := launch.FindSupervisor(func(name string) (string, bool) {
+		v := env.Getenv(name)
+		return v, v != ""
+	})
+	if err != nil {
+		c.Status, c.NeededBy = Fail, backends
+		c.Detail = err.Error()
+		c.Fix = "install claude-sandbox-supervisor beside claude-sandbox (go build -o DIR/ ./cmd/...)"
+		return c
+	}
+	args := []string{"probe-nix", fmt.Sprintf("--allow-unsandboxed-builds=%t", env.NixUnsandboxedBuilds), fmt.Sprintf("--network=%t", !env.NoNetwork)}
+	out, errLine, err := runProgram(ctx, 2*time.Minute, nil, sv, args...)
+	var answer struct {
+		Sandboxed bool     `json:"sandboxed"`
+		Explain   []string `json:"explain"`
+		Error     string   `json:"error"`
+	}
+	if err != nil || json.Unmarshal([]byte(out), &answer) != nil {
+		c.Status = Warn
+		c.Detail = "could not ask " + sv + ": " + firstNonEmpty(errLine, fmt.Sprint(err))
+		return c
+	}
+	c.Detail = strings.Join(answer.Explain, "; ")
+	switch {
+	case answer.Error != "":
+		c.Status, c.Fix = Warn, "the host daemon could not be asked ("+answer.Error+"); builds inside are refused until it can"
+	case answer.Sandboxed || env.NixUnsandboxedBuilds:
+		c.Status = OK
+	default:
+		c.Status = Warn
+		c.Fix = "builds inside are refused: turn the host daemon's build sandbox on (sandbox = true in /etc/nix/nix.conf, then restart nix-daemon), or accept unsandboxed builds with --nix-unsandboxed-builds"
+	}
 	return c
 }

@@ -304,7 +304,7 @@ func (p *Policy) checkAddr(a netip.Addr, d Destination, name string, byName *gra
 	switch {
 	case byAddr == nil && nonPublic(a) != "":
 		return nil, &Verdict{Rule: RuleNonPublic, Fix: target,
-			Reason: describeAddr(name, a) + ", a " + nonPublic(a) + " address: only a rule naming the address opens it."}
+			Reason: describeAddr(name, a) + " a " + nonPublic(a) + " address: only a rule naming the address opens it."}
 	case byAddr == nil && byName == nil:
 		return nil, &Verdict{Rule: RuleNotListed, Fix: target, Reason: target + " is not in the sandbox's network allowlist."}
 	case byAddr == nil:
@@ -335,7 +335,7 @@ func describeAddr(name string, a netip.Addr) string {
 	if name == "" {
 		return a.String() + " is"
 	}
-	return name + " resolves to " + a.String()
+	return name + " resolves to " + a.String() + ","
 }
 
 func (v Verdict) refuse(rule, source, reason, fix string) Verdict {

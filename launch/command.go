@@ -59,11 +59,7 @@ func Notice(backend Backend, rt *Runtime) string {
 	if rt.ProtectGit {
 		b.WriteString("The project's .git/config and .git/hooks are read-only: commits work, but `git config`, `git remote add` and setting an upstream do not; ask the user to run those on the host. ")
 	}
-	if rt.Network {
-		b.WriteString("The network is available.")
-	} else {
-		b.WriteString("There is no network.")
-	}
+	b.WriteString(networkNotice(rt.Egress))
 	return b.String()
 }
 

@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"time"
 
 	"github.com/rs/zerolog"
 
@@ -37,6 +38,11 @@ type Launch struct {
 	// Say tells the person at the terminal what happens (joining, tmux).
 	Say func(format string, args ...any)
 	Log zerolog.Logger
+
+	// Learned, after Run of a sandbox in learn mode, are the allow rules
+	// covering what it reached (nil when it learned nothing or could not
+	// say).
+	Learned []string
 }
 
 // Check refuses what this launch cannot do, before anything is built: a
@@ -156,6 +162,9 @@ func (l *Launch) Run(ctx context.Context) error {
 	if rt.Tmux {
 		l.say("tmux: attach from the host with  tmux -S %s attach", TmuxSocket(p.StateDir))
 	}
+	if rt.NixUnsandboxedBuilds && p.NixGateway != "" {
+		l.say("--nix-unsandboxed-builds: where the host's Nix daemon does not sandbox its builds, builds asked for inside run on the host as its build users, with the host's file system and network")
+	}
 	if !supervised {
 		if err := PrepareHost(p); err != nil {
 			return err
@@ -219,8 +228,18 @@ func (l *Launch) startSupervised(ctx context.Context, spawner Spawner, p *Plan, 
 	if err := started.Ready(ctx); err != nil {
 		return err
 	}
+	if l.Runtime.Egress != nil {
+		if err := openProxyDoor(first, started.InitPID); err != nil {
+			return err
+		}
+	}
 	s := &Session{Record: rec, Target: started.InitPID, TargetStart: started.InitStart, Conn: first, Env: p.Env}
-	return l.Backend.Enter(ctx, s, l.Runtime, p.Command)
+	defer s.Close()
+	err = l.Backend.Enter(ctx, s, l.Runtime, p.Command)
+	if e := l.Runtime.Egress; e != nil && e.Mode == NetLearn {
+		l.reportLearned(ctx, rec)
+	}
+	return err
 }
 
 // joinSandbox runs argv in a running sandbox as a session of its own:
@@ -246,6 +265,19 @@ func sessionName(rt *Runtime) string {
 		return "shell"
 	}
 	return "claude"
+}
+
+// reportLearned asks the sandbox's supervisor what learn mode recorded
+// (sessions still running may add more: this is what was reached so far).
+func (l *Launch) reportLearned(ctx context.Context, rec *Record) {
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	reply, err := control.Once(ctx, rec.Control, control.Request{Op: control.OpLearned})
+	if err != nil || !reply.OK {
+		l.Log.Warn().Err(err).Str("reason", reply.Reason).Msg("learn mode: the supervisor did not say what was reached")
+		return
+	}
+	l.Learned = reply.Learned
 }
 
 func (l *Launch) say(format string, args ...any) {

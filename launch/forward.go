@@ -78,9 +78,6 @@ type Forwards struct {
 type Forward struct {
 	What   string // ssh-agent, nix-daemon, x11, wayland, dbus-session, dbus-system, pulseaudio, pipewire, keyring, gpu
 	Source string // its host path; its address when it is reached over the network
-	// NetworkOnly: reached through the host's network namespace (a TCP
-	// display, an abstract D-Bus socket), so not with --no-network.
-	NetworkOnly bool
 }
 
 // HostForwards is what a launch with rt's switches forwards from this host
@@ -103,9 +100,8 @@ func (f *Forwards) bind(kind MountKind, src, dst string) {
 // of the user's own before the forwarded sockets placed in it.
 func RuntimeDirInside(uid int) string { return "/run/user/" + strconv.Itoa(uid) }
 
-// Forwards decides every forwarded resource. rt.Network says whether the
-// sandbox shares the host's network namespace, which abstract Unix sockets
-// (and TCP displays) need.
+// Forwards decides every forwarded resource: Unix sockets and devices,
+// never what lives in the host's network namespace (no sandbox shares it).
 func (h Host) Forwards(rt *Runtime) Forwards {
 	f := Forwards{Env: map[string]string{}}
 	run := RuntimeDirInside(h.UID)
@@ -136,11 +132,10 @@ func (h Host) Forwards(rt *Runtime) Forwards {
 				f.Env["DISPLAY"] = display
 				f.found("x11", sock)
 			}
-		} else if rt.Network {
-			// host:N is TCP (ssh -X): reachable only over the shared network.
-			f.Env["DISPLAY"] = display
-			f.Found = append(f.Found, Forward{What: "x11", Source: display, NetworkOnly: true})
 		}
+		// host:N is TCP (ssh -X), and an abstract bus below lives in the
+		// host's network namespace: no sandbox shares it (its only way out
+		// is its proxy), so neither is forwarded.
 		if _, ok := f.Env["DISPLAY"]; ok {
 			xauth := h.Env("XAUTHORITY")
 			if !filepath.IsAbs(xauth) {
@@ -179,14 +174,10 @@ func (h Host) Forwards(rt *Runtime) Forwards {
 	if addr == "" && hostRun != "" {
 		addr = "unix:path=" + hostRun + "/bus"
 	}
-	if path, abstract := dbusUnixAddress(addr); path != "" && h.IsSocket(path) {
+	if path, _ := dbusUnixAddress(addr); path != "" && h.IsSocket(path) {
 		f.bind(ROBind, path, run+"/bus")
 		f.Env["DBUS_SESSION_BUS_ADDRESS"] = "unix:path=" + run + "/bus"
 		f.found("dbus-session", path)
-	} else if abstract && rt.Network {
-		// Abstract sockets live in the network namespace, shared here.
-		f.Env["DBUS_SESSION_BUS_ADDRESS"] = addr
-		f.Found = append(f.Found, Forward{What: "dbus-session", Source: addr, NetworkOnly: true})
 	}
 
 	// The D-Bus system bus, at its standard path.

@@ -33,6 +33,15 @@ func HostDaemonSocket(rt *Runtime) string {
 	return DaemonSocketInside
 }
 
+// nixConfDir is the host's NIX_CONF_DIR when set: where the daemon the
+// gateway forwards to reads its configuration.
+func nixConfDir(rt *Runtime) string {
+	if dir, ok := rt.lookupEnv("NIX_CONF_DIR"); ok && filepath.IsAbs(dir) {
+		return dir
+	}
+	return ""
+}
+
 // planNixGateway decides whether the sandbox gets the gateway: when asked
 // (not --no-nix-daemon), and a host daemon listens for it to forward to.
 func planNixGateway(p *Plan, rt *Runtime) {

@@ -19,7 +19,10 @@ type Runtime struct {
 	ClaudeArgs []string
 	Tmux       bool // --tmux: the tmux socket in the project state directory, so the host can attach
 
+	// Network: the sandbox reaches the network, through its proxy, by
+	// Egress (nil: none; Network is then false).
 	Network  bool
+	Egress   *Egress
 	ExtraEnv []string // --env NAMEs
 	Home     string   // $HOME inside (the host's path, on an empty tmpfs)
 	User     string

@@ -12,6 +12,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/claude-sandbox/claude-sandbox/internal/nsenter"
 	"github.com/claude-sandbox/claude-sandbox/internal/proc"
 	"github.com/claude-sandbox/claude-sandbox/internal/sockpath"
 	"github.com/claude-sandbox/claude-sandbox/supervisor/control"
@@ -216,9 +217,15 @@ func spawnSupervisor(p *Plan, rt *Runtime, rec *Record, doors *Doors, s *Started
 		spec.Nix = &control.NixSpec{
 			ListenerFD:             add(nixFile),
 			Socket:                 p.NixUpstream,
+			ConfDir:                nixConfDir(rt),
 			AllowUnsandboxedBuilds: rt.NixUnsandboxedBuilds,
 			Network:                p.Network,
 		}
+	}
+	if e := rt.Egress; e != nil {
+		// Its listener comes later: a socket on the sandbox's own loopback,
+		// made once the sandbox is up (OpenProxyDoor).
+		spec.Net = &control.NetSpec{Mode: e.Mode, Allow: e.Allow, Deny: e.Deny, Upstream: e.Upstream, NoProxy: e.NoProxy}
 	}
 	specData, err := json.Marshal(spec)
 	if err != nil {
@@ -263,6 +270,21 @@ func spawnSupervisor(p *Plan, rt *Runtime, rec *Record, doors *Doors, s *Started
 	return cmd.Process.Pid, control.NewConn(c), nil
 }
 
+// openProxyDoor makes the proxy's socket on the sandbox's own loopback
+// (127.0.0.1:ProxyPort, in the network namespace of target) and hands it to
+// the supervisor on the first session's connection. It runs before the
+// first session's command starts, so that nothing inside ever finds the
+// proxy port closed; connections made before the supervisor serves it wait
+// in the socket's queue.
+func openProxyDoor(first *control.Conn, target int) error {
+	f, err := nsenter.ListenLoopback(target, ProxyPort)
+	if err != nil {
+		return fmt.Errorf("the sandbox's proxy port: %w", err)
+	}
+	defer f.Close()
+	return first.SendFile(control.Request{Op: control.OpDoor, Service: "net"}, f)
+}
+
 // recordPath is a registry record's file.
 func recordPath(stateDir, id string) string { return filepath.Join(recordsDir(stateDir), id+".json") }
 
@@ -302,11 +324,18 @@ type Session struct {
 	Env []string
 }
 
-// Close ends the session's registration.
+// Close ends the session's registration, waiting (boundedly) until a
+// sandbox it was the last session of has been torn down: a launch that
+// returns leaves no sandbox, record or run directory behind it.
 func (s *Session) Close() {
-	if s.Conn != nil {
-		s.Conn.Close()
+	if s.Conn == nil {
+		return
 	}
+	ctx, cancel := context.WithTimeout(context.Background(), 40*time.Second)
+	_, _ = s.Conn.Call(ctx, control.Request{Op: control.OpLeave})
+	cancel()
+	s.Conn.Close()
+	s.Conn = nil
 }
 
 // Stop ends a running sandbox: through its supervisor, which asks every

@@ -90,20 +90,30 @@ func FromSpec(ctx context.Context, spec control.Spec, fds Inherited, log session
 		return nil, errors.New("the spec says nothing about the sandbox process")
 	}
 
+	var proxy *netService
+	if n := spec.Net; n != nil {
+		if proxy, err = newNetService(*n, fds, counter); err != nil {
+			return nil, err
+		}
+		if vm != nil {
+			// The guest's proxy connections arrive as agent streams.
+			proxy.lns = append(proxy.lns, vm.ProxyListener())
+		}
+		s.Services = append(s.Services, proxy)
+		s.Doors = map[string]func(*os.File) error{"net": proxy.addListener}
+		if n.Mode == "learn" {
+			s.Learned = func() []string { return proxy.policy.Learned().Proposed() }
+		}
+	}
 	if n := spec.Nix; n != nil {
 		ln, err := listener(fds, n.ListenerFD, "nix gateway")
 		if err != nil {
 			return nil, err
 		}
-		s.Services = append(s.Services, &nixService{spec: *n, ln: ln, log: counter})
-	}
-	if n := spec.Net; n != nil {
-		svc, err := newNetService(*n, fds, counter)
-		if err != nil {
-			return nil, err
-		}
-		if vm != nil {
-			svc.lns = append(svc.lns, vm.ProxyListener())
+		svc := &nixService{spec: *n, ln: ln, log: counter}
+		if proxy != nil && spec.Net.Mode == "allowlist" {
+			// A download a build would make is decided like the sandbox's own.
+			svc.fetch = proxy.fetchPolicy
 		}
 		s.Services = append(s.Services, svc)
 	}
@@ -145,16 +155,17 @@ func listener(fds Inherited, fd int, what string) (net.Listener, error) {
 // builds before it answers anyone: connections wait in the listener's
 // queue meanwhile, never reach the daemon unjudged.
 type nixService struct {
-	spec control.NixSpec
-	ln   net.Listener
-	log  sessionlog.Logger
+	spec  control.NixSpec
+	ln    net.Listener
+	log   sessionlog.Logger
+	fetch func(drvPath string, urls []string) (bool, string)
 }
 
 func (n *nixService) Name() string { return "nix" }
 
 func (n *nixService) Serve(ctx context.Context) error {
 	pctx, cancel := context.WithTimeout(ctx, time.Minute)
-	facts, err := nixgate.ProbeHost(pctx, nixgate.ProbeOptions{Socket: n.spec.Socket})
+	facts, err := nixgate.ProbeHost(pctx, nixgate.ProbeOptions{Socket: n.spec.Socket, ConfDir: n.spec.ConfDir})
 	cancel()
 	if ctx.Err() != nil {
 		return nil // the sandbox ended before anyone asked
@@ -169,15 +180,19 @@ func (n *nixService) Serve(ctx context.Context) error {
 		Host:                   facts,
 		AllowUnsandboxedBuilds: n.spec.AllowUnsandboxedBuilds,
 		Network:                n.spec.Network,
+		FetchPolicy:            n.fetch,
 		Logger:                 n.log,
 	})
 	return gw.Serve(ctx, n.ln)
 }
 
-// netService is the egress proxy on its listeners.
+// netService is the egress proxy on its listeners: those the launcher
+// made before the sandbox started, and those it hands over later (a
+// socket on the sandbox's own loopback, made once the sandbox is up).
 type netService struct {
-	srv *egress.Server
-	lns []net.Listener
+	srv    *egress.Server
+	policy *egress.Policy
+	lns    []net.Listener
 }
 
 func newNetService(spec control.NetSpec, fds Inherited, log sessionlog.Logger) (*netService, error) {
@@ -214,11 +229,12 @@ func newNetService(spec control.NetSpec, fds Inherited, log sessionlog.Logger) (
 			return nil, err
 		}
 	}
-	srv, err := egress.New(egress.Options{Policy: egress.NewPolicy(mode, allow, deny), Log: log, Upstream: up})
+	policy := egress.NewPolicy(mode, allow, deny)
+	srv, err := egress.New(egress.Options{Policy: policy, Log: log, Upstream: up})
 	if err != nil {
 		return nil, err
 	}
-	svc := &netService{srv: srv}
+	svc := &netService{srv: srv, policy: policy}
 	for _, fd := range spec.ListenerFDs {
 		ln, err := listener(fds, fd, "egress proxy")
 		if err != nil {
@@ -230,6 +246,32 @@ func newNetService(spec control.NetSpec, fds Inherited, log sessionlog.Logger) (
 }
 
 func (n *netService) Name() string { return "net" }
+
+func (n *netService) addListener(f *os.File) error {
+	ln, err := net.FileListener(f)
+	if err != nil {
+		return err
+	}
+	go func() { _ = n.srv.Serve(ln) }()
+	return nil
+}
+
+// fetchPolicy decides a fixed-output derivation's downloads by the
+// sandbox's own rules: every URL it declares must be allowed.
+func (n *netService) fetchPolicy(_ string, urls []string) (bool, string) {
+	if len(urls) == 0 {
+		return false, "a download that names no URL"
+	}
+	rule := ""
+	for _, u := range urls {
+		ok, r := n.policy.AllowURL(u)
+		if !ok {
+			return false, r
+		}
+		rule = r
+	}
+	return true, rule
+}
 
 func (n *netService) Serve(ctx context.Context) error {
 	for _, ln := range n.lns {

@@ -14,6 +14,7 @@ import (
 	"context"
 	"errors"
 	"net"
+	"os"
 	"sync"
 	"time"
 
@@ -67,6 +68,17 @@ type Supervisor struct {
 	// OnEnd runs once the sandbox is decided to end, before it is stopped:
 	// the launcher's registry record goes, so no new launch finds it.
 	OnEnd func()
+	// AfterEnd runs once the sandbox and the services are gone, with
+	// what Run will return, before a session that waits for the end
+	// (OpLeave) is answered: the last words of the log, the run
+	// directory's removal.
+	AfterEnd func(error)
+	// Doors take sockets a launcher made inside the sandbox, by service
+	// name (OpDoor on the first session).
+	Doors map[string]func(*os.File) error
+	// Learned answers OpLearned: the rules learn mode recorded (nil: not
+	// in learn mode).
+	Learned func() []string
 	// FirstSessionWait bounds how long a sandbox started without a first
 	// session waits for one.
 	FirstSessionWait time.Duration
@@ -114,7 +126,7 @@ func (s *Supervisor) Run(ctx context.Context) error {
 		s.mu.Lock()
 		s.sessions, s.joined = 1, true
 		s.mu.Unlock()
-		go s.holdSession(s.First, "first session")
+		go s.holdFirstSession(s.First)
 	}
 	go s.accept()
 
@@ -154,14 +166,14 @@ func (s *Supervisor) Run(ctx context.Context) error {
 	cancel()
 	stopServices()
 	wg.Wait()
+	if err == nil && !errors.Is(reason, errNoSessions) && !errors.Is(reason, errStopped) && !errors.Is(reason, errSandboxEnded) {
+		err = reason
+	}
+	if s.AfterEnd != nil {
+		s.AfterEnd(err)
+	}
 	close(s.ended)
-	if err != nil {
-		return err
-	}
-	if errors.Is(reason, errNoSessions) || errors.Is(reason, errStopped) || errors.Is(reason, errSandboxEnded) {
-		return nil
-	}
-	return reason
+	return err
 }
 
 var (
@@ -262,26 +274,98 @@ func (s *Supervisor) handle(c *control.Conn) {
 	case control.OpStatus:
 		_ = c.Send(control.Reply{OK: true, Status: s.status()})
 		c.Close()
+	case control.OpLearned:
+		var rules []string
+		if s.Learned != nil {
+			rules = s.Learned()
+		}
+		_ = c.Send(control.Reply{OK: s.Learned != nil, Learned: rules, Reason: map[bool]string{true: "", false: "not in learn mode"}[s.Learned != nil]})
+		c.Close()
 	default:
 		_ = c.Send(control.Reply{Reason: "unknown request " + req.Op})
 		c.Close()
 	}
 }
 
-// holdSession keeps a session registered until its connection closes.
-func (s *Supervisor) holdSession(c *control.Conn, what string) {
-	defer s.sessionEnded()
+// holdFirstSession keeps the starting launcher's session registered until
+// its connection closes, and takes the doors it made inside the sandbox
+// (OpDoor, each with a listening socket attached).
+func (s *Supervisor) holdFirstSession(c *control.Conn) {
 	defer c.Close()
-	var ignored control.Request
 	for {
-		// A session says nothing more; any read result but a message is its end.
-		if err := c.Receive(context.Background(), &ignored); err != nil {
+		var req control.Request
+		f, err := c.ReceiveWithFile(&req)
+		if err != nil {
+			s.sessionEnded()
+			return
+		}
+		if req.Op == control.OpLeave {
+			if f != nil {
+				f.Close()
+			}
+			s.leave(c)
+			return
+		}
+		reply := control.Reply{OK: true}
+		door := s.Doors[req.Service]
+		switch {
+		case req.Op != control.OpDoor:
+			reply = control.Reply{Reason: "a session sends nothing but doors"}
+		case f == nil:
+			reply = control.Reply{Reason: "a door without its socket"}
+		case door == nil:
+			reply = control.Reply{Reason: "no service " + req.Service}
+		default:
+			if err := door(f); err != nil {
+				reply = control.Reply{Reason: err.Error()}
+			}
+		}
+		if f != nil {
+			f.Close()
+		}
+		if err := c.Send(reply); err != nil {
 			return
 		}
 	}
 }
 
-func (s *Supervisor) sessionEnded() {
+// holdSession keeps a session registered until its connection closes.
+func (s *Supervisor) holdSession(c *control.Conn, what string) {
+	defer c.Close()
+	for {
+		// A session says nothing more than that it leaves; any read
+		// result but a message is its end too.
+		var req control.Request
+		if err := c.Receive(context.Background(), &req); err != nil {
+			s.sessionEnded()
+			return
+		}
+		if req.Op == control.OpLeave {
+			s.leave(c)
+			return
+		}
+	}
+}
+
+// leaveWait bounds how long a leaving session is kept waiting for the
+// sandbox to be gone.
+const leaveWait = 30 * time.Second
+
+// leave ends a session that said so, and answers once what it leaves
+// behind is settled: at once if other sessions remain, after the sandbox
+// has ended if it was the last.
+func (s *Supervisor) leave(c *control.Conn) {
+	if s.sessionEnded() {
+		select {
+		case <-s.ended:
+		case <-time.After(leaveWait):
+		}
+	}
+	_ = c.Send(control.Reply{OK: true})
+}
+
+// sessionEnded counts a session out and says whether it was the last.
+func (s *Supervisor) sessionEnded() bool {
 	s.mu.Lock()
 	s.sessions--
 	last := s.sessions <= 0
@@ -294,6 +378,7 @@ func (s *Supervisor) sessionEnded() {
 	if last {
 		s.requestEnd(false)
 	}
+	return last
 }
 
 func (s *Supervisor) status() *control.Status {

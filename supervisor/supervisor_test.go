@@ -4,8 +4,10 @@ import (
 	"context"
 	"errors"
 	"net"
+	"os"
 	"path/filepath"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -56,9 +58,22 @@ func start(t *testing.T, withFirst bool, tweak ...func(*Supervisor)) *harness {
 	h := &harness{sock: sock, fake: newFake(), done: make(chan error, 1)}
 	h.sv = &Supervisor{ID: "abc", Sandbox: h.fake, Control: ln, FirstSessionWait: 2 * time.Second, StopGrace: 100 * time.Millisecond}
 	if withFirst {
-		a, b := net.Pipe()
-		h.first = a
-		h.sv.First = control.NewConn(b)
+		// A socket pair, as a launcher hands one over.
+		fds, err := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		conn := func(fd int) net.Conn {
+			f := os.NewFile(uintptr(fd), "pair")
+			defer f.Close()
+			c, err := net.FileConn(f)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return c
+		}
+		h.first = conn(fds[0])
+		h.sv.First = control.NewConn(conn(fds[1]))
 	}
 	for _, f := range tweak {
 		f(h.sv)
@@ -194,5 +209,36 @@ func TestConcurrentJoinsAndLeaves(t *testing.T) {
 	wg.Wait()
 	h.running(t) // the first session still holds it
 	h.first.Close()
+	h.waitEnd(t)
+}
+
+// A launch whose command has ended leaves; the last one is answered only
+// once the sandbox is gone and the supervisor's last words are written,
+// so the launch returns with nothing of the sandbox left behind.
+func TestLastLeaveIsAnsweredAfterTheEnd(t *testing.T) {
+	var mu sync.Mutex
+	afterEnd := false
+	h := start(t, true, func(sv *Supervisor) {
+		sv.AfterEnd = func(error) { mu.Lock(); afterEnd = true; mu.Unlock() }
+	})
+	second := h.join(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if r, err := second.Call(ctx, control.Request{Op: control.OpLeave}); err != nil || !r.OK {
+		t.Fatalf("leaving while another session remains: %+v, %v", r, err)
+	}
+	if stopped, _ := h.fake.state(); stopped {
+		t.Fatal("a session left and the sandbox stopped while the first session remained")
+	}
+	r, err := control.NewConn(h.first).Call(ctx, control.Request{Op: control.OpLeave})
+	if err != nil || !r.OK {
+		t.Fatalf("the last session's leave: %+v, %v", r, err)
+	}
+	mu.Lock()
+	ended := afterEnd
+	mu.Unlock()
+	if stopped, _ := h.fake.state(); !stopped || !ended {
+		t.Fatalf("the last leave was answered before the end: sandbox stopped %v, last words %v", stopped, ended)
+	}
 	h.waitEnd(t)
 }

@@ -63,6 +63,15 @@ in
   # as programs.chromium.extraOpts.
   chromiumPolicy = {
     ExtensionInstallForcelist = [ "fcoeoabgfenejglbffodgkkbkcdhcgfn;https://clients2.google.com/service/update2/crx" ];
+    # The sandbox's network proxy (launch/network.go: ProxyPort), as a
+    # managed policy a page or the user inside cannot change: the browser
+    # obeys the sandbox's rules like every other program. "localhost" is
+    # the sandbox itself (its dev servers), as for NO_PROXY.
+    ProxySettings = {
+      ProxyMode = "fixed_servers";
+      ProxyServer = "127.0.0.1:3128";
+      ProxyBypassList = "localhost";
+    };
   };
 
   # Host /etc entries a sandbox may see, read-only, each only when present.

@@ -200,12 +200,19 @@ func TestBwrapChromiumPolicyAndProfile(t *testing.T) {
 		t.Fatalf("probe: %s", r)
 	}
 	first, _, _ := strings.Cut(r.stdout, "\n")
-	var policy struct{ ExtensionInstallForcelist []string }
+	var policy struct {
+		ExtensionInstallForcelist []string
+		ProxySettings             struct{ ProxyMode, ProxyServer string }
+	}
 	if err := json.Unmarshal([]byte(first), &policy); err != nil {
 		t.Fatalf("the managed policy is not valid JSON: %v\n%s", err, r)
 	}
 	if len(policy.ExtensionInstallForcelist) == 0 || !strings.HasPrefix(policy.ExtensionInstallForcelist[0], "fcoeoabgfenejglbffodgkkbkcdhcgfn;") {
 		t.Errorf("the policy does not force-install the Claude extension: %+v", policy)
+	}
+	// The browser obeys the sandbox's network rules: its proxy is managed.
+	if policy.ProxySettings.ProxyMode != "fixed_servers" || policy.ProxySettings.ProxyServer != "127.0.0.1:3128" {
+		t.Errorf("the policy does not send the browser through the sandbox's proxy: %+v", policy.ProxySettings)
 	}
 	if !strings.Contains(r.stdout, "\n1\n") {
 		t.Errorf("chromium on PATH is not the wrapper with the per-project profile: %s", r)

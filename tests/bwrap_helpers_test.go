@@ -209,6 +209,7 @@ func (p *pty) run(t *testing.T, env []string, argv ...string) int {
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = p.slave, p.slave, p.slave
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true, Setctty: true, Ctty: 0}
 	err := cmd.Run()
+	p.drain(t)
 	var ee *exec.ExitError
 	if errors.As(err, &ee) {
 		return ee.ExitCode()
@@ -219,8 +220,29 @@ func (p *pty) run(t *testing.T, env []string, argv ...string) int {
 	return 0
 }
 
+// ptyDrained follows a command's output on the terminal: once it is read
+// from the master side, so is everything the command wrote before it.
+const ptyDrained = "\x00drained\x00"
+
+// drain waits until the reader has taken all the command's output from the
+// terminal (it lags behind on a loaded machine), by writing a marker after
+// it and waiting for the marker.
+func (p *pty) drain(t *testing.T) {
+	t.Helper()
+	if _, err := p.slave.WriteString(ptyDrained); err != nil {
+		t.Fatalf("writing to the terminal: %v", err)
+	}
+	for deadline := time.Now().Add(30 * time.Second); !strings.Contains(p.out.String(), ptyDrained); time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("the terminal's output was not read within 30 s: %q", p.out.String())
+		}
+	}
+}
+
 // lines returns the terminal output without carriage returns.
-func (p *pty) text() string { return strings.ReplaceAll(p.out.String(), "\r", "") }
+func (p *pty) text() string {
+	return strings.NewReplacer("\r", "", ptyDrained, "").Replace(p.out.String())
+}
 
 // waitNoRecords waits until a project's registry holds no record: every
 // sandbox of it has ended and its supervisor removed its entry.

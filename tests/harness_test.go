@@ -8,11 +8,14 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -50,7 +53,14 @@ func runMain(m *testing.M) int {
 		fmt.Fprintln(os.Stderr, "building claude-sandbox:", err)
 		return 1
 	}
-	fixture, _ = filepath.Abs("fixtures/nixpkgs")
+	// The offline nixpkgs, copied where every user a test runs as can read
+	// it: the checkout need not be readable by them (a clone in /root, mode
+	// 0700, is not).
+	fixture = filepath.Join(workDir, "nixpkgs")
+	if err := os.CopyFS(fixture, os.DirFS("fixtures/nixpkgs")); err != nil {
+		fmt.Fprintln(os.Stderr, "copying the offline nixpkgs:", err)
+		return 1
+	}
 	return m.Run()
 }
 
@@ -182,8 +192,10 @@ func project(t testing.TB) string {
 }
 
 // checkNetworkSwitch probes a listener on the host's loopback from inside,
-// through runIn: with --no-network the probe fails and the listener sees no
-// connection; without, it connects. what names the sandbox in failures.
+// through runIn. No sandbox shares the host's network namespace: a direct
+// connection never reaches the listener; through the sandbox's proxy it
+// does only when a rule names its address; with --no-network there is no
+// proxy either. what names the sandbox in failures.
 func checkNetworkSwitch(t *testing.T, what string, runIn func(script string, flags ...string) result) {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
@@ -191,29 +203,33 @@ func checkNetworkSwitch(t *testing.T, what string, runIn func(script string, fla
 		t.Fatal(err)
 	}
 	defer ln.Close()
-	accepted := make(chan struct{}, 4)
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			accepted <- struct{}{}
-			c.Close()
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "REACHED") })}
+	var hits atomic.Int32
+	srv.ConnState = func(_ net.Conn, st http.ConnState) {
+		if st == http.StateNew {
+			hits.Add(1)
 		}
-	}()
-	probe := fmt.Sprintf(`exec 3<>/dev/tcp/127.0.0.1/%d && echo CONNECTED`, ln.Addr().(*net.TCPAddr).Port)
-	off := runIn(probe, "--no-network")
-	if off.code == 0 || strings.Contains(off.stdout, "CONNECTED") {
-		t.Fatalf("--no-network reached the host's loopback: %s", off)
 	}
-	select {
-	case <-accepted:
-		t.Fatalf("the listener saw a connection from a --no-network %s", what)
-	case <-time.After(200 * time.Millisecond):
+	go srv.Serve(ln)
+	defer srv.Close()
+	addr := ln.Addr().String()
+	direct := fmt.Sprintf(`exec 3<>/dev/tcp/127.0.0.1/%d && echo CONNECTED`, ln.Addr().(*net.TCPAddr).Port)
+	proxied := `curl -s -m 10 http://` + addr + `/; echo " exit=$?"`
+
+	for _, flags := range [][]string{{"--no-network"}, nil, {"--network", "open"}, {"--allow", addr}} {
+		if r := runIn(direct, flags...); strings.Contains(r.stdout, "CONNECTED") {
+			t.Errorf("%s %v: a direct connection reached the host's loopback: %s", what, flags, r)
+		}
 	}
-	on := runIn(probe)
-	if on.code != 0 || !strings.Contains(on.stdout, "CONNECTED") {
-		t.Fatalf("with the network on, the host listener was not reachable: %s", on)
+	for _, flags := range [][]string{{"--no-network"}, nil, {"--network", "open"}} {
+		if r := runIn(proxied, flags...); strings.Contains(r.stdout, "REACHED") {
+			t.Errorf("%s %v: the host's loopback service, which no rule names, was reached: %s", what, flags, r)
+		}
+	}
+	if n := hits.Load(); n != 0 {
+		t.Fatalf("the host listener saw %d connections from the %s", n, what)
+	}
+	if r := runIn(proxied, "--allow", addr); !strings.Contains(r.stdout, "REACHED") {
+		t.Fatalf("%s with --allow %s: the listener was not reachable through the proxy: %s", what, addr, r)
 	}
 }

@@ -129,8 +129,8 @@ func TestHostProcessesAreInvisible(t *testing.T) {
 	}
 }
 
-// The network switch, checked both ways against a real listener on the
-// host's loopback: refused with --no-network, reached without it.
+// The network, checked against a real listener on the host's loopback: a
+// direct connection never reaches it, the proxy only when a rule names it.
 func TestNetworkSwitch(t *testing.T) {
 	requireSandboxHost(t)
 	p := project(t)

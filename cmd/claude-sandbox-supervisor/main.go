@@ -7,11 +7,18 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"os"
 	"os/signal"
 	"syscall"
+	"time"
+
+	"github.com/claude-sandbox/claude-sandbox/egress"
+	"github.com/claude-sandbox/claude-sandbox/nixdaemon"
+	"github.com/claude-sandbox/claude-sandbox/nixgate"
 
 	"github.com/claude-sandbox/claude-sandbox/sessionlog"
 	"github.com/claude-sandbox/claude-sandbox/supervisor"
@@ -26,6 +33,12 @@ func main() {
 }
 
 func run() int {
+	if len(os.Args) > 1 && os.Args[1] == "probe-nix" {
+		return probeNix(os.Args[2:])
+	}
+	if len(os.Args) > 1 && os.Args[1] == "check-rules" {
+		return checkRules()
+	}
 	data, err := io.ReadAll(io.LimitReader(os.Stdin, maxSpec))
 	os.Stdin.Close()
 	if err != nil {
@@ -74,16 +87,17 @@ func run() int {
 		}
 	}
 	log.Log(sessionlog.Entry{Service: "supervisor", Decision: sessionlog.Note, Op: "start", Target: spec.Project})
-	err = sv.Run(ctx)
-	reason := "ended"
-	if err != nil {
-		reason = "ended: " + err.Error()
+	sv.AfterEnd = func(err error) {
+		reason := "ended"
+		if err != nil {
+			reason = "ended: " + err.Error()
+		}
+		log.Log(sessionlog.Entry{Service: "supervisor", Decision: sessionlog.Note, Op: "end", Reason: reason})
+		if spec.RunDir != "" {
+			_ = os.RemoveAll(spec.RunDir)
+		}
 	}
-	log.Log(sessionlog.Entry{Service: "supervisor", Decision: sessionlog.Note, Op: "end", Reason: reason})
-	if spec.RunDir != "" {
-		_ = os.RemoveAll(spec.RunDir)
-	}
-	if err != nil {
+	if err = sv.Run(ctx); err != nil {
 		return fail("%v", err)
 	}
 	return 0
@@ -102,4 +116,66 @@ func dropTo(r *control.RunAs) error {
 		return err
 	}
 	return syscall.Setresuid(r.UID, r.UID, r.UID)
+}
+
+// probeNix is `claude-sandbox doctor`'s question, asked here so that the
+// launcher never links the gateway: how the host daemon builds, whether it
+// trusts this user, and what a sandbox's gateway would therefore allow.
+// It prints one JSON object.
+func probeNix(args []string) int {
+	fs := flag.NewFlagSet("probe-nix", flag.ContinueOnError)
+	allow := fs.Bool("allow-unsandboxed-builds", false, "")
+	network := fs.Bool("network", true, "")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	facts, err := nixgate.ProbeHost(ctx, nixgate.ProbeOptions{
+		Socket: nixdaemon.SocketPath(), ConfDir: os.Getenv("NIX_CONF_DIR"), VerifySandbox: true,
+	})
+	out := struct {
+		Sandboxed bool     `json:"sandboxed"`
+		Explain   []string `json:"explain"`
+		Error     string   `json:"error,omitempty"`
+	}{Sandboxed: facts.Sandbox.Sandboxed()}
+	if err != nil {
+		out.Error = err.Error()
+	}
+	out.Explain = nixgate.Explain(facts, nixgate.Config{AllowUnsandboxedBuilds: *allow, Network: *network})
+	if err := json.NewEncoder(os.Stdout).Encode(out); err != nil {
+		return 1
+	}
+	return 0
+}
+
+// checkRules is a launch's question before it starts a sandbox: can the
+// proxy use these allow and deny rules? It reads a NetSpec's rules on
+// standard input and prints {} or the first bad rule, where it was
+// written, what is wrong and how to write it.
+func checkRules() int {
+	var spec control.NetSpec
+	if err := json.NewDecoder(io.LimitReader(os.Stdin, maxSpec)).Decode(&spec); err != nil {
+		return fail("check-rules: %v", err)
+	}
+	var out struct {
+		Rule   string `json:"rule,omitempty"`
+		Source string `json:"source,omitempty"`
+		Error  string `json:"error,omitempty"`
+		Hint   string `json:"hint,omitempty"`
+	}
+	for _, r := range append(spec.Allow, spec.Deny...) {
+		if _, err := egress.ParseRules([]string{r.Text}); err != nil {
+			out.Rule, out.Source, out.Error = r.Text, r.Source, err.Error()
+			var re *egress.RuleError
+			if errors.As(err, &re) {
+				out.Error, out.Hint = re.Msg, re.Hint()
+			}
+			break
+		}
+	}
+	if err := json.NewEncoder(os.Stdout).Encode(out); err != nil {
+		return 1
+	}
+	return 0
 }

@@ -26,7 +26,9 @@ type configFlag struct {
 var configFlags = map[string]configFlag{
 	"backend":                {name: "backend"},
 	"with":                   {name: "with"},
-	"network":                {name: "no-network", invert: true},
+	"network":                {name: "network"},
+	"allow":                  {name: "allow"},
+	"deny":                   {name: "deny"},
 	"nix-daemon":             {name: "no-nix-daemon", invert: true},
 	"nix-unsandboxed-builds": {name: "nix-unsandboxed-builds"},
 	"desktop":                {name: "no-desktop", invert: true},

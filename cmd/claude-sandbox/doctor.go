@@ -50,8 +50,11 @@ run.`,
 				DefaultBackend: a.opts.Backend,
 				System:         nixSystem(),
 				NoDesktop:      a.opts.Launch.NoDesktop,
-				KVMTimeout:     kvmTimeout,
-				Log:            a.log,
+				NoNetwork:      a.opts.NoNetwork,
+
+				NixUnsandboxedBuilds: a.opts.Launch.NixUnsandboxedBuilds,
+				KVMTimeout:           kvmTimeout,
+				Log:                  a.log,
 			}
 			report := doctor.Run(cmd.Context(), env)
 			if asJSON {

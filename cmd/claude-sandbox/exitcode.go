@@ -34,6 +34,7 @@ const (
 	exitNoKVM          = 78 // KVM asked for (or chosen by auto) does not work
 	exitUntrusted      = 79 // a project configuration file widens access and is not trusted
 	exitConfig         = 80 // a configuration file cannot be read or has a bad setting
+	exitSupervisor     = 81 // claude-sandbox-supervisor is not installed beside claude-sandbox
 	exitInterrupted    = 130
 )
 
@@ -72,13 +73,23 @@ func exitCode(err error) int {
 		enterErr  *launch.EnterError
 		untrusted *config.UntrustedError
 		cfgFile   *config.FileError
+		netMode   *launch.NetworkModeError
+		rule      *launch.RuleError
+		noSuper   *launch.SupervisorMissingError
 	)
 	switch {
 	case err == nil:
 		return exitOK
 	case errors.As(err, &status):
 		return status.Code
-	case errors.As(err, &usage), errors.As(err, &backend), errors.As(err, &envName), errors.As(err, &module), errors.As(err, &unsupport):
+	case errors.As(err, &rule):
+		if strings.HasPrefix(rule.Source, "--") {
+			return exitUsage
+		}
+		return exitConfig
+	case errors.As(err, &noSuper):
+		return exitSupervisor
+	case errors.As(err, &usage), errors.As(err, &backend), errors.As(err, &envName), errors.As(err, &module), errors.As(err, &unsupport), errors.As(err, &netMode):
 		return exitUsage
 	case errors.As(err, &invalid):
 		return exitInvalidPackage

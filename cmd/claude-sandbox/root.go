@@ -46,6 +46,11 @@ type globalOptions struct {
 	Accel     string      // --accel: a virtual machine's accelerator (auto, kvm, tcg)
 	FS        string      // --fs: how a virtual machine gets the project (9p, virtiofs)
 	NoDisplay bool        // --no-display: no QEMU window
+	// The network (launching commands): --network MODE (--no-network is
+	// MODE none), and the proxy's --allow and --deny rules.
+	Network      string
+	Allow, Deny  []string
+	WriteLearned bool // --write-learned: add what learn mode recorded to claude-sandbox.toml
 }
 
 // app carries what commands need from the outside world, so tests can
@@ -57,6 +62,16 @@ type app struct {
 	log            zerolog.Logger
 	progress       *progress.Renderer // the live build display, while a build runs
 	cfg            configOptions      // configuration files and trust (config.go)
+	cmd            *cobra.Command     // the command running
+}
+
+// flagChanged says whether the user gave a flag of the running command.
+func (a *app) flagChanged(name string) bool {
+	if a.cmd == nil {
+		return false
+	}
+	f := lookupFlag(a.cmd, name)
+	return f != nil && f.Changed
 }
 
 func run(args []string) int {
@@ -99,6 +114,7 @@ launch of a configuration builds it with Nix; later ones start at once.`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
 		PersistentPreRunE: func(cmd *cobra.Command, args []string) error {
+			a.cmd = cmd
 			if err := a.setupLogging(); err != nil {
 				return err
 			}
@@ -131,7 +147,7 @@ launch of a configuration builds it with Nix; later ones start at once.`,
 	})
 	f := root.PersistentFlags()
 	f.StringVar(&a.opts.Backend, "backend", backends.Default, "sandbox backend: bubblewrap (default, unprivileged), container (systemd-nspawn, root) or vm (QEMU)")
-	f.BoolVar(&a.opts.NoNetwork, "no-network", false, "no network inside the sandbox")
+	f.BoolVar(&a.opts.NoNetwork, "no-network", false, "no network inside the sandbox (--network none)")
 	f.BoolVar(&a.opts.Sudo, "sudo", false, "when not root, run this command again through sudo (the container backend needs root); only the sandbox's environment allowlist is kept")
 	f.CountVarP(&a.opts.Verbose, "verbose", "v", "more logging (-vv for debug, with every Nix call)")
 	f.StringVar(&a.opts.LogFormat, "log-format", "text", "log format: text or json")
@@ -173,6 +189,10 @@ func (a *app) launchFlags() *pflag.FlagSet {
 	f.StringVar(&a.opts.Accel, "accel", "auto", "vm backend: auto (KVM when /dev/kvm works, else TCG), kvm or tcg (emulation: slow, works everywhere)")
 	f.BoolVar(&a.opts.NoDisplay, "no-display", false, "vm backend: no QEMU window even when DISPLAY or WAYLAND_DISPLAY is set")
 	f.StringVar(&a.opts.FS, "fs", "9p", "vm backend: how the project reaches the guest: 9p or virtiofs (faster; needs virtiofsd, usually root)")
+	f.StringVar(&a.opts.Network, "network", launch.NetAllowlist, "the sandbox's network, always through its proxy: allowlist (the allow rules and what Claude Code needs), open (every public destination), learn (open, and print the rules it used at the end), none")
+	f.StringArrayVar(&a.opts.Allow, "allow", nil, "let the network proxy reach this destination: host (*.example.com for names below), host:port, host METHODS, an address or network with :port (repeatable)")
+	f.StringArrayVar(&a.opts.Deny, "deny", nil, "refuse this destination whatever allows it (repeatable; the syntax of --allow)")
+	f.BoolVar(&a.opts.WriteLearned, "write-learned", false, "with --network learn: add the rules it learned to the project's claude-sandbox.toml (which then needs `claude-sandbox trust`)")
 	l := &a.opts.Launch
 	f.BoolVar(&l.New, "new", false, "start a separate sandbox even if one runs for the project (default: join it)")
 	f.BoolVar(&l.GHToken, "gh-token", false, "pass GH_TOKEN and GITHUB_TOKEN into the sandbox")

@@ -82,9 +82,27 @@ func (a *app) launch(ctx context.Context, projectArg string, mode launchMode) er
 	if err != nil {
 		return err
 	}
+	rt := a.runtimeFor(project, mode)
+	netMode, err := a.networkMode(a.flagChanged)
+	if err != nil {
+		return err
+	}
+	if rt.Egress, err = a.egress(netMode); err != nil {
+		return err
+	}
+	rt.Network = rt.Egress != nil
+	if !a.opts.DryRun {
+		dirs, err := closure.DefaultDirs()
+		if err != nil {
+			return err
+		}
+		if err := launch.CheckRules(rt.Egress, dirs.Cache, rt.Getenv); err != nil {
+			return err
+		}
+	}
 	l := &launch.Launch{
 		Backend: backend,
-		Runtime: a.runtimeFor(project, mode),
+		Runtime: rt,
 		New:     a.opts.Launch.New,
 		DryRun:  a.opts.DryRun,
 		Say:     a.say,
@@ -114,7 +132,14 @@ func (a *app) launch(ctx context.Context, projectArg string, mode launchMode) er
 		return enc.Encode(p.Invocation.Printable())
 	}
 	a.log.Debug().Str("key", c.Key).Str("out", c.OutPath).Bool("cached", c.Cached).Msg("launching")
-	return l.Run(ctx)
+	a.sayNetwork(rt)
+	err = l.Run(ctx)
+	if rt.Egress != nil && rt.Egress.Mode == launch.NetLearn {
+		if lerr := a.reportLearned(project, l.Learned); lerr != nil && err == nil {
+			err = lerr
+		}
+	}
+	return err
 }
 
 // closeProgress ends a live build display before anything else (an error,

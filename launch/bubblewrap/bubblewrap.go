@@ -96,7 +96,7 @@ func (Backend) Plan(p *launch.Plan, m *manifest.Manifest, rt *launch.Runtime) er
 		prepare = append(prepare, dirs...)
 	}
 	p.Mounts, p.Prepare = mounts, prepare
-	p.Env = launch.MergeEnv(env, fwd.Env, nixEnv, map[string]string{
+	p.Env = launch.MergeEnv(env, fwd.Env, nixEnv, launch.ProxyEnv(rt.Egress), map[string]string{
 		"PATH": strings.Join(append(append([]string{}, m.Path...), filepath.Join(home, ".local/bin")), ":"),
 	})
 	inv, err := render(p, m.Bwrap, keeperCommand(m))
@@ -129,9 +129,9 @@ func render(p *launch.Plan, bwrap string, keeper []string) (inv *launch.Invocati
 			inv.Close()
 		}
 	}()
-	if !p.Network {
-		inv.Args = append(inv.Args, "--unshare-net")
-	}
+	// Its own network namespace, whatever the network mode: loopback only,
+	// the proxy on it its one way out.
+	inv.Args = append(inv.Args, "--unshare-net")
 	if filter := seccomp.TerminalFilter(); filter != nil {
 		if err := inv.AppendFile("--seccomp", "seccomp filter: no TIOCSTI/TIOCLINUX", "", seccomp.Bytes(filter), false); err != nil {
 			return nil, err

@@ -189,7 +189,7 @@ func plan(p *launch.Plan, m *manifest.Manifest, rt *launch.Runtime, h host, u co
 	}
 	mounts = append(mounts, launch.Mount{Kind: launch.ROBind, Source: h.Self, Dest: InitPath})
 	p.Mounts, p.Prepare = mounts, prepare
-	p.Env = launch.MergeEnv(env, fwd.Env, nixEnv, map[string]string{
+	p.Env = launch.MergeEnv(env, fwd.Env, nixEnv, launch.ProxyEnv(rt.Egress), map[string]string{
 		"PATH": strings.Join(append(append([]string{}, m.Path...), filepath.Join(u.Home, ".local/bin")), ":"),
 	})
 	machine := MachineName(rt.Project, p.ID)
@@ -222,9 +222,9 @@ func render(p *launch.Plan, m *manifest.Manifest, h host, u containerUser, machi
 		// No systemd to register with or to ask for a scope.
 		a = append(a, "--register=no", "--keep-unit")
 	}
-	if !p.Network {
-		a = append(a, "--private-network")
-	}
+	// Its own network namespace, whatever the network mode: loopback only,
+	// the proxy on it its one way out.
+	a = append(a, "--private-network")
 	spec := initSpec{
 		UID: u.UID, GID: u.GID, Groups: u.Groups, User: u.Name, Home: u.Home,
 		Cwd: p.Cwd, Toplevel: m.Container.Toplevel, Keep: true,

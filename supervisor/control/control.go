@@ -19,6 +19,8 @@ import (
 	"time"
 
 	"github.com/claude-sandbox/claude-sandbox/internal/sockpath"
+
+	"golang.org/x/sys/unix"
 )
 
 // SocketName is the control socket's name in the sandbox's run directory.
@@ -34,6 +36,15 @@ const (
 	// says OK the connection carries the session's frames
 	// (internal/execstream), the request first, relayed to the guest.
 	OpExec = "exec"
+	// OpDoor hands the supervisor a listening socket made inside the
+	// sandbox (its descriptor travels with the message) for a service.
+	OpDoor = "door"
+	// OpLearned asks for the allow rules learn mode recorded.
+	OpLearned = "learned"
+	// OpLeave ends a session whose command has ended. The reply waits,
+	// if it was the last session, until the sandbox is gone and its
+	// registry record removed, so a finished launch leaves nothing behind.
+	OpLeave = "leave"
 )
 
 // Request is one line from a launcher.
@@ -43,6 +54,8 @@ type Request struct {
 	PID int `json:"pid,omitempty"`
 	// What names the session for people (`exec: make test`, `enter`, `claude`).
 	What string `json:"what,omitempty"`
+	// Service is the service an OpDoor socket is for ("net").
+	Service string `json:"service,omitempty"`
 }
 
 // Reply is the supervisor's answer to one request.
@@ -57,6 +70,8 @@ type Reply struct {
 	Target      int     `json:"target,omitempty"`
 	TargetStart uint64  `json:"targetStart,omitempty"`
 	Status      *Status `json:"status,omitempty"`
+	// Learned are the rules learn mode recorded (OpLearned).
+	Learned []string `json:"learned,omitempty"`
 	// Fault says why a sandbox could not start, for the launcher's error
 	// (and exit code).
 	Fault *Fault `json:"fault,omitempty"`
@@ -208,6 +223,63 @@ func (c *Conn) readLine() ([]byte, error) {
 			return nil, err
 		}
 	}
+}
+
+// SendFile sends one message with a descriptor attached (SCM_RIGHTS).
+func (c *Conn) SendFile(v any, f *os.File) error {
+	uc, ok := c.c.(*net.UnixConn)
+	if !ok {
+		return errors.New("control: not a Unix socket")
+	}
+	b, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+	_, _, err = uc.WriteMsgUnix(append(b, '\n'), unix.UnixRights(int(f.Fd())), nil)
+	return err
+}
+
+// ReceiveWithFile reads one message, with the descriptor sent along with
+// it if any (nil otherwise). Only for a peer that sends one message at a
+// time and waits: the message must arrive in one read.
+func (c *Conn) ReceiveWithFile(v any) (*os.File, error) {
+	uc, ok := c.c.(*net.UnixConn)
+	if !ok {
+		return nil, errors.New("control: not a Unix socket")
+	}
+	buf := make([]byte, maxLine)
+	oob := make([]byte, unix.CmsgSpace(4))
+	n, oobn, _, _, err := uc.ReadMsgUnix(buf, oob)
+	if err != nil {
+		return nil, err
+	}
+	if n == 0 {
+		return nil, io.EOF
+	}
+	var f *os.File
+	if oobn > 0 {
+		if msgs, err := unix.ParseSocketControlMessage(oob[:oobn]); err == nil {
+			for i := range msgs {
+				if fds, err := unix.ParseUnixRights(&msgs[i]); err == nil {
+					for j, fd := range fds {
+						if j == 0 && f == nil {
+							unix.CloseOnExec(fd)
+							f = os.NewFile(uintptr(fd), "door")
+						} else {
+							unix.Close(fd)
+						}
+					}
+				}
+			}
+		}
+	}
+	if err := json.Unmarshal(buf[:n], v); err != nil {
+		if f != nil {
+			f.Close()
+		}
+		return nil, err
+	}
+	return f, nil
 }
 
 // Call sends a request and reads its reply.

@@ -44,7 +44,10 @@ type AdoptedSpec struct {
 type NixSpec struct {
 	ListenerFD int `json:"listenerFd"`
 	// Socket is the host daemon's socket.
-	Socket                 string `json:"socket"`
+	Socket string `json:"socket"`
+	// ConfDir is where that daemon's nix.conf is, when not /etc/nix (the
+	// launcher's NIX_CONF_DIR): how it builds is read from there.
+	ConfDir                string `json:"confDir,omitempty"`
 	AllowUnsandboxedBuilds bool   `json:"allowUnsandboxedBuilds,omitempty"`
 	Network                bool   `json:"network,omitempty"` // the sandbox's network is open
 }
