@@ -169,6 +169,9 @@ func (l *Launch) Run(ctx context.Context) error {
 		if err := PrepareHost(p); err != nil {
 			return err
 		}
+		if e := rt.Egress; e != nil && e.Mode == NetLearn {
+			p.BeforeLeave = l.reportLearned
+		}
 		return l.Backend.Start(ctx, p, rec)
 	}
 	return l.startSupervised(ctx, spawner, p, rec, doors)

@@ -1,6 +1,7 @@
 package launch
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -48,6 +49,10 @@ type Plan struct {
 	Invocation *Invocation
 	// Detail is the backend's own part of the plan, for its Start.
 	Detail any
+	// BeforeLeave is for a backend that runs its first session itself (a
+	// VM): called once that session's command has ended, while the
+	// sandbox still lives (learn mode asks its supervisor what was reached).
+	BeforeLeave func(ctx context.Context, rec *Record)
 }
 
 // MountKind says what a Mount puts at its destination.

@@ -36,9 +36,10 @@ type Sandbox interface {
 
 // Execer is a sandbox whose sessions run through the supervisor rather
 // than by entering its namespaces (a VM): Exec serves one session on its
-// launcher's connection (reply, then the session's frames) until it ends.
+// launcher's connection (reply, then the session's frames) until it ends,
+// and says whether the launcher goes on with control messages (its leave).
 type Execer interface {
-	Exec(ctx context.Context, c *control.Conn)
+	Exec(ctx context.Context, c *control.Conn) (leaving bool)
 }
 
 // Describer is a sandbox that says a few words about its own state for
@@ -256,9 +257,12 @@ func (s *Supervisor) handle(c *control.Conn) {
 		s.sessions++
 		s.joined = true
 		s.mu.Unlock()
-		defer s.sessionEnded()
-		defer c.Close()
-		ex.Exec(context.Background(), c)
+		if ex.Exec(context.Background(), c) {
+			s.holdSession(c, req.What)
+			return
+		}
+		s.sessionEnded()
+		c.Close()
 	case control.OpStop:
 		s.mu.Lock()
 		s.ending = true

@@ -135,6 +135,19 @@ func gone(t testing.TB, project string) {
 	}
 }
 
+// goneNow: the last session's launch has returned, so the VM, its record,
+// its sockets and its run directory are gone already (the session left
+// through the supervisor, which answered once all was torn down).
+func goneNow(t testing.TB, project string) {
+	t.Helper()
+	state := stateDir(sharedDirs(), project)
+	recs, _ := launch.Running(state)
+	runs, _ := os.ReadDir(filepath.Join(state, launch.StateRun))
+	if left := sockets(state); len(recs) > 0 || len(left) > 0 || len(runs) > 0 {
+		t.Errorf("when the last launch returned: records %+v, sockets %v, run directories %v", recs, left, runs)
+	}
+}
+
 func TestVMBuildChecksTheGuestMounts(t *testing.T) {
 	requireVMHost(t)
 	b := buildJSON(t, runOpts{}, "vm")
@@ -203,7 +216,8 @@ func TestVMKilledQEMULeavesNothingBehind(t *testing.T) {
 // outlives it (its file is written), a third kept running while twenty
 // more execs run at once (each writes its line, each exits 0), `enter`
 // and `ps` through the supervisor, and a graceful `stop` (the command's
-// SIGTERM handler runs). Without network the guest has only lo and no
+// SIGTERM handler runs), after which nothing of the VM is left when its
+// last launch returns. With --network none the guest has only lo and no
 // proxy.
 func TestVMSessionsLiveTogether(t *testing.T) {
 	requireVMHost(t)
@@ -213,7 +227,8 @@ func TestVMSessionsLiveTogether(t *testing.T) {
 	for _, f := range []string{"b.out", "ready", "stopped", "lines", "net.txt"} {
 		os.Remove(filepath.Join(p, f))
 	}
-	vm := []string{"--backend", "vm", "--accel", "tcg", "--no-network", "exec", p, "--"}
+	// --network none: the mode's name for --no-network, the same guest.
+	vm := []string{"--backend", "vm", "--accel", "tcg", "--network", "none", "exec", p, "--"}
 	first := startBackground(t, o, append(vm, "sleep", "1")...)
 	time.Sleep(300 * time.Millisecond)
 	second := startBackground(t, o, append(vm, "sh", "-c", "sleep 3; echo done > b.out")...)
@@ -238,7 +253,7 @@ sleep 600 & wait`
 		t.Errorf("the second exec was cut short when the first ended: b.out %q, %v", data, err)
 	}
 	if net, _ := os.ReadFile(filepath.Join(p, "net.txt")); strings.TrimSpace(string(net)) != "lo" {
-		t.Errorf("a --no-network guest: %q, want only lo, no proxy variables, no proxy", net)
+		t.Errorf("a --network none guest: %q, want only lo, no proxy variables, no proxy", net)
 	}
 
 	// Twenty at once.
@@ -300,7 +315,7 @@ sleep 600 & wait`
 	if code != 0 {
 		t.Errorf("after a graceful stop the launch ended with %d (the handler exits 0):\n%s", code, keeper.out)
 	}
-	gone(t, p)
+	goneNow(t, p)
 }
 
 // waitForVM polls until a file the guest writes appears (a boot under
@@ -395,6 +410,15 @@ derivation { name = "built-in-the-guest-`+strconv.FormatInt(time.Now().UnixNano(
 	go srv.Serve(l)
 	defer srv.Close()
 	port := l.Addr().(*net.TCPAddr).Port
+	// A host loopback service no rule names.
+	l2, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv2 := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { fmt.Fprint(w, "unnamed-service") })}
+	go srv2.Serve(l2)
+	defer srv2.Close()
+	port2 := l2.Addr().(*net.TCPAddr).Port
 
 	script := fmt.Sprintf(`
 echo "uid=$(id -u) pwd=$PWD home=$HOME backend=$CLAUDE_SANDBOX_BACKEND key=${ANTHROPIC_API_KEY:-unset} aws=${AWS_SECRET_ACCESS_KEY:-unset}"
@@ -411,8 +435,11 @@ touch .git/hooks/pre-commit 2>/dev/null && echo git-hooks-write=WRITABLE || echo
 echo "net=$(ls /sys/class/net | tr '\n' ' ')"
 curl --noproxy '*' -s -m 5 http://127.0.0.1:%[1]d/ >/dev/null && echo direct-loopback=REACHED || echo direct-loopback=refused
 curl --noproxy '*' -s -m 5 http://10.0.2.2:%[1]d/ >/dev/null && echo direct-nat=REACHED || echo direct-nat=refused
-echo "allowed=$(curl --noproxy '' -s -m 30 -x "$HTTP_PROXY" http://127.0.0.1:%[1]d/)"
+echo "proxy-env=$HTTP_PROXY $HTTPS_PROXY $ALL_PROXY $NO_PROXY"
+echo "allowed=$(curl -s -m 30 http://127.0.0.1:%[1]d/)"
+echo "socks=$(curl -s -m 30 -x "$ALL_PROXY" http://127.0.0.1:%[1]d/)"
 echo "refused=$(curl -s -m 30 http://10.0.2.2:%[1]d/)"
+echo "unnamed=$(curl -s -m 30 http://127.0.0.1:%[2]d/)"
 echo "agent-keys=$(ssh-add -l)"
 ssh-add -D >/dev/null 2>&1 && echo agent-remove=ALLOWED || echo agent-remove=refused
 export BASH_PATH=$(dirname "$(dirname "$(readlink -f "$(command -v bash)")")")
@@ -420,7 +447,7 @@ out=$(NIX_REMOTE=daemon nix-build --option substituters '' --no-out-link t.nix) 
 echo "invocation=${INVOCATION_ID:-unset}"
 claude --version
 exit 42
-`, port)
+`, port, port2)
 	bg := startBackground(t, vmOpts(home, "ANTHROPIC_API_KEY=sk-test-vm-key", "AWS_SECRET_ACCESS_KEY=aws-secret", "SSH_AUTH_SOCK="+agentSock),
 		"--backend", "vm", "--accel", "tcg", "--allow", fmt.Sprintf("127.0.0.1:%d", port), "exec", p, "--", "bash", "-c", script)
 	rec := vmRecord(t, bg, p)
@@ -457,7 +484,9 @@ exit 42
 		"project-write=ok", "ssh-read=ok", "ssh-dir=config id_vmtest.pub known_hosts \n", "ssh-write=refused", "gitconfig=ok",
 		"claude-dir=ok", "meta-write=refused", "host-store-write=refused", "git-config-write=refused", "git-hooks-write=refused",
 		"net=lo \n", "direct-loopback=refused", "direct-nat=refused",
-		"allowed=host-says-hello", "refused=claude-sandbox refused", "10.0.2.2",
+		"proxy-env=http://127.0.0.1:3128 http://127.0.0.1:3128 socks5h://127.0.0.1:3128 localhost,::1\n",
+		"allowed=host-says-hello", "socks=host-says-hello", "refused=claude-sandbox refused", "10.0.2.2",
+		"unnamed=claude-sandbox refused", fmt.Sprintf("127.0.0.1:%d", port2),
 		"agent-keys=256 " + fingerprint, "agent-remove=refused",
 		"built=/nix/store/", " guest\n",
 		// The agent's environment left nothing of the guest's service behind.
@@ -501,7 +530,7 @@ exit 42
 			t.Errorf("the host's Nix daemon gateway served the guest: %s", line)
 		}
 	}
-	gone(t, p)
+	goneNow(t, p)
 
 	// The guest's store stays for the next run, and can be thrown away.
 	store := filepath.Join(stateDir(sharedDirs(), p), "guest", "nix-store.img")

@@ -45,6 +45,11 @@ const (
 	KindResize                   // rows, cols: uint16 each
 	KindSignal                   // one byte: a signal number for the command's process group
 	KindExit                     // int32: the exit status (128+n for a signal), the last frame
+	// KindEnd ends the frames on a launcher's control connection (never
+	// on the agent's stream): control messages follow, a session's leave
+	// first. The launcher sends it once the exit status came; the
+	// supervisor sends it instead of one when the guest ended first.
+	KindEnd
 )
 
 // MaxPayload bounds one frame; a peer announcing more is broken or hostile.
@@ -59,9 +64,13 @@ type Frame struct {
 // Writer writes frames; safe for concurrent use (output and exit are sent
 // from different goroutines).
 type Writer struct {
-	mu sync.Mutex
-	w  io.Writer
+	mu    sync.Mutex
+	w     io.Writer
+	ended bool
 }
+
+// ErrEnded is a write after End.
+var ErrEnded = errors.New("execstream: the frames have ended")
 
 func NewWriter(w io.Writer) *Writer { return &Writer{w: w} }
 
@@ -75,6 +84,12 @@ func (w *Writer) Write(k Kind, data []byte) error {
 	binary.BigEndian.PutUint32(hdr[1:], uint32(len(data)))
 	w.mu.Lock()
 	defer w.mu.Unlock()
+	if w.ended {
+		return ErrEnded
+	}
+	if k == KindEnd {
+		w.ended = true
+	}
 	if _, err := w.w.Write(hdr[:]); err != nil {
 		return err
 	}
@@ -84,6 +99,10 @@ func (w *Writer) Write(k Kind, data []byte) error {
 	_, err := w.w.Write(data)
 	return err
 }
+
+// End sends KindEnd; every later write fails with ErrEnded, so no frame
+// a goroutine still had to send follows it.
+func (w *Writer) End() error { return w.Write(KindEnd, nil) }
 
 // Data sends b in frames of kind k, split as MaxPayload requires.
 func (w *Writer) Data(k Kind, b []byte) error {

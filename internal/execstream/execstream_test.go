@@ -68,3 +68,20 @@ func TestReaderBoundsFrames(t *testing.T) {
 		t.Error("a request without a command was accepted")
 	}
 }
+
+// TestEndIsLast: once End is sent nothing follows it, so the control
+// messages after it are never cut by a late input frame.
+func TestEndIsLast(t *testing.T) {
+	var b bytes.Buffer
+	w := NewWriter(&b)
+	if err := w.End(); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Data(KindStdin, []byte("late")); err != ErrEnded {
+		t.Errorf("a write after End: %v, want ErrEnded", err)
+	}
+	f, err := NewReader(&b).Next()
+	if err != nil || f.Kind != KindEnd || b.Len() != 0 {
+		t.Errorf("frame %v, %v, %d bytes after it", f.Kind, err, b.Len())
+	}
+}

@@ -30,7 +30,8 @@ const (
 
 // Guest-side addresses of the supervisor's doors.
 const (
-	// ProxyAddr is where the egress proxy is offered inside the guest.
+	// ProxyAddr is where the egress proxy is offered inside the guest:
+	// where every backend's sandbox finds it (launch.ProxyEnv).
 	ProxyAddr = "127.0.0.1:3128"
 )
 
@@ -63,9 +64,11 @@ type vmPlan struct {
 	StoreLock string
 	Mkfs      string
 
-	// The supervisor's doors inside: the egress proxy (Network), the
-	// host's SSH agent, filtered (SSHAgent is the host's socket).
+	// The supervisor's doors inside: the egress proxy (Network; Egress
+	// its mode and rules, the launch's own), the host's SSH agent,
+	// filtered (SSHAgent is the host's socket).
 	Network  bool
+	Egress   *launch.Egress
 	SSHAgent string
 
 	// Protected are mounts inside the shared directories the guest makes
@@ -87,13 +90,8 @@ type vmPlan struct {
 // extraEnv is what the guest's doors add to the sandbox's environment.
 func (p *vmPlan) extraEnv() map[string]string {
 	env := map[string]string{}
-	if p.Network {
-		http, socks := "http://"+ProxyAddr, "socks5h://"+ProxyAddr
-		for _, name := range []string{"HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"} {
-			env[name] = http
-		}
-		env["ALL_PROXY"], env["all_proxy"] = socks, socks
-		env["NO_PROXY"], env["no_proxy"] = "localhost,127.0.0.1,::1", "localhost,127.0.0.1,::1"
+	for k, v := range launch.ProxyEnv(p.Egress) {
+		env[k] = v
 	}
 	if p.SSHAgent != "" {
 		env["SSH_AUTH_SOCK"] = sshAgentInside(p.UID)
@@ -324,7 +322,7 @@ func planVMRun(m *manifest.Manifest, rt *launch.Runtime, id string) (*vmPlan, er
 	}
 	p.User, p.UID, p.GID, p.Home = guestIdentity(rt)
 	p.UsrBinEnv = m.UsrBinEnv
-	p.Network = rt.Network
+	p.Network, p.Egress = rt.Egress != nil, rt.Egress
 	if sock, ok := rt.Getenv("SSH_AUTH_SOCK"); ok && filepath.IsAbs(sock) {
 		if st, err := os.Stat(sock); err == nil && st.Mode()&os.ModeSocket != 0 {
 			p.SSHAgent = sock

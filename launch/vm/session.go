@@ -26,6 +26,9 @@ type session struct {
 	first  bool     // this launch started the VM
 	accel  string   // the first session's: what the boot status says
 	supLog *os.File // the first session's: what the supervisor said
+	// beforeLeave runs once the command has ended, while the VM still
+	// lives (learn mode asks what was reached).
+	beforeLeave func(context.Context, *launch.Record)
 }
 
 // runSession runs a session of the VM rec names through its supervisor:
@@ -60,7 +63,18 @@ func runSession(ctx context.Context, rec *launch.Record, s *session) error {
 	if !reply.OK {
 		return s.failed(replyError(reply))
 	}
-	return relay(c, t, s.request(t))
+	ended, err := relay(c, t, s.request(t))
+	if ended {
+		if s.beforeLeave != nil {
+			s.beforeLeave(ctx, rec)
+		}
+		// The session leaves as every session does: the last one's
+		// launch returns once the VM, its record and run directory are
+		// gone.
+		ls := &launch.Session{Record: rec, Conn: c}
+		ls.Close()
+	}
+	return err
 }
 
 func (s *session) request(t *terminal) execstream.Request {
@@ -111,12 +125,13 @@ func replyError(r control.Reply) error {
 }
 
 // relay sends the request and carries the session both ways until its
-// exit status arrives.
-func relay(c *control.Conn, t *terminal, req execstream.Request) error {
+// exit status arrives; ended says the frames were ended on both sides
+// (control messages may follow on c).
+func relay(c *control.Conn, t *terminal, req execstream.Request) (ended bool, err error) {
 	stream := c.Stream()
 	w, r := execstream.NewWriter(stream), execstream.NewReader(stream)
 	if err := w.Request(req); err != nil {
-		return fmt.Errorf("the VM's session: %w", err)
+		return false, fmt.Errorf("the VM's session: %w", err)
 	}
 	t.raw()
 	defer t.restore()
@@ -159,10 +174,10 @@ func relay(c *control.Conn, t *terminal, req execstream.Request) error {
 	}()
 	for {
 		f, err := r.Next()
-		if err != nil {
+		if err != nil || f.Kind == execstream.KindEnd {
 			t.restore()
 			fmt.Fprintln(os.Stderr, "claude-sandbox: the VM ended before the command did")
-			return &launch.ExitStatusError{Code: 128 + int(unix.SIGTERM)}
+			return err == nil && w.End() == nil, &launch.ExitStatusError{Code: 128 + int(unix.SIGTERM)}
 		}
 		switch f.Kind {
 		case execstream.KindStdout:
@@ -172,10 +187,10 @@ func relay(c *control.Conn, t *terminal, req execstream.Request) error {
 		case execstream.KindError:
 			t.restore()
 			fmt.Fprintln(os.Stderr, "claude-sandbox: "+string(f.Data))
-			return &launch.ExitStatusError{Code: 127}
+			return w.End() == nil, &launch.ExitStatusError{Code: 127}
 		case execstream.KindExit:
 			status, _ := f.Status()
-			return launch.StatusError(status)
+			return w.End() == nil, launch.StatusError(status)
 		}
 	}
 }

@@ -89,11 +89,10 @@ func startSupervised(ctx context.Context, vp *vmPlan, p *launch.Plan, rec *launc
 		ControlFD: 3,
 		VM:        vp.spec(),
 	}
-	if vp.Network {
-		// Until the network modes reach the launch, the open mode: every
-		// public destination, nothing on the host's loopback or private
-		// networks unless a rule names it.
-		spec.Net = &control.NetSpec{Mode: "open"}
+	if e := vp.Egress; e != nil {
+		// The same proxy service and rules as every backend's; its
+		// listener is the agent's streams (vmhost), not a door.
+		spec.Net = &control.NetSpec{Mode: e.Mode, Allow: e.Allow, Deny: e.Deny, Upstream: e.Upstream, NoProxy: e.NoProxy}
 	}
 	if vp.SSHAgent != "" {
 		spec.SSHAgent = &control.SSHAgentSpec{Upstream: vp.SSHAgent}

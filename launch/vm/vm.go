@@ -93,7 +93,7 @@ func (Backend) Start(ctx context.Context, p *launch.Plan, rec *launch.Record) er
 		return err
 	}
 	defer supLog.Close()
-	return runSession(ctx, rec, &session{argv: p.Command, what: sessionName(p.Command), supLog: supLog, accel: vp.Accel, first: true})
+	return runSession(ctx, rec, &session{argv: p.Command, what: sessionName(p.Command), supLog: supLog, accel: vp.Accel, first: true, beforeLeave: p.BeforeLeave})
 }
 
 // Enter runs argv as a new session of a running VM, through its

@@ -26,6 +26,7 @@ import (
 
 	"github.com/hashicorp/yamux"
 
+	"github.com/claude-sandbox/claude-sandbox/internal/execstream"
 	"github.com/claude-sandbox/claude-sandbox/internal/lazyregexp"
 	"github.com/claude-sandbox/claude-sandbox/internal/proc"
 	"github.com/claude-sandbox/claude-sandbox/internal/sockpath"
@@ -476,8 +477,11 @@ func (v *VM) Done() <-chan struct{} { return v.exited }
 
 // Exec serves one session on a launcher's control connection: once the
 // guest is ready it replies OK and relays the session's frames between the
-// launcher and a new stream to the agent, until either side ends.
-func (v *VM) Exec(ctx context.Context, c *control.Conn) {
+// launcher and a new stream to the agent. It returns true when the
+// launcher ended its frames (execstream.KindEnd, sent once the exit status
+// came): control messages follow on c, its leave first, so a session of a
+// VM leaves as every other session does (launch.Session.Close).
+func (v *VM) Exec(ctx context.Context, c *control.Conn) (leaving bool) {
 	if err := v.Wait(ctx); err != nil {
 		r := control.Reply{Reason: err.Error(), Ending: true}
 		var fe *FaultError
@@ -486,7 +490,7 @@ func (v *VM) Exec(ctx context.Context, c *control.Conn) {
 			r.Fault = &f
 		}
 		_ = c.Send(r)
-		return
+		return false
 	}
 	v.mu.Lock()
 	mux := v.mux
@@ -494,29 +498,68 @@ func (v *VM) Exec(ctx context.Context, c *control.Conn) {
 	st, err := mux.Open()
 	if err != nil {
 		_ = c.Send(control.Reply{Reason: "opening a session in the guest: " + err.Error(), Ending: true})
-		return
+		return false
 	}
 	defer st.Close()
 	if err := c.Send(control.Reply{OK: true}); err != nil {
-		return
+		return false
 	}
 	v.note("session", "a session started")
-	done := make(chan struct{}, 2)
 	s := c.Stream()
+	toLauncher := execstream.NewWriter(s)
+	// Frames are read, not copied as bytes, on both sides: the launcher's
+	// end of frames must not reach the agent, and what the launcher sends
+	// after it is no longer the session's.
+	ended := make(chan bool, 1)
 	go func() {
-		_, _ = io.Copy(st, s)
-		_ = st.Close() // the launcher went away: the agent hangs the session up
-		done <- struct{}{}
+		from, to := execstream.NewReader(s), execstream.NewWriter(st)
+		for {
+			f, err := from.Next()
+			if err != nil || f.Kind == execstream.KindEnd {
+				_ = st.Close() // the agent hangs up a session whose launcher went
+				ended <- err == nil
+				return
+			}
+			// An agent gone is told by the output side; the launcher's
+			// frames are read on until its end.
+			_ = to.Write(f.Kind, f.Data)
+		}
 	}()
+	finished := make(chan bool, 1)
 	go func() {
-		_, _ = io.Copy(s, st)
-		_ = c.CloseWrite()
-		done <- struct{}{}
+		from := execstream.NewReader(st)
+		for {
+			f, err := from.Next()
+			if err != nil || toLauncher.Write(f.Kind, f.Data) != nil {
+				finished <- false
+				return
+			}
+			if f.Kind == execstream.KindExit || f.Kind == execstream.KindError {
+				finished <- true
+				return
+			}
+		}
 	}()
+	var done bool
 	select {
-	case <-done:
+	case done = <-finished:
+	case leaving = <-ended:
+		// The launcher went before its command's end: nothing waits for
+		// the output any more.
+		return leaving
 	case <-v.exited:
+		// The stream dies with the guest; its last frames may still be
+		// on their way.
+		select {
+		case done = <-finished:
+		case <-time.After(2 * time.Second):
+		}
 	}
+	if !done {
+		// The guest ended first: the launcher says so and leaves.
+		_ = toLauncher.End()
+	}
+	return <-ended
 }
 
 // Stop powers the guest down: the power button and up to grace for the

@@ -183,7 +183,8 @@ func fakeGuest(t *testing.T, dir string, ready agent.Ready) {
 
 // TestExecRelaysASession: a launcher's exec request on the control
 // connection is answered once the agent is ready, and the session's
-// frames then pass both ways untouched.
+// frames then pass both ways untouched; after the exit status the
+// launcher's end of frames hands the connection back to control messages.
 func TestExecRelaysASession(t *testing.T) {
 	spec := testSpec(t, "tcg", fakeQEMU(t, `sleep 30`))
 	fakeGuest(t, spec.RunDir, agent.Ready{OK: true})
@@ -193,7 +194,8 @@ func TestExecRelaysASession(t *testing.T) {
 	}
 	defer v.kill()
 	a, b := net.Pipe()
-	go v.Exec(context.Background(), control.NewConn(b))
+	leaving := make(chan bool, 1)
+	go func() { leaving <- v.Exec(context.Background(), control.NewConn(b)) }()
 	c := control.NewConn(a)
 	var reply control.Reply
 	if err := c.Receive(context.Background(), &reply); err != nil || !reply.OK {
@@ -216,6 +218,17 @@ func TestExecRelaysASession(t *testing.T) {
 			}
 			break
 		}
+	}
+	if err := w.End(); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case l := <-leaving:
+		if !l {
+			t.Error("Exec did not hand the connection back after the launcher's end of frames")
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Exec did not return after the launcher's end of frames")
 	}
 }
 
