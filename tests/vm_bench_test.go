@@ -10,14 +10,12 @@ import (
 )
 
 // BenchmarkVMStart times, side by side in one run, on a warm vm closure:
-//
-//   - cold: `claude-sandbox exec` of a VM that is not running, to the
-//     command's first output (supervisor, QEMU, the guest's boot, its
-//     agent, the session);
-//   - session: `claude-sandbox exec` into the running VM, to the first
-//     output and to the end (a session's set-up through the supervisor and
-//     the agent, and its exit status back);
-//   - host: the same command run by the host's sh, the floor of the last.
+// cold, `claude-sandbox exec` of a VM that is not running, to the
+// command's first output (supervisor, QEMU, the guest's boot, its agent,
+// the session); session, `claude-sandbox exec` into the running VM, to
+// the first output and to the end (a session's set-up through the
+// supervisor and the agent, and its exit status back); host, the same
+// command run by the host's sh, the floor of the last. Run it with
 //
 //	go test ./tests -run '^$' -bench VMStart -benchtime 3x
 func BenchmarkVMStart(b *testing.B) {
