@@ -44,14 +44,94 @@ func guestIdentity(rt *launch.Runtime) (user string, uid, gid int, home string) 
 	return user, os.Getuid(), os.Getgid(), home
 }
 
+// guestProtection renders the core's protection mounts (host paths, as
+// every backend gets them) on the guest's paths: the project is at its
+// host path, the host's ~/.claude is the "claude" share, the home is the
+// guest user's. A mount the guest cannot render from its shares is an
+// error, never a protection silently dropped.
+func (p *vmPlan) guestProtection(mounts []launch.Mount) ([]agent.Protect, error) {
+	claude := p.Sources["claude"]
+	if !p.Present["claude"] {
+		claude = ""
+	}
+	hostClaude := filepath.Join(p.HostHome, ".claude")
+	under := func(path, dir string) (string, bool) {
+		if dir == "" {
+			return "", false
+		}
+		rel, err := filepath.Rel(dir, path)
+		if err != nil || rel == ".." || strings.HasPrefix(rel, "../") {
+			return "", false
+		}
+		return rel, true
+	}
+	// source maps a host path the guest reads from.
+	source := func(path string) (string, bool) {
+		if _, ok := under(path, p.Project); ok {
+			return path, true
+		}
+		for _, dir := range []string{hostClaude, claude} {
+			if rel, ok := under(path, dir); ok && claude != "" {
+				return filepath.Join(agent.Mnt, "claude", rel), true
+			}
+		}
+		return "", false
+	}
+	// dest maps a path inside: the project's and the guest's own places
+	// stay, the host home's become the guest user's.
+	dest := func(path string) string {
+		if _, ok := under(path, p.Project); ok {
+			return path
+		}
+		if rel, ok := under(path, p.HostHome); ok {
+			return filepath.Join(p.Home, rel)
+		}
+		return path
+	}
+	var out []agent.Protect
+	for _, m := range mounts {
+		g := agent.Protect{Path: dest(m.Dest), Mode: uint32(m.Mode.Perm())}
+		switch m.Kind {
+		case launch.ROBind, launch.Bind:
+			g.Kind = agent.ProtectReadOnly
+			if m.Kind == launch.Bind {
+				g.Kind = agent.ProtectBind
+			}
+			src, ok := source(m.Source)
+			if !ok {
+				return nil, launch.NewVMStartError("cannot protect "+m.Dest+" in the guest: "+m.Source+" is on no share", "")
+			}
+			if src != g.Path {
+				g.Source = src
+			}
+		case launch.Tmpfs:
+			g.Kind = agent.ProtectTmpfs
+		case launch.Dir:
+			g.Kind = agent.ProtectDir
+		case launch.Symlink:
+			g.Kind, g.Source = agent.ProtectSymlink, dest(m.Source)
+		default:
+			return nil, launch.NewVMStartError("cannot protect "+m.Dest+" in the guest: a "+m.Kind.String()+" mount", "")
+		}
+		out = append(out, g)
+	}
+	return out, nil
+}
+
 // agentConfig is what the guest agent is told about the run.
 func (p *vmPlan) agentConfig(env []string) *agent.Config {
 	c := &agent.Config{
 		User: p.User, UID: p.UID, GID: p.GID, Home: p.Home, Project: p.Project,
 		Shell: p.Shell, UsrBinEnv: p.UsrBinEnv, FS: p.FS, VFSTag: p.VFSTag, Env: env,
 	}
+	covered := map[string]bool{}
+	for _, m := range p.guestProtect {
+		covered[m.Path] = true
+	}
 	for source, target := range map[string]string{"claude": ".claude", "git": ".config/git", "gh": ".config/gh"} {
-		if p.Present[source] {
+		// A share the protection renders itself (~/.claude as the core
+		// decides it) is not bound whole.
+		if p.Present[source] && !covered[filepath.Join(p.Home, target)] {
 			c.Binds = append(c.Binds, agent.Bind{Share: source, Target: filepath.Join(p.Home, target)})
 		}
 	}
@@ -61,9 +141,7 @@ func (p *vmPlan) agentConfig(env []string) *agent.Config {
 		{Name: "claude.json", Target: filepath.Join(p.Home, ".claude.json")},
 		{Name: "gitconfig", Target: filepath.Join(p.Home, ".gitconfig")},
 	}
-	for _, m := range p.Protected {
-		c.Protect = append(c.Protect, agent.Protect{Path: m.Dest, ReadOnly: m.Kind == launch.ROBind})
-	}
+	c.Protect = p.guestProtect
 	if p.Network {
 		c.Proxy = ProxyAddr
 	}

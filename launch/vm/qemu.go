@@ -75,6 +75,8 @@ type vmPlan struct {
 	// read-only (or mount points), Prepare what the host must have first.
 	Protected []launch.Mount
 	Prepare   []launch.HostDir
+	// guestProtect is Protected on the guest's paths, for the agent.
+	guestProtect []agent.Protect
 
 	// Who the command runs as in the guest, and what the metadata share
 	// carries beside the command and its environment.
@@ -344,6 +346,9 @@ func planVMRun(m *manifest.Manifest, rt *launch.Runtime, id string) (*vmPlan, er
 		p.VFSTag = share.Tag + "-vfs"
 	}
 	p.Sources, p.Present = hostShares(m, rt, stateDir, p.RunDir)
+	if p.guestProtect, err = p.guestProtection(p.Protected); err != nil {
+		return nil, err
+	}
 	for _, s := range m.VM.Shares {
 		kind := launch.Bind
 		if s.ReadOnly {

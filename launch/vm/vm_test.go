@@ -48,11 +48,15 @@ func vmRuntime(t *testing.T, network bool) *launch.Runtime {
 	if err := os.Mkdir(project, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	return &launch.Runtime{
+	rt := &launch.Runtime{
 		Project: project, Home: home, User: "u", Network: network, Accel: launch.AccelTCG,
 		Command:   []string{"echo", "hi"},
 		LookupEnv: env(map[string]string{"ANTHROPIC_API_KEY": "sk-secret-123", "TERM": "xterm"}),
 	}
+	if network {
+		rt.Egress = &launch.Egress{Mode: launch.NetAllowlist}
+	}
+	return rt
 }
 
 // TestQEMUArgsPortStoreSharesAndNoSecrets: whatever the network mode the
@@ -114,8 +118,9 @@ func TestQEMUArgsPortStoreSharesAndNoSecrets(t *testing.T) {
 		}
 		// The proxy is offered exactly when the network is on.
 		env := p.extraEnv()
-		if (env["HTTPS_PROXY"] == "http://"+ProxyAddr) != network || (env["ALL_PROXY"] == "socks5h://"+ProxyAddr) != network {
-			t.Errorf("network=%t: proxy variables %v", network, env)
+		if (env["HTTPS_PROXY"] == "http://"+ProxyAddr) != network || (env["ALL_PROXY"] == "socks5h://"+ProxyAddr) != network ||
+			env["NO_PROXY"] != launch.ProxyEnv(rt.Egress)["NO_PROXY"] {
+			t.Errorf("network=%t: proxy variables %v, want every backend's (launch.ProxyEnv)", network, env)
 		}
 	}
 }
@@ -276,5 +281,55 @@ func TestPlanWritesNothing(t *testing.T) {
 	}
 	if p.NixGateway != "" {
 		t.Errorf("the guest was planned the host daemon's gateway (%s): it has a daemon of its own", p.NixGateway)
+	}
+}
+
+// TestGuestProtectionRendersTheCoresMounts: the core's protection mounts
+// (host paths, whatever decides them) reach the agent on the guest's
+// paths: the project's as they are, the host's ~/.claude through its
+// share, the home as the guest user's; a mount of ~/.claude itself
+// replaces the share's plain bind; a source on no share is an error, not
+// a protection dropped.
+func TestGuestProtectionRendersTheCoresMounts(t *testing.T) {
+	m, rt := vmManifest(true), vmRuntime(t, true)
+	m.VM.Shares = append(m.VM.Shares, manifest.VMShare{Tag: "csb-claude", Source: "claude", Target: "/mnt/claude-sandbox/claude"})
+	claude := filepath.Join(rt.Home, ".claude")
+	os.MkdirAll(filepath.Join(claude, "projects"), 0o700)
+	p, err := planVMRun(m, rt, "0123456789ab")
+	if err != nil {
+		t.Fatal(err)
+	}
+	pr := rt.Project
+	got, err := p.guestProtection([]launch.Mount{
+		{Kind: launch.Bind, Source: pr + "/.git", Dest: pr + "/.git"},
+		{Kind: launch.ROBind, Source: pr + "/.vscode", Dest: pr + "/.vscode"},
+		{Kind: launch.Tmpfs, Dest: pr + "/.envrc", Mode: 0o555},
+		{Kind: launch.Dir, Dest: claude, Mode: 0o700},
+		{Kind: launch.Bind, Source: claude + "/projects", Dest: claude + "/projects"},
+		{Kind: launch.Symlink, Source: claude + "/projects", Dest: claude + "/p"},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	home := p.Home
+	want := []agent.Protect{
+		{Kind: agent.ProtectBind, Path: pr + "/.git"},
+		{Kind: agent.ProtectReadOnly, Path: pr + "/.vscode"},
+		{Kind: agent.ProtectTmpfs, Path: pr + "/.envrc", Mode: 0o555},
+		{Kind: agent.ProtectDir, Path: home + "/.claude", Mode: 0o700},
+		{Kind: agent.ProtectBind, Source: agent.Mnt + "/claude/projects", Path: home + "/.claude/projects"},
+		{Kind: agent.ProtectSymlink, Source: home + "/.claude/projects", Path: home + "/.claude/p"},
+	}
+	if !slices.Equal(got, want) {
+		t.Errorf("guest protection:\n got %+v\nwant %+v", got, want)
+	}
+	p.guestProtect = got
+	for _, b := range p.agentConfig(nil).Binds {
+		if b.Share == "claude" {
+			t.Errorf("~/.claude is bound whole although the protection renders it: %+v", b)
+		}
+	}
+	if _, err := p.guestProtection([]launch.Mount{{Kind: launch.ROBind, Source: "/etc/hosts", Dest: pr + "/x"}}); err == nil {
+		t.Error("a source on no share was accepted")
 	}
 }

@@ -201,7 +201,9 @@ func TestConfigRefusesWhatMustNotReachAMount(t *testing.T) {
 		"home with newline":  func(c *Config) { c.Home = "/home/u\nroot" },
 		"bind out of Mnt":    func(c *Config) { c.Binds = []Bind{{Share: "../../etc", Target: "/x"}} },
 		"copy with a slash":  func(c *Config) { c.Copies = []Copy{{Name: "../run.json", Target: "/x"}} },
-		"relative protected": func(c *Config) { c.Protect = []Protect{{Path: "p/.git/hooks"}} },
+		"relative protected": func(c *Config) { c.Protect = []Protect{{Kind: ProtectReadOnly, Path: "p/.git/hooks"}} },
+		"unknown protection": func(c *Config) { c.Protect = []Protect{{Kind: "overlay", Path: "/p/.git"}} },
+		"link to nothing":    func(c *Config) { c.Protect = []Protect{{Kind: ProtectSymlink, Path: "/p/x"}} },
 	} {
 		c := good
 		mutate(&c)

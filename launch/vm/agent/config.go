@@ -71,8 +71,9 @@ type Config struct {
 	// SSH: the metadata share's ssh/ (config, known_hosts, *.pub) is
 	// ~/.ssh, read-only.
 	SSH bool `json:"ssh,omitempty"`
-	// Protect are paths inside the shared directories made read-only (or
-	// mount points that cannot be renamed), in order.
+	// Protect are the launch core's protection mounts (launch.Mount,
+	// rendered by the launcher onto guest paths), in order: what the
+	// sandbox sees but cannot change on the host.
 	Protect []Protect `json:"protect,omitempty"`
 	// Env is the sandbox's environment: sessions without their own run
 	// with it.
@@ -97,11 +98,24 @@ type Copy struct {
 	Target string `json:"target"` // absolute path in the guest
 }
 
-// Protect is one path the guest must not be able to change.
+// Protect is one mount of the protection, on guest paths.
 type Protect struct {
-	Path     string `json:"path"`
-	ReadOnly bool   `json:"readOnly"` // false: a read-write mount point (cannot be renamed or removed)
+	Kind string `json:"kind"` // Protect* below
+	// Source: what a bind shows at Path (a guest path, "" for Path
+	// itself); a symlink's target.
+	Source string `json:"source,omitempty"`
+	Path   string `json:"path"`
+	Mode   uint32 `json:"mode,omitempty"` // tmpfs, dir: the permissions
 }
+
+// Protection mount kinds: launch.MountKind's, as the guest renders them.
+const (
+	ProtectReadOnly = "ro-bind" // read-only
+	ProtectBind     = "bind"    // read-write (a mount point: it cannot be renamed or removed)
+	ProtectTmpfs    = "tmpfs"   // an empty directory of the guest's own (a placeholder)
+	ProtectDir      = "dir"     // an empty directory of the user's, in the guest's memory
+	ProtectSymlink  = "symlink" // a link to Source
+)
 
 // WriteConfig writes c into the metadata directory dir (0600).
 func WriteConfig(dir string, c *Config) error {
@@ -161,8 +175,16 @@ func (c *Config) check() error {
 		}
 	}
 	for _, p := range c.Protect {
-		if !abs(p.Path) {
-			return fmt.Errorf("bad protected path %q", p.Path)
+		ok := abs(p.Path) && (p.Source == "" || abs(p.Source))
+		switch p.Kind {
+		case ProtectReadOnly, ProtectBind, ProtectTmpfs, ProtectDir:
+		case ProtectSymlink:
+			ok = ok && p.Source != ""
+		default:
+			ok = false
+		}
+		if !ok {
+			return fmt.Errorf("bad protected path %q (%s %q)", p.Path, p.Kind, p.Source)
 		}
 	}
 	return nil

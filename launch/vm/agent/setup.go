@@ -63,10 +63,7 @@ func setup(c *Config) error {
 		return fmt.Errorf("mounting the project: %w", err)
 	}
 	for _, p := range c.Protect {
-		if _, err := os.Lstat(p.Path); err != nil {
-			continue // absent on the host: nothing to protect
-		}
-		if err := bind(p.Path, p.Path, p.ReadOnly); err != nil {
+		if err := protect(p, c); err != nil {
 			return fmt.Errorf("protecting %s: %w", p.Path, err)
 		}
 	}
@@ -119,6 +116,91 @@ func bind(src, dst string, readOnly bool) error {
 		}
 	}
 	return nil
+}
+
+// protect renders one protection mount. A mount point is never made in a
+// share (that would write the host): the launcher's plan had the host
+// make it first (launch.HostDir), and one still missing there is skipped
+// for a bind (nothing to protect) and refused otherwise.
+func protect(p Protect, c *Config) error {
+	src := p.Source
+	if src == "" {
+		src = p.Path
+	}
+	switch p.Kind {
+	case ProtectReadOnly, ProtectBind:
+		st, err := os.Stat(src)
+		if err != nil {
+			return nil // absent on the host: nothing to protect
+		}
+		if err := mountPoint(p.Path, st.IsDir()); err != nil {
+			return err
+		}
+		return bind(src, p.Path, p.Kind == ProtectReadOnly)
+	case ProtectTmpfs, ProtectDir:
+		if err := mountPoint(p.Path, true); err != nil {
+			return err
+		}
+		mode := p.Mode
+		if mode == 0 {
+			mode = 0o755
+		}
+		if err := unix.Mount("tmpfs", p.Path, "tmpfs", unix.MS_NOSUID|unix.MS_NODEV, fmt.Sprintf("mode=%o,size=16m", mode)); err != nil {
+			return err
+		}
+		if p.Kind == ProtectDir && c.UID != 0 {
+			return os.Lchown(p.Path, c.UID, c.GID)
+		}
+		return nil
+	case ProtectSymlink:
+		if onShare(filepath.Dir(p.Path)) {
+			return errors.New("a link inside a shared directory would be made on the host")
+		}
+		_ = os.Remove(p.Path)
+		return os.Symlink(p.Source, p.Path)
+	}
+	return fmt.Errorf("unknown kind %q", p.Kind)
+}
+
+// mountPoint makes sure path exists to mount on: made only outside the
+// shares (in the guest's own memory).
+func mountPoint(path string, dir bool) error {
+	if _, err := os.Lstat(path); err == nil {
+		return nil
+	}
+	if onShare(filepath.Dir(path)) {
+		return errors.New("missing on the host, and a share is the host's: not made from the guest")
+	}
+	if dir {
+		return os.MkdirAll(path, 0o755)
+	}
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return err
+	}
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
+	if err != nil {
+		return err
+	}
+	return f.Close()
+}
+
+// File systems that are the host's: 9p and virtiofs (FUSE).
+const (
+	magic9p   = 0x01021997
+	magicFUSE = 0x65735546
+)
+
+// onShare says whether the directory nearest path lies on a host share.
+func onShare(path string) bool {
+	for p := path; ; p = filepath.Dir(p) {
+		var st unix.Statfs_t
+		if err := unix.Statfs(p, &st); err == nil {
+			return st.Type == magic9p || st.Type == magicFUSE
+		}
+		if p == "/" {
+			return false
+		}
+	}
 }
 
 func isDir(p string) bool {
