@@ -40,6 +40,9 @@ type Sandbox interface {
 // and says whether the launcher goes on with control messages (its leave).
 type Execer interface {
 	Exec(ctx context.Context, c *control.Conn) (leaving bool)
+	// Fault says why the sandbox never came up (nil: it did, or it is
+	// still coming up).
+	Fault() *control.Fault
 }
 
 // Describer is a sandbox that says a few words about its own state for
@@ -250,7 +253,12 @@ func (s *Supervisor) handle(c *control.Conn) {
 		s.mu.Lock()
 		if s.ending {
 			s.mu.Unlock()
-			_ = c.Send(control.Reply{Ending: true, Reason: "the sandbox is ending"})
+			r := control.Reply{Ending: true, Reason: "the sandbox is ending"}
+			if f := ex.Fault(); f != nil {
+				// It ends because it never came up: the launcher says why.
+				r.Fault, r.Reason = f, f.Reason
+			}
+			_ = c.Send(r)
 			c.Close()
 			return
 		}

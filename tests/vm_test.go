@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"net"
 	"net/http"
@@ -613,4 +614,40 @@ func TestVMEntryNameAndDryRun(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(dirs.state, "claude-sandbox", "projects")); !errors.Is(err, fs.ErrNotExist) {
 		t.Errorf("--dry-run wrote the state directory: %v", err)
 	}
+}
+
+// TestVMNetworkLearnMode boots once in learn mode, the host's own proxy
+// standing in for the world: the guest reaches a public name through the
+// supervisor's proxy (the same service and policy as every backend's),
+// a host loopback service no rule names stays refused even so, and the
+// launch prints the rules learned — asked of the supervisor before the
+// guest's last session left.
+func TestVMNetworkLearnMode(t *testing.T) {
+	requireVMHost(t)
+	home := vmHome(t)
+	p := vmProject(t)
+	toml := filepath.Join(p, "claude-sandbox.toml")
+	t.Cleanup(func() { os.Remove(toml) })
+	upstream, _ := loopbackServer(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.WriteString(w, "UPSTREAM-"+r.Host)
+	}))
+	unnamed, _ := loopbackServer(t, http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		io.WriteString(w, "unnamed-service")
+	}))
+	script := fmt.Sprintf(`echo "public=$(curl -s -m 30 http://pkg.example.com/a)"
+echo "loopback=$(curl -s -m 30 http://%s/)"`, unnamed)
+	r := run(t, vmOpts(home, "HTTPS_PROXY=http://"+upstream, "HTTP_PROXY=http://"+upstream),
+		"--backend", "vm", "--accel", "tcg", "--network", "learn", "exec", p, "--", "bash", "-c", script)
+	if r.code != 0 {
+		t.Fatalf("learn mode: %s", r)
+	}
+	for _, w := range []string{"public=UPSTREAM-pkg.example.com", "loopback=claude-sandbox refused"} {
+		if !strings.Contains(r.stdout, w) {
+			t.Errorf("missing %q in the guest's output: %s", w, r)
+		}
+	}
+	if !strings.Contains(r.stderr, `+   "pkg.example.com:80 GET",`) || strings.Contains(r.stderr, unnamed) {
+		t.Errorf("learn mode printed no diff with what was reached (and only that): %s", r)
+	}
+	goneNow(t, p)
 }

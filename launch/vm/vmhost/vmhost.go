@@ -467,6 +467,29 @@ func (v *VM) Wait(ctx context.Context) error {
 	return nil
 }
 
+// Fault says why the guest never became ready: nil while it boots and
+// once it was ready. QEMU's end is seen a moment before its reason is
+// known (the boot log is kept first): a guest whose QEMU has exited is
+// given that moment.
+func (v *VM) Fault() *control.Fault {
+	select {
+	case <-v.exited:
+		select {
+		case <-v.ready:
+		case <-time.After(2 * time.Second):
+		}
+	default:
+	}
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	select {
+	case <-v.ready:
+		return v.fault
+	default:
+		return nil
+	}
+}
+
 // Ready: a VM is not joined by namespace; sessions go through Exec.
 func (v *VM) Ready(context.Context) (int, uint64, error) {
 	return 0, 0, errors.New("a VM's sessions run through its supervisor (exec)")

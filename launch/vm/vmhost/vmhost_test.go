@@ -245,6 +245,10 @@ func TestExecGuestSetUpFailed(t *testing.T) {
 	if f := waitFault(t, v); !strings.Contains(f.Reason, "cannot mount the project") {
 		t.Errorf("fault = %+v", f)
 	}
+	// What a session arriving while the supervisor ends is told.
+	if f := v.Fault(); f == nil || !strings.Contains(f.Reason, "cannot mount the project") {
+		t.Errorf("Fault() = %+v", f)
+	}
 }
 
 func TestMakeStoreIsWholeOrNothing(t *testing.T) {
