@@ -70,6 +70,10 @@ type Traits struct {
 	// (a VM's guest agent) rather than by entering the sandbox's
 	// namespaces; Enter asks the supervisor itself (control.OpExec).
 	SessionsThroughSupervisor bool
+	// Protects: it renders the plan's protection (Plan.Protected, covered
+	// by the mounts of ProjectProtection and ClaudeHome), so the session
+	// notice may tell Claude what is read-only.
+	Protects bool
 	// Persistence is what the session notice tells Claude Code outlives the
 	// sandbox besides the project and ~/.claude; "" tells nothing more.
 	Persistence string

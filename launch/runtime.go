@@ -34,10 +34,17 @@ type Runtime struct {
 	// StateDir is the project's state directory: persistent ~/.local, /tmp,
 	// browser profile, tmux socket. The launch sets it (ProjectStatePath);
 	// empty leaves the sandbox without persistent state.
-	StateDir   string
-	GHToken    bool // --gh-token: pass GH_TOKEN and GITHUB_TOKEN
-	ProtectGit bool // --protect-git: .git/config and .git/hooks read-only, .git not replaceable
-	NixDaemon  bool // Nix inside through the Nix daemon gateway, NIX_REMOTE=daemon (--no-nix-daemon clears it)
+	StateDir string
+	GHToken  bool // --gh-token: pass GH_TOKEN and GITHUB_TOKEN
+	// Protect: what the host runs or obeys by itself — Claude Code's
+	// configuration in ~/.claude, the project's auto-run files and git's
+	// configuration and hooks — cannot be changed from inside (protect.go).
+	// --protect=false (protect = false) turns it off.
+	Protect bool
+	// Unprotect are protected paths left writable (--unprotect, unprotect
+	// = [...]; --protect-git=false is ".git"), as CleanUnprotect made them.
+	Unprotect []string
+	NixDaemon bool // Nix inside through the Nix daemon gateway, NIX_REMOTE=daemon (--no-nix-daemon clears it)
 	// NixUnsandboxedBuilds: the gateway lets builds through although the
 	// host daemon runs them outside any sandbox (--nix-unsandboxed-builds).
 	NixUnsandboxedBuilds bool

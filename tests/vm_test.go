@@ -433,6 +433,11 @@ echo x > /mnt/claude-sandbox/meta/run.json 2>/dev/null && echo meta-write=WRITAB
 touch /nix/.ro-store/claude-sandbox-probe 2>/dev/null && echo host-store-write=WRITABLE || echo host-store-write=refused
 echo x >> .git/config 2>/dev/null && echo git-config-write=WRITABLE || echo git-config-write=refused
 touch .git/hooks/pre-commit 2>/dev/null && echo git-hooks-write=WRITABLE || echo git-hooks-write=refused
+echo x >> "$HOME/.claude/settings.json" 2>/dev/null && echo claude-settings-write=WRITABLE || echo claude-settings-write=refused
+mkdir -p "$HOME/.claude/hooks" 2>/dev/null && touch "$HOME/.claude/hooks/h" 2>/dev/null && echo claude-hooks-create=WRITABLE || echo claude-hooks-create=refused
+echo x > .mcp.json 2>/dev/null && echo mcp-create=WRITABLE || echo mcp-create=refused
+mkdir -p .claude 2>/dev/null; echo '{}' > .claude/settings.json 2>/dev/null && echo project-settings-create=WRITABLE || echo project-settings-create=refused
+echo '{"from":"vm"}' >> "$HOME/.claude/history.jsonl" && echo history-write=ok
 echo "net=$(ls /sys/class/net | tr '\n' ' ')"
 curl --noproxy '*' -s -m 5 http://127.0.0.1:%[1]d/ >/dev/null && echo direct-loopback=REACHED || echo direct-loopback=refused
 curl --noproxy '*' -s -m 5 http://10.0.2.2:%[1]d/ >/dev/null && echo direct-nat=REACHED || echo direct-nat=refused
@@ -484,6 +489,7 @@ exit 42
 		fmt.Sprintf("uid=%d pwd=%s home=%s backend=vm key=sk-test-vm-key aws=unset", os.Getuid(), p, home),
 		"project-write=ok", "ssh-read=ok", "ssh-dir=config id_vmtest.pub known_hosts \n", "ssh-write=refused", "gitconfig=ok",
 		"claude-dir=ok", "meta-write=refused", "host-store-write=refused", "git-config-write=refused", "git-hooks-write=refused",
+		"claude-settings-write=refused", "claude-hooks-create=refused", "mcp-create=refused", "project-settings-create=refused", "history-write=ok",
 		"net=lo \n", "direct-loopback=refused", "direct-nat=refused",
 		"proxy-env=http://127.0.0.1:3128 http://127.0.0.1:3128 socks5h://127.0.0.1:3128 localhost,::1\n",
 		"allowed=host-says-hello", "socks=host-says-hello", "refused=claude-sandbox refused", "10.0.2.2",
@@ -515,6 +521,21 @@ exit 42
 	}
 	if _, err := os.Stat(filepath.Join(git, "hooks", "pre-commit")); err == nil {
 		t.Error("a hook appeared on the host")
+	}
+	// The protection is the core's, as for every backend: ~/.claude's
+	// settings unchanged, no hook, no auto-run file made in the project
+	// (the placeholders gone with the VM); what Claude Code records still
+	// reaches the host.
+	if data, _ := os.ReadFile(filepath.Join(home, ".claude", "settings.json")); string(data) != "{}\n" {
+		t.Errorf("the host's ~/.claude/settings.json changed: %q", data)
+	}
+	for _, f := range []string{filepath.Join(home, ".claude", "hooks"), filepath.Join(p, ".mcp.json"), filepath.Join(p, ".claude")} {
+		if _, err := os.Lstat(f); err == nil {
+			t.Errorf("%s exists on the host after the VM", f)
+		}
+	}
+	if data, _ := os.ReadFile(filepath.Join(home, ".claude", "history.jsonl")); !strings.Contains(string(data), `{"from":"vm"}`) {
+		t.Errorf("the guest's history did not reach the host: %q", data)
 	}
 	// The build is the guest's: not in the host's store, and no Nix
 	// gateway decided anything for this sandbox (the guest never reached

@@ -15,7 +15,9 @@ type launchFlags struct {
 	New         bool
 	Tmux        bool
 	GHToken     bool
-	ProtectGit  bool
+	Protect     bool     // --protect (default): what the host runs by itself stays read-only
+	Unprotect   []string // --unprotect PATH: a protected path left writable
+	ProtectGit  bool     // --protect-git=false is --unprotect .git
 	NoNixDaemon bool
 	NoDesktop   bool
 	// NixUnsandboxedBuilds: let builds through the Nix gateway although
@@ -24,8 +26,12 @@ type launchFlags struct {
 }
 
 // runtimeFor builds the run-time half of a launch from the flags.
-func (a *app) runtimeFor(project string, mode launchMode) *launch.Runtime {
+func (a *app) runtimeFor(project string, mode launchMode) (*launch.Runtime, error) {
 	l := a.opts.Launch
+	unprotect, err := a.unprotect()
+	if err != nil {
+		return nil, err
+	}
 	rt := &launch.Runtime{
 		Project:    project,
 		Command:    mode.command,
@@ -35,7 +41,8 @@ func (a *app) runtimeFor(project string, mode launchMode) *launch.Runtime {
 		Network:    a.networkOn(),
 		ExtraEnv:   a.opts.Env,
 		GHToken:    l.GHToken,
-		ProtectGit: l.ProtectGit,
+		Protect:    l.Protect,
+		Unprotect:  unprotect,
 		NixDaemon:  !l.NoNixDaemon,
 		NoDesktop:  l.NoDesktop,
 		Accel:      a.opts.Accel,
@@ -45,7 +52,7 @@ func (a *app) runtimeFor(project string, mode launchMode) *launch.Runtime {
 		NixUnsandboxedBuilds: l.NixUnsandboxedBuilds,
 	}
 	rt.HostIdentity()
-	return rt
+	return rt, nil
 }
 
 // say prints a notice for a person: on a terminal, else at -v.

@@ -75,6 +75,9 @@ type vmPlan struct {
 	// read-only (or mount points), Prepare what the host must have first.
 	Protected []launch.Mount
 	Prepare   []launch.HostDir
+	// ProtectedList is what is protected, for the launch's plan (--dry-run,
+	// the session notice).
+	ProtectedList []launch.Protected
 	// guestProtect is Protected on the guest's paths, for the agent.
 	guestProtect []agent.Protect
 
@@ -335,9 +338,17 @@ func planVMRun(m *manifest.Manifest, rt *launch.Runtime, id string) (*vmPlan, er
 	if otherVMRuns(stateDir) {
 		p.Store, p.StoreLock = vmTempStore, ""
 	}
-	if rt.ProtectGit {
-		p.Protected, p.Prepare = launch.ProtectGit(rt.Project, nil)
+	// The protection is the core's, as every backend gets it: ~/.claude
+	// (ClaudeHome) and the project's protected paths, rendered by the
+	// guest agent on its shares (guestProtection).
+	realHome, herr := os.UserHomeDir()
+	claude, claudeDirs, claudeList := launch.ClaudeHome(launch.UserFiles{Home: rt.Home, MayCreate: herr == nil && filepath.Clean(realHome) == rt.Home}, rt)
+	covers, dirs, inProject, err := launch.ProjectProtection(rt.Project, rt, nil)
+	if err != nil {
+		return nil, err
 	}
+	p.Protected, p.Prepare = append(claude, covers...), append(claudeDirs, dirs...)
+	p.ProtectedList = append(claudeList, inProject...)
 	if fs == launch.FSVirtiofs {
 		if p.Virtiofs, err = launch.FindVirtiofsd(m); err != nil {
 			return nil, err
@@ -346,6 +357,12 @@ func planVMRun(m *manifest.Manifest, rt *launch.Runtime, id string) (*vmPlan, er
 		p.VFSTag = share.Tag + "-vfs"
 	}
 	p.Sources, p.Present = hostShares(m, rt, stateDir, p.RunDir)
+	if hostClaude := filepath.Join(rt.Home, ".claude"); !p.Present["claude"] && planned(p.Prepare, hostClaude) {
+		// Made on the host at the start (ClaudeHome): shared from then.
+		if _, ok := p.Sources["claude"]; ok {
+			p.Sources["claude"], p.Present["claude"] = hostClaude, true
+		}
+	}
 	if p.guestProtect, err = p.guestProtection(p.Protected); err != nil {
 		return nil, err
 	}
@@ -359,6 +376,16 @@ func planVMRun(m *manifest.Manifest, rt *launch.Runtime, id string) (*vmPlan, er
 	p.Display, p.Warning = chooseDisplay(launch.OSHost(rt), rt, qemu)
 	p.Args = qemuArgs(m, p)
 	return p, nil
+}
+
+// planned says whether the plan has the host make dir at the start.
+func planned(prepare []launch.HostDir, dir string) bool {
+	for _, d := range prepare {
+		if d.Path == dir && !d.File {
+			return true
+		}
+	}
+	return false
 }
 
 // otherVMRuns says whether a VM of the project runs already (a --new

@@ -82,6 +82,7 @@ func startSupervised(ctx context.Context, vp *vmPlan, p *launch.Plan, rec *launc
 	}
 	defer lnFile.Close()
 
+	files := []*os.File{lnFile}
 	spec := control.Spec{
 		ID: rec.ID, Project: p.Project, Backend: Name, StateDir: p.StateDir, RunDir: vp.RunDir,
 		LogPath:   launch.SessionLog(p.StateDir),
@@ -89,6 +90,12 @@ func startSupervised(ctx context.Context, vp *vmPlan, p *launch.Plan, rec *launc
 		ControlFD: 3,
 		VM:        vp.spec(),
 	}
+	// The protection's placeholders are held by the supervisor for the
+	// VM's life, as for every backend, and released when it ends.
+	spec.Placeholders, spec.PlaceholderRecords = p.HandPlaceholders(func(f *os.File) int {
+		files = append(files, f)
+		return 2 + len(files)
+	})
 	if e := vp.Egress; e != nil {
 		// The same proxy service and rules as every backend's; its
 		// listener is the agent's streams (vmhost), not a door.
@@ -119,7 +126,7 @@ func startSupervised(ctx context.Context, vp *vmPlan, p *launch.Plan, rec *launc
 	cmd := &exec.Cmd{
 		Path: sup, Args: []string{supervisorName, "--id=" + rec.ID},
 		Env:   []string{"PATH=/usr/bin:/bin", "LC_ALL=C"},
-		Stdin: specR, Stdout: log, Stderr: log, ExtraFiles: []*os.File{lnFile},
+		Stdin: specR, Stdout: log, Stderr: log, ExtraFiles: files,
 		SysProcAttr: &syscall.SysProcAttr{Setsid: true},
 	}
 	if err := cmd.Start(); err != nil {
@@ -127,6 +134,7 @@ func startSupervised(ctx context.Context, vp *vmPlan, p *launch.Plan, rec *launc
 		return nil, launch.NewVMStartError("starting "+sup+": "+err.Error(), "")
 	}
 	handed = true
+	p.HandedPlaceholders()
 	go func() { _, _ = specW.Write(data); specW.Close() }()
 	// Reaped here while this launch lives; by whoever inherits it after.
 	go func() { _ = cmd.Wait() }()

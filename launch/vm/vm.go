@@ -46,6 +46,7 @@ func (Backend) Traits() launch.Traits {
 	return launch.Traits{
 		NetworkInClosure:          true,
 		SessionsThroughSupervisor: true,
+		Protects:                  true,
 		Persistence:               "What persists after the VM ends: the project directory, ~/.claude, ~/.local (kept per project) and the guest's Nix store (nix-build, nix profile: kept per project). Everything else in the guest is discarded.",
 	}
 }
@@ -67,6 +68,7 @@ func (Backend) Plan(p *launch.Plan, m *manifest.Manifest, rt *launch.Runtime) er
 	}
 	env = launch.MergeEnv(env, vp.extraEnv())
 	p.Env, p.Mounts, p.Detail = env, append(vp.Shares, vp.Protected...), vp
+	p.Protected = vp.ProtectedList
 	// The guest builds with a Nix daemon of its own, on its own store: the
 	// host's daemon (and the gateway to it) is not for it.
 	p.NixGateway, p.NixUpstream = "", ""

@@ -145,7 +145,13 @@ func protect(p Protect, c *Config) error {
 		if mode == 0 {
 			mode = 0o755
 		}
-		if err := unix.Mount("tmpfs", p.Path, "tmpfs", unix.MS_NOSUID|unix.MS_NODEV, fmt.Sprintf("mode=%o,size=16m", mode)); err != nil {
+		flags := uintptr(unix.MS_NOSUID | unix.MS_NODEV)
+		if p.Kind == ProtectTmpfs {
+			// A placeholder holds a name empty: read-only, so that not even
+			// a guest user who is root (a root launcher's uid) fills it.
+			flags |= unix.MS_RDONLY
+		}
+		if err := unix.Mount("tmpfs", p.Path, "tmpfs", flags, fmt.Sprintf("mode=%o,size=16m", mode)); err != nil {
 			return err
 		}
 		if p.Kind == ProtectDir && c.UID != 0 {
