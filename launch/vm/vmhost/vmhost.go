@@ -578,6 +578,10 @@ func (v *VM) Exec(ctx context.Context, c *control.Conn) (leaving bool) {
 		case <-time.After(2 * time.Second):
 		}
 	}
+	// The session is over in the guest: input still on its way there (a
+	// command that never read it) must not hold the launcher's frames
+	// back, its end of frames included.
+	_ = st.Close()
 	if !done {
 		// The guest ended first: the launcher says so and leaves.
 		_ = toLauncher.End()
