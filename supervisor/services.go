@@ -7,6 +7,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"sync"
 	"time"
 
 	"github.com/claude-sandbox/claude-sandbox/egress"
@@ -152,8 +153,10 @@ func listener(fds Inherited, fd int, what string) (net.Listener, error) {
 }
 
 // nixService is the Nix daemon gateway. It learns how the host daemon
-// builds before it answers anyone: connections wait in the listener's
-// queue meanwhile, never reach the daemon unjudged.
+// builds when the first client connects, not at start (most sandboxes
+// never use Nix, and the probe runs a nix process that would compete with
+// the sandbox's start for the CPU); that client and any later one wait in
+// the listener's queue meanwhile, never reach the daemon unjudged.
 type nixService struct {
 	spec  control.NixSpec
 	ln    net.Listener
@@ -164,11 +167,21 @@ type nixService struct {
 func (n *nixService) Name() string { return "nix" }
 
 func (n *nixService) Serve(ctx context.Context) error {
+	stop := context.AfterFunc(ctx, func() { _ = n.ln.Close() })
+	defer stop()
+	first, err := n.ln.Accept()
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil // the sandbox ended before anyone asked
+		}
+		return err
+	}
 	pctx, cancel := context.WithTimeout(ctx, time.Minute)
 	facts, err := nixgate.ProbeHost(pctx, nixgate.ProbeOptions{Socket: n.spec.Socket, ConfDir: n.spec.ConfDir})
 	cancel()
 	if ctx.Err() != nil {
-		return nil // the sandbox ended before anyone asked
+		first.Close()
+		return nil
 	}
 	if err != nil {
 		// Unknown counts as not sandboxed: builds are refused unless
@@ -183,7 +196,25 @@ func (n *nixService) Serve(ctx context.Context) error {
 		FetchPolicy:            n.fetch,
 		Logger:                 n.log,
 	})
-	return gw.Serve(ctx, n.ln)
+	return gw.Serve(ctx, &acceptedFirst{Listener: n.ln, first: first})
+}
+
+// acceptedFirst is a listener whose first connection was already taken.
+type acceptedFirst struct {
+	net.Listener
+	mu    sync.Mutex
+	first net.Conn
+}
+
+func (l *acceptedFirst) Accept() (net.Conn, error) {
+	l.mu.Lock()
+	c := l.first
+	l.first = nil
+	l.mu.Unlock()
+	if c != nil {
+		return c, nil
+	}
+	return l.Listener.Accept()
 }
 
 // netService is the egress proxy on its listeners: those the launcher
