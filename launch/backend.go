@@ -66,6 +66,9 @@ type Traits struct {
 	// rather than chosen at launch (nixgen.NetworkInClosure says the same
 	// for the build side; launch/backends tests that they agree).
 	NetworkInClosure bool
+	// SecretBroker: its supervisor's proxy brokers secrets, so the sandbox
+	// holds placeholders (and SecretMounts) instead of values.
+	SecretBroker bool
 	// Persistence is what the session notice tells Claude Code outlives the
 	// sandbox besides the project and ~/.claude; "" tells nothing more.
 	Persistence string

@@ -109,10 +109,9 @@ func (h Host) Forwards(rt *Runtime) Forwards {
 	f.Env["XDG_RUNTIME_DIR"] = run
 
 	// The SSH agent, so git over SSH can use the user's keys without the
-	// sandbox holding them in memory.
+	// sandbox holding them: never the host's socket itself, but the
+	// supervisor's filtering agent in front of it (SSHAgentMounts).
 	if sock := h.Env("SSH_AUTH_SOCK"); filepath.IsAbs(sock) && h.IsSocket(sock) {
-		f.bind(ROBind, sock, run+"/ssh-agent")
-		f.Env["SSH_AUTH_SOCK"] = run + "/ssh-agent"
 		f.found("ssh-agent", sock)
 	}
 

@@ -10,6 +10,7 @@ import (
 	"strings"
 
 	"github.com/claude-sandbox/claude-sandbox/manifest"
+	"github.com/claude-sandbox/claude-sandbox/secrets"
 )
 
 // Plan is a decided sandbox start, before anything on the host changes:
@@ -42,6 +43,14 @@ type Plan struct {
 	// it forwards to.
 	NixGateway  string
 	NixUpstream string
+	// SSHAgent is the host path of the filtering SSH agent's socket,
+	// SSHUpstream the host agent it forwards to ("": none).
+	SSHAgent, SSHUpstream string
+	// Secrets are the launch's resolved secrets (nil: none); TrustDir the
+	// run directory's folder where the supervisor writes its CA's
+	// certificate, bound read-only into the sandbox ("" without secrets).
+	Secrets  *secrets.Set
+	TrustDir string
 
 	// Invocation is the backend's rendering: what Start executes (bwrap,
 	// systemd-nspawn, QEMU).

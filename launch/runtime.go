@@ -5,6 +5,8 @@ import (
 	"os/user"
 	"path/filepath"
 	"strconv"
+
+	"github.com/claude-sandbox/claude-sandbox/secrets"
 )
 
 // Runtime holds this run's choices: nothing here changes the closure.
@@ -35,7 +37,13 @@ type Runtime struct {
 	// browser profile, tmux socket. The launch sets it (ProjectStatePath);
 	// empty leaves the sandbox without persistent state.
 	StateDir   string
-	GHToken    bool // --gh-token: pass GH_TOKEN and GITHUB_TOKEN
+	GHToken    bool // --gh-token: bind GH_TOKEN and GITHUB_TOKEN to GitHub's hosts
+	// Secrets are the secret bindings in effect (built-ins and [secrets]):
+	// resolved on the host at the start, placeholders inside.
+	Secrets []secrets.Binding
+	// SSHKeys are the host agent's keys the sandbox may use (fingerprints
+	// or public keys; nil: all of them).
+	SSHKeys []string
 	ProtectGit bool // --protect-git: .git/config and .git/hooks read-only, .git not replaceable
 	NixDaemon  bool // Nix inside through the Nix daemon gateway, NIX_REMOTE=daemon (--no-nix-daemon clears it)
 	// NixUnsandboxedBuilds: the gateway lets builds through although the
@@ -47,6 +55,9 @@ type Runtime struct {
 	Accel     string // AccelAuto, AccelKVM, AccelTCG
 	FS        string // FS9p, FSVirtiofs
 	NoDisplay bool   // no window for the guest even where the host has a display
+
+	// secretVars are the variables secrets fill: never passed from the host.
+	secretVars []string
 }
 
 // Accelerators (--accel).

@@ -90,6 +90,7 @@ type Doors struct {
 	RunDir  string
 	Control *net.UnixListener
 	Nix     *net.UnixListener // nil: no Nix inside
+	SSH     *net.UnixListener // nil: no SSH agent inside
 }
 
 // OpenDoors creates the run directory and the sockets the plan binds.
@@ -112,6 +113,19 @@ func OpenDoors(p *Plan, rt *Runtime) (*Doors, error) {
 		if d.Nix, err = listenUnix(p.NixGateway, 0o666); err != nil {
 			d.Close()
 			return nil, err
+		}
+	}
+	if p.SSHAgent != "" {
+		if d.SSH, err = listenUnix(p.SSHAgent, 0o666); err != nil {
+			d.Close()
+			return nil, err
+		}
+	}
+	if p.TrustDir != "" {
+		// Bound before the supervisor fills it: it must exist at the start.
+		if err := os.Mkdir(p.TrustDir, 0o755); err != nil {
+			d.Close()
+			return nil, fmt.Errorf("creating %s: %w", p.TrustDir, err)
 		}
 	}
 	return d, nil
@@ -145,6 +159,9 @@ func (d *Doors) Close() {
 	}
 	if d.Nix != nil {
 		d.Nix.Close()
+	}
+	if d.SSH != nil {
+		d.SSH.Close()
 	}
 }
 
@@ -226,6 +243,19 @@ func spawnSupervisor(p *Plan, rt *Runtime, rec *Record, doors *Doors, s *Started
 		// Its listener comes later: a socket on the sandbox's own loopback,
 		// made once the sandbox is up (OpenProxyDoor).
 		spec.Net = &control.NetSpec{Mode: e.Mode, Allow: e.Allow, Deny: e.Deny, Upstream: e.Upstream, NoProxy: e.NoProxy}
+		if sealed := p.Secrets.Seal(); len(sealed) > 0 {
+			roots, _ := rt.lookupEnv("SSL_CERT_FILE")
+			spec.Broker = &control.BrokerSpec{Secrets: sealed, TrustDir: p.TrustDir, Roots: roots, Label: filepath.Base(p.Project)}
+		}
+	}
+	if doors.SSH != nil {
+		sshFile, err := doors.SSH.File()
+		if err != nil {
+			ours.Close()
+			return 0, nil, err
+		}
+		defer sshFile.Close()
+		spec.SSHAgent = &control.SSHAgentSpec{ListenerFD: add(sshFile), Upstream: p.SSHUpstream, Keys: rt.SSHKeys}
 	}
 	specData, err := json.Marshal(spec)
 	if err != nil {

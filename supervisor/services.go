@@ -2,6 +2,7 @@ package supervisor
 
 import (
 	"context"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"net"
@@ -9,8 +10,10 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/claude-sandbox/claude-sandbox/broker"
 	"github.com/claude-sandbox/claude-sandbox/egress"
 	"github.com/claude-sandbox/claude-sandbox/nixgate"
+	"github.com/claude-sandbox/claude-sandbox/secrets"
 	"github.com/claude-sandbox/claude-sandbox/sessionlog"
 	"github.com/claude-sandbox/claude-sandbox/sshagent"
 	"github.com/claude-sandbox/claude-sandbox/supervisor/control"
@@ -78,9 +81,17 @@ func FromSpec(ctx context.Context, spec control.Spec, fds Inherited, log session
 		return nil, errors.New("the spec says nothing about the sandbox process")
 	}
 
+	var intercept egress.Interceptor
+	if b := spec.Broker; b != nil && spec.Net != nil {
+		br, err := newBroker(*b, counter)
+		if err != nil {
+			return nil, err
+		}
+		intercept = br.Intercept
+	}
 	var proxy *netService
 	if n := spec.Net; n != nil {
-		if proxy, err = newNetService(*n, fds, counter); err != nil {
+		if proxy, err = newNetService(*n, fds, counter, intercept); err != nil {
 			return nil, err
 		}
 		s.Services = append(s.Services, proxy)
@@ -115,6 +126,44 @@ func FromSpec(ctx context.Context, spec control.Spec, fds Inherited, log session
 		s.Services = append(s.Services, &sshagent.Server{Listener: ln, Upstream: a.Upstream, Filter: filter, Log: counter})
 	}
 	return s, nil
+}
+
+// newBroker makes the sandbox's CA (its key stays in this process), writes
+// the certificate files the sandbox trusts it by, and returns the broker
+// the proxy hands the bound hosts' tunnels to. The files are written
+// before the supervisor answers anyone: the first session starts after.
+func newBroker(spec control.BrokerSpec, log sessionlog.Logger) (*broker.Broker, error) {
+	set, err := secrets.Unseal(spec.Secrets)
+	if err != nil {
+		return nil, err
+	}
+	ca, err := broker.NewCA(broker.CAOptions{Hosts: set.Hosts(), Label: spec.Label})
+	if err != nil {
+		return nil, err
+	}
+	getenv := func(name string) string {
+		if name == "SSL_CERT_FILE" {
+			return spec.Roots
+		}
+		return ""
+	}
+	_, system, err := broker.SystemBundle(getenv)
+	if err != nil {
+		// The sandbox's clients then trust the CA alone: the bound hosts
+		// work, every other TLS host fails to verify, and the log says why.
+		log.Log(sessionlog.Entry{Service: "secret", Decision: sessionlog.Note, Reason: err.Error()})
+	}
+	if spec.TrustDir != "" {
+		if _, err := ca.WriteTrust(spec.TrustDir, system); err != nil {
+			return nil, err
+		}
+	}
+	var roots *x509.CertPool
+	if len(system) > 0 {
+		roots = x509.NewCertPool()
+		roots.AppendCertsFromPEM(system)
+	}
+	return broker.New(broker.Options{CA: ca, Secrets: set, Log: log, Roots: roots})
 }
 
 // keep holds descriptors whose numbers are used raw for the process's life.
@@ -177,7 +226,7 @@ type netService struct {
 	lns    []net.Listener
 }
 
-func newNetService(spec control.NetSpec, fds Inherited, log sessionlog.Logger) (*netService, error) {
+func newNetService(spec control.NetSpec, fds Inherited, log sessionlog.Logger, intercept egress.Interceptor) (*netService, error) {
 	mode, err := egress.ParseMode(spec.Mode)
 	if err != nil {
 		return nil, err
@@ -212,7 +261,7 @@ func newNetService(spec control.NetSpec, fds Inherited, log sessionlog.Logger) (
 		}
 	}
 	policy := egress.NewPolicy(mode, allow, deny)
-	srv, err := egress.New(egress.Options{Policy: policy, Log: log, Upstream: up})
+	srv, err := egress.New(egress.Options{Policy: policy, Log: log, Upstream: up, Intercept: intercept})
 	if err != nil {
 		return nil, err
 	}

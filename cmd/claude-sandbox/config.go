@@ -41,6 +41,7 @@ var configFlags = map[string]configFlag{
 	"modules":                {name: "module"},
 	"nixpkgs":                {name: "nixpkgs"},
 	"sudo":                   {name: "sudo"},
+	"ssh-keys":               {name: "ssh-key"},
 }
 
 // configOptions is the app's share of configuration: the --no-config

@@ -91,6 +91,12 @@ func (a *app) launch(ctx context.Context, projectArg string, mode launchMode) er
 		return err
 	}
 	rt.Network = rt.Egress != nil
+	if rt.Secrets, err = a.secretBindings(rt.GHToken); err != nil {
+		return err
+	}
+	if len(a.opts.SSHKeys) > 0 {
+		rt.SSHKeys = a.opts.SSHKeys
+	}
 	if !a.opts.DryRun {
 		dirs, err := closure.DefaultDirs()
 		if err != nil {
@@ -106,6 +112,7 @@ func (a *app) launch(ctx context.Context, projectArg string, mode launchMode) er
 		New:     a.opts.Launch.New,
 		DryRun:  a.opts.DryRun,
 		Say:     a.say,
+		Warn:    a.warn,
 		Log:     a.log,
 	}
 	// Before a build that could take minutes, not after.

@@ -33,6 +33,7 @@ func (Backend) Traits() launch.Traits {
 	return launch.Traits{
 		UserNamespaces: true,
 		Tmux:           true,
+		SecretBroker:   true,
 		Persistence:    "What persists after the sandbox ends: the project directory, ~/.claude, ~/.local and /tmp (both kept per project). Everything else in the home directory is discarded.",
 	}
 }
@@ -82,6 +83,10 @@ func (Backend) Plan(p *launch.Plan, m *manifest.Manifest, rt *launch.Runtime) er
 		launch.Mount{Kind: launch.Dir, Dest: launch.RuntimeDirInside(host.UID), Mode: 0o700},
 	)
 	mounts = append(mounts, fwd.Mounts...)
+	agent, agentEnv := launch.SSHAgentMounts(p, host.UID)
+	mounts = append(mounts, agent...)
+	trust, secretEnv := launch.SecretMounts(p)
+	mounts = append(mounts, trust...)
 
 	realHome, err := os.UserHomeDir()
 	user, prepare := launch.UserMounts(m, launch.UserFiles{Home: home, MayCreate: err == nil && filepath.Clean(realHome) == home})
@@ -96,7 +101,7 @@ func (Backend) Plan(p *launch.Plan, m *manifest.Manifest, rt *launch.Runtime) er
 		prepare = append(prepare, dirs...)
 	}
 	p.Mounts, p.Prepare = mounts, prepare
-	p.Env = launch.MergeEnv(env, fwd.Env, nixEnv, launch.ProxyEnv(rt.Egress), map[string]string{
+	p.Env = launch.MergeEnv(env, fwd.Env, nixEnv, agentEnv, secretEnv, launch.ProxyEnv(rt.Egress), map[string]string{
 		"PATH": strings.Join(append(append([]string{}, m.Path...), filepath.Join(home, ".local/bin")), ":"),
 	})
 	inv, err := render(p, m.Bwrap, keeperCommand(m))

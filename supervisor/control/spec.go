@@ -1,5 +1,7 @@
 package control
 
+import "github.com/claude-sandbox/claude-sandbox/secrets"
+
 // Spec is what a launcher hands a new supervisor, as JSON on its standard
 // input (a pipe: never the command line or the environment, since it may
 // carry secret values). Descriptors are numbered as the supervisor
@@ -29,6 +31,25 @@ type Spec struct {
 	Nix      *NixSpec      `json:"nix,omitempty"`
 	Net      *NetSpec      `json:"net,omitempty"`
 	SSHAgent *SSHAgentSpec `json:"sshAgent,omitempty"`
+	Broker   *BrokerSpec   `json:"broker,omitempty"`
+}
+
+// BrokerSpec configures the credential broker: the egress proxy
+// terminates TLS for the hosts these secrets are bound to (with a CA the
+// supervisor makes, whose key never leaves it) and puts the real values
+// in place of the placeholders the sandbox holds. Net must be set too.
+type BrokerSpec struct {
+	// Secrets carry real values: this spec travels on a pipe only.
+	Secrets []secrets.Sealed `json:"secrets"`
+	// TrustDir is a host directory, bound read-only into the sandbox,
+	// where the supervisor writes the CA's certificate (broker.WriteTrust's
+	// files) before it answers the first session.
+	TrustDir string `json:"trustDir"`
+	// Roots is a PEM bundle of the CAs real hosts are verified against
+	// ("": the host's system roots): the launcher's SSL_CERT_FILE.
+	Roots string `json:"roots,omitempty"`
+	// Label names the sandbox in the CA's subject.
+	Label string `json:"label,omitempty"`
 }
 
 // AdoptedSpec hands over a sandbox process the launcher started itself.

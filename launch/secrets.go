@@ -1,0 +1,153 @@
+package launch
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+
+	"github.com/claude-sandbox/claude-sandbox/secrets"
+)
+
+// Secrets stay outside. A variable a secret binding fills (ANTHROPIC_API_KEY,
+// the GitHub tokens with --gh-token, the [secrets] tables) never crosses
+// from the host: inside it holds a placeholder, and the sandbox's supervisor
+// puts the real value in place of it only in requests to the hosts the
+// secret is bound to, through TLS it terminates with a CA made for this
+// sandbox (its key stays in the supervisor; its certificate is what the
+// sandbox finds in TrustDirInside). The values travel from this process
+// to the supervisor on its spec pipe, nowhere else.
+
+// TrustDirInside is where the sandbox finds the files that make its
+// clients trust the sandbox's CA.
+const TrustDirInside = "/run/claude-sandbox/trust"
+
+// Names of the trust files the supervisor writes (broker.WriteTrust's; a
+// test keeps the two in step without this package linking the broker).
+const (
+	trustBundleFile = "ca-bundle.crt"
+	trustCAFile     = "claude-sandbox-ca.crt"
+	trustDirName    = "trust"
+)
+
+// sshAgentName is the filtering SSH agent's socket in the run directory.
+const sshAgentName = "ssh-agent.sock"
+
+// planSecrets resolves the launch's secrets on the host, for a backend
+// whose supervisor brokers them and a sandbox that has a network: without
+// one no request could carry them, and none is resolved (no command run).
+// A dry run resolves nothing. The bound variables are withheld from the
+// sandbox either way.
+func (l *Launch) planSecrets(p *Plan) {
+	rt := l.Runtime
+	if !l.Backend.Traits().SecretBroker || len(rt.Secrets) == 0 {
+		return
+	}
+	rt.secretVars = secrets.Variables(rt.Secrets)
+	if rt.Egress == nil || p.RunDir == "" || l.DryRun {
+		return
+	}
+	set := secrets.Resolve(context.Background(), rt.Secrets, secrets.Options{
+		LookupEnv: rt.lookupEnv,
+		Inside:    []string{rt.Project, p.StateDir},
+	})
+	for _, w := range set.Warnings() {
+		l.warn(w)
+	}
+	p.Secrets = set
+	if len(set.Seal()) > 0 {
+		p.TrustDir = filepath.Join(p.RunDir, trustDirName)
+	}
+}
+
+// withheld says whether a host variable is a secret's (never passed in).
+func (rt *Runtime) withheld(name string) bool { return slices.Contains(rt.secretVars, name) }
+
+// SecretMounts and SecretEnv are what a plan with secrets gives the
+// sandbox: the trust directory (read-only), each resolved secret's
+// placeholder, and the variables that point clients at the CA. The
+// bundle replaces a client's roots, so it holds the host's as well;
+// NODE_EXTRA_CA_CERTS adds to Node's and Bun's (Claude Code's) own.
+func SecretMounts(p *Plan) ([]Mount, map[string]string) {
+	if p.Secrets == nil {
+		return nil, nil
+	}
+	env := p.Secrets.Env()
+	if p.TrustDir == "" {
+		return nil, env
+	}
+	bundle := filepath.Join(TrustDirInside, trustBundleFile)
+	ca := filepath.Join(TrustDirInside, trustCAFile)
+	for k, v := range map[string]string{
+		"SSL_CERT_FILE":       bundle, // OpenSSL (curl, Python's ssl, git on NixOS), Go, Rust's native-tls
+		"NIX_SSL_CERT_FILE":   bundle, // nixpkgs' OpenSSL and curl, Nix itself
+		"REQUESTS_CA_BUNDLE":  bundle, // Python requests, pip
+		"CURL_CA_BUNDLE":      bundle, // curl and libcurl users
+		"GIT_SSL_CAINFO":      bundle, // git over HTTPS, whatever its TLS library
+		"NODE_EXTRA_CA_CERTS": ca,     // Node.js, Bun (Claude Code), Deno
+	} {
+		env[k] = v
+	}
+	return []Mount{{Kind: ROBind, Source: p.TrustDir, Dest: TrustDirInside}}, env
+}
+
+// planSSHAgent gives a supervised sandbox the filtering SSH agent in
+// place of the host's: a socket in the run directory, served by the
+// supervisor, forwarding to the host agent only the allowed keys' list
+// and sign requests.
+func planSSHAgent(p *Plan, rt *Runtime) {
+	if p.RunDir == "" {
+		return
+	}
+	sock, _ := rt.lookupEnv("SSH_AUTH_SOCK")
+	if !filepath.IsAbs(sock) {
+		return
+	}
+	if st, err := os.Stat(sock); err != nil || st.Mode()&os.ModeSocket == 0 {
+		return
+	}
+	p.SSHAgent, p.SSHUpstream = filepath.Join(p.RunDir, sshAgentName), sock
+}
+
+// SSHAgentMounts bind the filtering agent at the sandbox user's runtime
+// directory and point SSH_AUTH_SOCK at it.
+func SSHAgentMounts(p *Plan, uid int) ([]Mount, map[string]string) {
+	if p.SSHAgent == "" {
+		return nil, nil
+	}
+	inside := RuntimeDirInside(uid) + "/ssh-agent"
+	return []Mount{{Kind: Bind, Source: p.SSHAgent, Dest: inside}}, map[string]string{"SSH_AUTH_SOCK": inside}
+}
+
+// sshVisible says whether a file of ~/.ssh is one a sandbox may read:
+// the client's configuration, the known hosts and public keys; never a
+// private key (whatever its name) or anything else.
+func sshVisible(name string) bool {
+	return name == "config" || name == "known_hosts" || strings.HasSuffix(name, ".pub")
+}
+
+// sshMounts are ~/.ssh's visible files, read-only, in a directory of the
+// sandbox user's own. A root launcher (owner set) binds regular files
+// only: a symlink there is the user's to point anywhere.
+func sshMounts(dir string, owner *Owner) []Mount {
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return nil
+	}
+	mounts := []Mount{{Kind: Dir, Dest: dir, Mode: 0o700}}
+	for _, e := range entries {
+		if !sshVisible(e.Name()) {
+			continue
+		}
+		path := filepath.Join(dir, e.Name())
+		if owner != nil && !e.Type().IsRegular() {
+			continue
+		}
+		if st, err := os.Stat(path); err != nil || !st.Mode().IsRegular() {
+			continue
+		}
+		mounts = append(mounts, Mount{Kind: ROBind, Source: path, Dest: path, Optional: true})
+	}
+	return mounts
+}

@@ -1,0 +1,159 @@
+package tests
+
+import (
+	"encoding/pem"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+)
+
+// Secrets stay outside, probed from inside real sandboxes: a secret bound
+// to one host (a TLS server this test starts on the host's loopback,
+// named by address in an allow rule) arrives there with its real value,
+// while the sandbox holds only a placeholder, which reaches any other
+// host unchanged; the real value is nowhere inside; a secret whose source
+// fails is unset, with a warning.
+
+func TestSecretsBubblewrap(t *testing.T) {
+	run, p := bubblewrapRunner(t)
+	secretProbes(t, run, p)
+}
+
+func TestSecretsContainer(t *testing.T) {
+	run, p := containerRunner(t)
+	secretProbes(t, run, p)
+}
+
+// recordingTLS is a TLS server on the host's loopback that records the
+// Authorization header of each request and answers with it.
+type recordingTLS struct {
+	srv  *httptest.Server
+	mu   sync.Mutex
+	seen []string
+}
+
+func newRecordingTLS(t *testing.T) *recordingTLS {
+	r := &recordingTLS{}
+	r.srv = httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		r.mu.Lock()
+		r.seen = append(r.seen, req.Header.Get("Authorization"))
+		r.mu.Unlock()
+		io.WriteString(w, "GOT:"+req.Header.Get("Authorization"))
+	}))
+	t.Cleanup(r.srv.Close)
+	return r
+}
+
+func (r *recordingTLS) addr() string { return strings.TrimPrefix(r.srv.URL, "https://") }
+
+func (r *recordingTLS) received() []string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return append([]string(nil), r.seen...)
+}
+
+// hostRoots writes the bundle the launcher's SSL_CERT_FILE names: the
+// host's own roots and the test servers' certificate, which the
+// supervisor verifies the bound host against and the sandbox's bundle
+// carries for every other host.
+func hostRoots(t *testing.T, srv *httptest.Server) string {
+	t.Helper()
+	system, _ := os.ReadFile("/etc/ssl/certs/ca-certificates.crt")
+	data := append(system, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: srv.Certificate().Raw})...)
+	f := filepath.Join(workDir, fmt.Sprintf("roots-%s.pem", strings.ReplaceAll(t.Name(), "/", "-")))
+	if err := os.WriteFile(f, data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return f
+}
+
+// realToken is the secret's value on the host: the probes look for it.
+const realToken = "ghp_REALVALUEabcdefghijklmnopqrstuvwxyz01"
+
+func secretProbes(t *testing.T, in inSandbox, p string) {
+	bound, other := newRecordingTLS(t), newRecordingTLS(t)
+	conf := fmt.Sprintf(`allow = [%q, %q]
+
+[secrets.TEST_TOKEN]
+env = "CSB_TEST_TOKEN"
+hosts = [%q]
+
+[secrets.BROKEN]
+variable = "BROKEN_TOKEN"
+command = ["false"]
+hosts = [%q]
+`, bound.addr(), other.addr(), bound.addr(), bound.addr())
+	if err := os.WriteFile(filepath.Join(p, "claude-sandbox.toml"), []byte(conf), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	o := runOpts{env: []string{"CSB_TEST_TOKEN=" + realToken, "SSL_CERT_FILE=" + hostRoots(t, bound.srv)}}
+
+	// A project that adds a secret widens access: not without trust.
+	if r := in(t, o, p, "true"); r.code != 79 || !strings.Contains(r.stderr, "secrets.TEST_TOKEN") {
+		t.Fatalf("an untrusted project's secret: want exit 79 naming it: %s", r)
+	}
+	if r := run(t, o, "trust", p); r.code != 0 {
+		t.Fatalf("trust: %s", r)
+	}
+
+	probe := `curl -sS -m 20 -H "Authorization: Bearer $TEST_TOKEN" https://` + bound.addr() + `/bound; echo
+curl -sS -m 20 -H "Authorization: Bearer $TEST_TOKEN" https://` + other.addr() + `/other; echo
+echo "PLACEHOLDER=$TEST_TOKEN"
+echo "BROKEN=${BROKEN_TOKEN-unset}"
+echo "ENV-HITS=$(env | grep -c REALVALUE)"
+echo "PROC-HITS=$(cat /proc/[0-9]*/environ 2>/dev/null | tr '\0' '\n' | grep -c REALVALUE)"
+echo "FILE-HITS=$(grep -rsl REALVALUE "$HOME" /etc /run /tmp "$PWD" 2>/dev/null | wc -l)"`
+	r := in(t, o, p, probe)
+	if r.code != 0 {
+		t.Fatalf("probe: %s", r)
+	}
+	ph := ""
+	for _, l := range strings.Split(r.stdout, "\n") {
+		if v, ok := strings.CutPrefix(l, "PLACEHOLDER="); ok {
+			ph = v
+		}
+	}
+	if ph == "" || ph == realToken || !strings.HasPrefix(ph, "ghp_") || len(ph) != len(realToken) {
+		t.Fatalf("TEST_TOKEN inside is %q, want a placeholder shaped like the value: %s", ph, r)
+	}
+	if got := bound.received(); len(got) != 1 || got[0] != "Bearer "+realToken {
+		t.Errorf("the bound host received %q, want the real value", got)
+	}
+	if got := other.received(); len(got) != 1 || got[0] != "Bearer "+ph {
+		t.Errorf("another allowed host received %q, want the placeholder unchanged", got)
+	}
+	for _, want := range []string{"GOT:Bearer " + ph, "BROKEN=unset", "ENV-HITS=0", "PROC-HITS=0", "FILE-HITS=0"} {
+		if !strings.Contains(r.stdout, want) {
+			t.Errorf("inside: missing %q: %s", want, r)
+		}
+	}
+	if strings.Contains(r.stdout, realToken) {
+		t.Errorf("the real value reached the sandbox: %s", r)
+	}
+	if !strings.Contains(r.stderr, "warning: secret BROKEN") || !strings.Contains(r.stderr, "BROKEN_TOKEN is not set") {
+		t.Errorf("a failing source: want a warning naming the secret and its variable: %s", r)
+	}
+
+	// The session log names the substitution, never the value; --dry-run
+	// shows no value either.
+	substituted := false
+	for _, e := range sessionLog(t, runOpts{env: o.env}, p) {
+		substituted = substituted || e.Service == "secret" && e.Target == bound.addr()
+	}
+	if !substituted {
+		t.Error("the session log has no substitution entry for the bound host")
+	}
+	logs, _ := os.ReadFile(filepath.Join(stateDir(sharedDirs(), p), "session.log"))
+	if strings.Contains(string(logs), realToken) {
+		t.Error("the session log holds the real value")
+	}
+	if d := in(t, o, p, "true", "--dry-run"); strings.Contains(d.stdout+d.stderr, realToken) {
+		t.Errorf("--dry-run shows the real value: %s", d)
+	}
+}
