@@ -40,7 +40,7 @@ type Launch struct {
 	// Warn tells the person a one-line warning (a secret whose source
 	// failed), whether or not a terminal is there.
 	Warn func(string)
-	Log zerolog.Logger
+	Log  zerolog.Logger
 
 	// Learned, after Run of a sandbox in learn mode, are the allow rules
 	// covering what it reached (nil when it learned nothing or could not

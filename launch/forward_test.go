@@ -28,7 +28,7 @@ func TestHostForwardsEverythingPresent(t *testing.T) {
 		"XDG_RUNTIME_DIR": "/run/user/1000", "DBUS_SESSION_BUS_ADDRESS": "unix:path=/run/user/1000/bus",
 		"PULSE_SERVER": "unix:/run/user/1000/pulse/native", "PIPEWIRE_REMOTE": "/run/user/1000/pipewire-0",
 		"GNOME_KEYRING_CONTROL": "/run/user/1000/keyring",
-		"XDG_SESSION_TYPE": "wayland",
+		"XDG_SESSION_TYPE":      "wayland",
 	}
 	for k, v := range want {
 		if f.Env[k] != v {

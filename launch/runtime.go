@@ -36,14 +36,14 @@ type Runtime struct {
 	// StateDir is the project's state directory: persistent ~/.local, /tmp,
 	// browser profile, tmux socket. The launch sets it (ProjectStatePath);
 	// empty leaves the sandbox without persistent state.
-	StateDir   string
-	GHToken    bool // --gh-token: bind GH_TOKEN and GITHUB_TOKEN to GitHub's hosts
+	StateDir string
+	GHToken  bool // --gh-token: bind GH_TOKEN and GITHUB_TOKEN to GitHub's hosts
 	// Secrets are the secret bindings in effect (built-ins and [secrets]):
 	// resolved on the host at the start, placeholders inside.
 	Secrets []secrets.Binding
 	// SSHKeys are the host agent's keys the sandbox may use (fingerprints
 	// or public keys; nil: all of them).
-	SSHKeys []string
+	SSHKeys    []string
 	ProtectGit bool // --protect-git: .git/config and .git/hooks read-only, .git not replaceable
 	NixDaemon  bool // Nix inside through the Nix daemon gateway, NIX_REMOTE=daemon (--no-nix-daemon clears it)
 	// NixUnsandboxedBuilds: the gateway lets builds through although the
