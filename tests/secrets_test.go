@@ -7,10 +7,13 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
+
+	"github.com/claude-sandbox/claude-sandbox/internal/testenv"
 )
 
 // Secrets stay outside, probed from inside real sandboxes: a secret bound
@@ -155,5 +158,52 @@ echo "FILE-HITS=$(grep -rsl REALVALUE "$HOME" /etc /run /tmp "$PWD" 2>/dev/null 
 	}
 	if d := in(t, o, p, "true", "--dry-run"); strings.Contains(d.stdout+d.stderr, realToken) {
 		t.Errorf("--dry-run shows the real value: %s", d)
+	}
+}
+
+// Nix's own secrets stay outside: an access-tokens line (and a netrc-file)
+// in the host's /etc/nix/nix.conf is not readable inside. The host file is
+// never changed: claude-sandbox runs in a private mount namespace in which
+// a copy with those lines is bound over it (the Nix daemon, outside it,
+// never sees the copy).
+func TestNixSecretsStayOutsideBubblewrap(t *testing.T) {
+	run, p := bubblewrapRunner(t)
+	nixConfProbe(t, run, p)
+}
+
+func TestNixSecretsStayOutsideContainer(t *testing.T) {
+	run, p := containerRunner(t)
+	nixConfProbe(t, run, p)
+}
+
+func nixConfProbe(t *testing.T, in inSandbox, p string) {
+	testenv.RequireRoot(t) // a mount namespace of the host's, to replace /etc/nix/nix.conf in it only
+	testenv.RequireProgram(t, "unshare")
+	host, err := os.ReadFile("/etc/nix/nix.conf")
+	testenv.Require(t, err == nil, "/etc/nix/nix.conf (the host's Nix configuration)")
+	const token = "github.com=ghp_NIXTOKENabcdefghijklmnopqrstuvwxyz0"
+	conf := filepath.Join(workDir, "nix.conf-"+strings.ReplaceAll(t.Name(), "/", "-"))
+	data := append(append([]byte{}, host...), []byte("\naccess-tokens = "+token+"\nnetrc-file = /etc/nix/netrc\n")...)
+	if err := os.WriteFile(conf, data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	o := runOpts{wrap: []string{"unshare", "--mount", "--propagation", "private", "--", "sh", "-c",
+		`mount --bind "$0" /etc/nix/nix.conf && exec "$@"`, conf}}
+	// The wrapper works: a host program in that namespace reads the token.
+	if out, err := exec.Command(o.wrap[0], append(o.wrap[1:], "cat", "/etc/nix/nix.conf")...).CombinedOutput(); err != nil || !strings.Contains(string(out), token) {
+		t.Fatalf("the private namespace does not show the copy: %v\n%s", err, out)
+	}
+	r := in(t, o, p, `cat /etc/nix/nix.conf; echo "HITS=$(grep -rsl NIXTOKEN /etc /nix/var/nix 2>/dev/null | wc -l)"; nix-store --version >/dev/null 2>&1; echo done`)
+	if r.code != 0 || !strings.Contains(r.stdout, "done") {
+		t.Fatalf("probe: %s", r)
+	}
+	if strings.Contains(r.stdout, "NIXTOKEN") || strings.Contains(r.stdout, "netrc-file") || !strings.Contains(r.stdout, "HITS=0") {
+		t.Errorf("the host's Nix secrets are readable inside: %s", r)
+	}
+	if !strings.Contains(r.stdout, "claude-sandbox") {
+		t.Errorf("the sandbox's nix.conf is not its own: %s", r)
+	}
+	if after, _ := os.ReadFile("/etc/nix/nix.conf"); string(after) != string(host) {
+		t.Fatal("the host's /etc/nix/nix.conf changed")
 	}
 }
