@@ -207,3 +207,62 @@ func nixConfProbe(t *testing.T, in inSandbox, p string) {
 		t.Fatal("the host's /etc/nix/nix.conf changed")
 	}
 }
+
+// Claude Code starts and reaches its API host through the proxy with the
+// placeholder: a stand-in of the API over TLS on the host's loopback, to
+// which ANTHROPIC_API_KEY is bound, sees the real key; Claude Code inside
+// holds only the placeholder and trusts the sandbox's CA (through
+// NODE_EXTRA_CA_CERTS). The stand-in is reached by a name, as the real API
+// is: Bun's TLS (BoringSSL) does not implement address name constraints,
+// so a secret bound to an address does not work for Claude Code
+// (docs/secrets.md). The name resolves to loopback through a copy of
+// /etc/hosts bound over the host's in a private mount namespace.
+func TestClaudeCodeWithAPIKeyPlaceholder(t *testing.T) {
+	in, p := bubblewrapRunner(t)
+	testenv.RequireRoot(t) // the private mount namespace for /etc/hosts
+	testenv.RequireProgram(t, "unshare")
+	const key = "sk-ant-api03-REALKEYabcdefghijklmnopqrstuvwxyz0123456789-ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqr-stuvwxyzAA"
+	var mu sync.Mutex
+	var keys []string
+	api := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		keys = append(keys, r.Header.Get("X-Api-Key"))
+		mu.Unlock()
+		if r.Header.Get("X-Api-Key") != key {
+			http.Error(w, `{"type":"error","error":{"type":"authentication_error","message":"invalid x-api-key"}}`, http.StatusUnauthorized)
+			return
+		}
+		standInAPI().ServeHTTP(w, r)
+	}))
+	t.Cleanup(api.Close)
+	addr := strings.TrimPrefix(api.URL, "https://")
+	named := "example.com:" + port(addr) // the name the httptest certificate carries
+	hosts, _ := os.ReadFile("/etc/hosts")
+	hostsCopy := filepath.Join(workDir, "hosts-"+t.Name())
+	os.WriteFile(hostsCopy, append(hosts, []byte("\n127.0.0.1 example.com\n")...), 0o644)
+	conf := fmt.Sprintf("allow = [%q, %q]\n\n[secrets.ANTHROPIC_API_KEY]\nhosts = [%q]\n", named, addr, named)
+	if err := os.WriteFile(filepath.Join(p, "claude-sandbox.toml"), []byte(conf), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	o := runOpts{env: []string{"ANTHROPIC_API_KEY=" + key, "SSL_CERT_FILE=" + hostRoots(t, api),
+		"ANTHROPIC_BASE_URL=https://" + named, "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC=1", "DISABLE_AUTOUPDATER=1"},
+		wrap: []string{"unshare", "--mount", "--propagation", "private", "--", "sh", "-c", `mount --bind "$0" /etc/hosts && exec "$@"`, hostsCopy}}
+	if r := run(t, o, "trust", p); r.code != 0 {
+		t.Fatalf("trust: %s", r)
+	}
+	r := in(t, o, p, `claude --version && claude -p ping --max-turns 1; echo "KEY-HITS=$(env | grep -c REALKEY)"`,
+		"--env", "ANTHROPIC_BASE_URL", "--env", "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "--env", "DISABLE_AUTOUPDATER")
+	if r.code != 0 || !strings.Contains(r.stdout, "Claude Code") || !strings.Contains(r.stdout, "pong") || !strings.Contains(r.stdout, "KEY-HITS=0") {
+		t.Fatalf("Claude Code with a placeholder API key: %s", r)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(keys) == 0 {
+		t.Fatal("the stand-in API saw no request")
+	}
+	for _, k := range keys {
+		if k != key {
+			t.Errorf("the API host received %q, not the real key", k)
+		}
+	}
+}
