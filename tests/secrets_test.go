@@ -65,7 +65,7 @@ func (r *recordingTLS) received() []string {
 // host's own roots and the test servers' certificate, which the
 // supervisor verifies the bound host against and the sandbox's bundle
 // carries for every other host.
-func hostRoots(t *testing.T, srv *httptest.Server) string {
+func hostRoots(t testing.TB, srv *httptest.Server) string {
 	t.Helper()
 	system, _ := os.ReadFile("/etc/ssl/certs/ca-certificates.crt")
 	data := append(system, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: srv.Certificate().Raw})...)
