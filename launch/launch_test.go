@@ -134,3 +134,4 @@ func TestSudoArgvKeepsNamesOnly(t *testing.T) {
 		t.Errorf("got  %q\nwant %q", argv, want)
 	}
 }
+

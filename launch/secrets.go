@@ -44,7 +44,7 @@ func (l *Launch) planSecrets(p *Plan) {
 	if !l.Backend.Traits().SecretBroker || len(rt.Secrets) == 0 {
 		return
 	}
-	rt.secretVars = secrets.Variables(rt.Secrets)
+	rt.secretVars = secretVarsOf(rt)
 	if rt.Egress == nil || p.RunDir == "" || l.DryRun {
 		return
 	}
@@ -151,3 +151,5 @@ func sshMounts(dir string, owner *Owner) []Mount {
 	}
 	return mounts
 }
+
+func secretVarsOf(rt *Runtime) []string { return secrets.Variables(rt.Secrets) }
