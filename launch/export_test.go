@@ -14,3 +14,5 @@ var TrustFileNames = [2]string{trustBundleFile, trustCAFile}
 
 // WithholdSecrets is what planning does for a backend that brokers secrets.
 func WithholdSecrets(rt *Runtime) { rt.secretVars = secretVarsOf(rt) }
+
+var ChromiumCAPolicy = chromiumCAPolicy

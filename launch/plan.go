@@ -51,6 +51,9 @@ type Plan struct {
 	// certificate, bound read-only into the sandbox ("" without secrets).
 	Secrets  *secrets.Set
 	TrustDir string
+	// ChromiumPolicies is the run directory's folder bound at Chromium's
+	// managed policy directory when there are secrets (ChromiumTrustMounts).
+	ChromiumPolicies string
 
 	// Invocation is the backend's rendering: what Start executes (bwrap,
 	// systemd-nspawn, QEMU).

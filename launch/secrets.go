@@ -7,6 +7,7 @@ import (
 	"slices"
 	"strings"
 
+	"github.com/claude-sandbox/claude-sandbox/manifest"
 	"github.com/claude-sandbox/claude-sandbox/secrets"
 )
 
@@ -29,6 +30,9 @@ const (
 	trustBundleFile = "ca-bundle.crt"
 	trustCAFile     = "claude-sandbox-ca.crt"
 	trustDirName    = "trust"
+	chromiumDirName = "chromium-policies"
+	// chromiumPolicyDir is where Chromium on Linux reads managed policies.
+	chromiumPolicyDir = "/etc/chromium/policies/managed"
 )
 
 // sshAgentName is the filtering SSH agent's socket in the run directory.
@@ -58,8 +62,45 @@ func (l *Launch) planSecrets(p *Plan) {
 	p.Secrets = set
 	if len(set.Seal()) > 0 {
 		p.TrustDir = filepath.Join(p.RunDir, trustDirName)
+		p.ChromiumPolicies = filepath.Join(p.RunDir, chromiumDirName)
 	}
 }
+
+// ChromiumTrustMounts make Chromium trust the sandbox's CA, which it
+// takes from no variable: its managed policy directory becomes a run
+// directory folder holding copies of the policies the sandbox has anyway
+// (the closure's, and a NixOS system's) and the CACertificates policy the
+// supervisor writes beside them. Placed after the mount of the closure's
+// policy directory, it covers it.
+func ChromiumTrustMounts(p *Plan, m *manifest.Manifest) []Mount {
+	if p.ChromiumPolicies == "" {
+		return nil
+	}
+	sources := []string{filepath.Join(m.Env, chromiumPolicyDir)}
+	if m.Container != nil {
+		sources = append(sources, filepath.Join(m.Container.Toplevel, chromiumPolicyDir))
+	}
+	for _, dir := range sources {
+		entries, err := os.ReadDir(dir)
+		if err != nil {
+			continue
+		}
+		for _, e := range entries {
+			if !strings.HasSuffix(e.Name(), ".json") || e.Name() == chromiumCAPolicy {
+				continue
+			}
+			data, err := os.ReadFile(filepath.Join(dir, e.Name()))
+			if err != nil {
+				continue
+			}
+			p.Files = append(p.Files, HostFile{Path: filepath.Join(p.ChromiumPolicies, e.Name()), Data: data, Mode: 0o644})
+		}
+	}
+	return []Mount{{Kind: ROBind, Source: p.ChromiumPolicies, Dest: chromiumPolicyDir}}
+}
+
+// chromiumCAPolicy is the file the supervisor writes (broker.ChromiumPolicyFile).
+const chromiumCAPolicy = "claude-sandbox-ca.json"
 
 // withheld says whether a host variable is a secret's (never passed in).
 func (rt *Runtime) withheld(name string) bool { return slices.Contains(rt.secretVars, name) }

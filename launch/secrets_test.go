@@ -12,7 +12,7 @@ import (
 // The trust files the supervisor writes are the ones the sandbox's
 // variables name (the launcher does not link the broker to ask).
 func TestTrustFileNamesMatchTheBroker(t *testing.T) {
-	if TrustFileNames != [2]string{broker.BundleFile, broker.CAFile} {
+	if TrustFileNames != [2]string{broker.BundleFile, broker.CAFile} || ChromiumCAPolicy != broker.ChromiumPolicyFile {
 		t.Fatalf("launch names %v, the broker writes %s and %s", TrustFileNames, broker.BundleFile, broker.CAFile)
 	}
 }

@@ -121,11 +121,14 @@ func OpenDoors(p *Plan, rt *Runtime) (*Doors, error) {
 			return nil, err
 		}
 	}
-	if p.TrustDir != "" {
-		// Bound before the supervisor fills it: it must exist at the start.
-		if err := os.Mkdir(p.TrustDir, 0o755); err != nil {
+	// Bound before the supervisor fills them: they must exist at the start.
+	for _, dir := range []string{p.TrustDir, p.ChromiumPolicies} {
+		if dir == "" {
+			continue
+		}
+		if err := os.Mkdir(dir, 0o755); err != nil {
 			d.Close()
-			return nil, fmt.Errorf("creating %s: %w", p.TrustDir, err)
+			return nil, fmt.Errorf("creating %s: %w", dir, err)
 		}
 	}
 	return d, nil
@@ -245,7 +248,8 @@ func spawnSupervisor(p *Plan, rt *Runtime, rec *Record, doors *Doors, s *Started
 		spec.Net = &control.NetSpec{Mode: e.Mode, Allow: e.Allow, Deny: e.Deny, Upstream: e.Upstream, NoProxy: e.NoProxy}
 		if sealed := p.Secrets.Seal(); len(sealed) > 0 {
 			roots, _ := rt.lookupEnv("SSL_CERT_FILE")
-			spec.Broker = &control.BrokerSpec{Secrets: sealed, TrustDir: p.TrustDir, Roots: roots, Label: filepath.Base(p.Project)}
+			spec.Broker = &control.BrokerSpec{Secrets: sealed, TrustDir: p.TrustDir, ChromiumDir: p.ChromiumPolicies,
+				Roots: roots, Label: filepath.Base(p.Project)}
 		}
 	}
 	if doors.SSH != nil {

@@ -12,6 +12,7 @@ import (
 
 	"github.com/claude-sandbox/claude-sandbox/broker"
 	"github.com/claude-sandbox/claude-sandbox/egress"
+	"github.com/claude-sandbox/claude-sandbox/internal/atomicfile"
 	"github.com/claude-sandbox/claude-sandbox/nixgate"
 	"github.com/claude-sandbox/claude-sandbox/secrets"
 	"github.com/claude-sandbox/claude-sandbox/sessionlog"
@@ -154,8 +155,19 @@ func newBroker(spec control.BrokerSpec, log sessionlog.Logger) (*broker.Broker, 
 		log.Log(sessionlog.Entry{Service: "secret", Decision: sessionlog.Note, Reason: err.Error()})
 	}
 	if spec.TrustDir != "" {
-		if _, err := ca.WriteTrust(spec.TrustDir, system); err != nil {
+		files, err := ca.WriteTrust(spec.TrustDir, system)
+		if err != nil {
 			return nil, err
+		}
+		if spec.ChromiumDir != "" {
+			// Chromium reads no variable: its managed policy directory.
+			policy, err := os.ReadFile(files.ChromiumPolicy)
+			if err == nil {
+				err = atomicfile.Write(filepath.Join(spec.ChromiumDir, broker.ChromiumPolicyFile), policy, 0o644)
+			}
+			if err != nil {
+				return nil, err
+			}
 		}
 	}
 	var roots *x509.CertPool

@@ -111,7 +111,15 @@ echo "PLACEHOLDER=$TEST_TOKEN"
 echo "BROKEN=${BROKEN_TOKEN-unset}"
 echo "ENV-HITS=$(env | grep -c REALVALUE)"
 echo "PROC-HITS=$(cat /proc/[0-9]*/environ 2>/dev/null | tr '\0' '\n' | grep -c REALVALUE)"
-echo "FILE-HITS=$(grep -rsl REALVALUE "$HOME" /etc /run /tmp "$PWD" 2>/dev/null | wc -l)"`
+echo "FILE-HITS=$(grep -rsl REALVALUE "$HOME" /etc /run /tmp "$PWD" 2>/dev/null | wc -l)"
+echo "CHROMIUM=$(ls /etc/chromium/policies/managed | tr '\n' ' ')"
+python3 -c '
+import base64, json, ssl, sys
+pem = open(sys.argv[1]).read().split("-----BEGIN CERTIFICATE-----")[-1]
+der = ssl.PEM_cert_to_DER_cert("-----BEGIN CERTIFICATE-----" + pem)
+policy = json.load(open("/etc/chromium/policies/managed/claude-sandbox-ca.json"))
+print("CHROMIUM-TRUSTS-CA" if base64.b64decode(policy["CACertificates"][0]) == der else "CHROMIUM-OTHER-CA")
+' "$SSL_CERT_FILE"`
 	r := in(t, o, p, probe)
 	if r.code != 0 {
 		t.Fatalf("probe: %s", r)
@@ -131,7 +139,7 @@ echo "FILE-HITS=$(grep -rsl REALVALUE "$HOME" /etc /run /tmp "$PWD" 2>/dev/null 
 	if got := other.received(); len(got) != 1 || got[0] != "Bearer "+ph {
 		t.Errorf("another allowed host received %q, want the placeholder unchanged", got)
 	}
-	for _, want := range []string{"GOT:Bearer " + ph, "BROKEN=unset", "ENV-HITS=0", "PROC-HITS=0", "FILE-HITS=0"} {
+	for _, want := range []string{"GOT:Bearer " + ph, "BROKEN=unset", "ENV-HITS=0", "PROC-HITS=0", "FILE-HITS=0", "CHROMIUM-TRUSTS-CA"} {
 		if !strings.Contains(r.stdout, want) {
 			t.Errorf("inside: missing %q: %s", want, r)
 		}

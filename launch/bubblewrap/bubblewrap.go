@@ -91,6 +91,7 @@ func (Backend) Plan(p *launch.Plan, m *manifest.Manifest, rt *launch.Runtime) er
 	realHome, err := os.UserHomeDir()
 	user, prepare := launch.UserMounts(m, launch.UserFiles{Home: home, MayCreate: err == nil && filepath.Clean(realHome) == home})
 	mounts = append(mounts, user...)
+	mounts = append(mounts, launch.ChromiumTrustMounts(p, m)...)
 	state, dirs := launch.StateMounts(p.StateDir, home, nil)
 	mounts = append(mounts, state...)
 	prepare = append(prepare, dirs...)

@@ -170,6 +170,7 @@ func plan(p *launch.Plan, m *manifest.Manifest, rt *launch.Runtime, h host, u co
 	mounts = append(mounts, trust...)
 	user, prepare := launch.UserMounts(m, launch.UserFiles{Home: u.Home, MayCreate: true, Owner: owner})
 	mounts = append(mounts, user...)
+	mounts = append(mounts, launch.ChromiumTrustMounts(p, m)...)
 	// The project's state: persistent /tmp, ~/.local, the browser profile
 	// and the tmux socket, made by root under root's state directory, then
 	// given to the user.

@@ -45,6 +45,10 @@ type BrokerSpec struct {
 	// where the supervisor writes the CA's certificate (broker.WriteTrust's
 	// files) before it answers the first session.
 	TrustDir string `json:"trustDir"`
+	// ChromiumDir is the host directory bound at Chromium's managed
+	// policy directory, where the supervisor adds the CA's policy
+	// ("": none).
+	ChromiumDir string `json:"chromiumDir,omitempty"`
 	// Roots is a PEM bundle of the CAs real hosts are verified against
 	// ("": the host's system roots): the launcher's SSL_CERT_FILE.
 	Roots string `json:"roots,omitempty"`
