@@ -134,4 +134,3 @@ func TestSudoArgvKeepsNamesOnly(t *testing.T) {
 		t.Errorf("got  %q\nwant %q", argv, want)
 	}
 }
-
