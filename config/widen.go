@@ -144,7 +144,9 @@ func boolWhy(key string) string {
 	case "protect-git":
 		return "lets the sandbox rewrite .git/config and .git/hooks (code git runs on the host)"
 	case "gh-token":
-		return "passes GH_TOKEN and GITHUB_TOKEN into the sandbox"
+		return "lets requests from the sandbox to GitHub carry your GH_TOKEN and GITHUB_TOKEN"
+	case "real-claude-login":
+		return "lets the sandbox read your Claude Code login tokens"
 	case "sudo":
 		return "re-runs claude-sandbox through sudo, as root"
 	}

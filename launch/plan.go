@@ -54,6 +54,14 @@ type Plan struct {
 	// ChromiumPolicies is the run directory's folder bound at Chromium's
 	// managed policy directory when there are secrets (ChromiumTrustMounts).
 	ChromiumPolicies string
+	// ClaudeLogin is the run directory's file bound over Claude Code's
+	// credentials inside ("": the host's login is not handled), and
+	// ClaudeConfigDir the host's ~/.claude it stands for.
+	ClaudeLogin, ClaudeConfigDir string
+
+	// brokered: the launch resolved its secrets (a backend that brokers
+	// them, a network, not a dry run).
+	brokered bool
 
 	// Invocation is the backend's rendering: what Start executes (bwrap,
 	// systemd-nspawn, QEMU).

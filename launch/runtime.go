@@ -41,11 +41,15 @@ type Runtime struct {
 	// Secrets are the secret bindings in effect (built-ins and [secrets]):
 	// resolved on the host at the start, placeholders inside.
 	Secrets []secrets.Binding
-	// SSHKeys are the host agent's keys the sandbox may use (fingerprints
-	// or public keys; nil: all of them).
-	SSHKeys    []string
-	ProtectGit bool // --protect-git: .git/config and .git/hooks read-only, .git not replaceable
-	NixDaemon  bool // Nix inside through the Nix daemon gateway, NIX_REMOTE=daemon (--no-nix-daemon clears it)
+	// SSHKeys are the host agent's keys the sandbox may use (SHA256
+	// fingerprints or comment globs, as sshagent.ParseKeys reads them;
+	// nil: all of them).
+	SSHKeys []string
+	// RealClaudeLogin: Claude Code's credentials file is visible inside as
+	// it is on the host, instead of a copy holding placeholders.
+	RealClaudeLogin bool
+	ProtectGit      bool // --protect-git: .git/config and .git/hooks read-only, .git not replaceable
+	NixDaemon       bool // Nix inside through the Nix daemon gateway, NIX_REMOTE=daemon (--no-nix-daemon clears it)
 	// NixUnsandboxedBuilds: the gateway lets builds through although the
 	// host daemon runs them outside any sandbox (--nix-unsandboxed-builds).
 	NixUnsandboxedBuilds bool

@@ -52,6 +52,7 @@ func (l *Launch) planSecrets(p *Plan) {
 	if rt.Egress == nil || p.RunDir == "" || l.DryRun {
 		return
 	}
+	p.brokered = true
 	set := secrets.Resolve(context.Background(), rt.Secrets, secrets.Options{
 		LookupEnv: rt.lookupEnv,
 		Inside:    []string{rt.Project, p.StateDir},
@@ -102,6 +103,45 @@ func ChromiumTrustMounts(p *Plan, m *manifest.Manifest) []Mount {
 // chromiumCAPolicy is the file the supervisor writes (broker.ChromiumPolicyFile).
 const chromiumCAPolicy = "claude-sandbox-ca.json"
 
+// claudeLoginFile is the sandbox's copy of Claude Code's credentials in
+// the run directory.
+const claudeLoginFile = "claude-credentials.json"
+
+// ClaudeLoginMounts keep Claude Code's OAuth login outside: where the
+// host has one (home's ~/.claude/.credentials.json), the sandbox gets a
+// copy holding placeholders, bound over that file (written by the
+// supervisor, which puts the host's tokens into requests to the API host
+// and performs refreshes with the host's file). --real-claude-login keeps
+// the host's file visible instead. Call it before SecretMounts: a login
+// alone needs the CA too.
+func ClaudeLoginMounts(p *Plan, rt *Runtime, home string) []Mount {
+	if !p.brokered || rt.RealClaudeLogin {
+		return nil
+	}
+	cred := filepath.Join(home, ".claude", ".credentials.json")
+	if st, err := os.Lstat(cred); err != nil || !st.Mode().IsRegular() {
+		return nil
+	}
+	p.ClaudeLogin, p.ClaudeConfigDir = filepath.Join(p.RunDir, claudeLoginFile), filepath.Dir(cred)
+	if p.TrustDir == "" {
+		p.TrustDir = filepath.Join(p.RunDir, trustDirName)
+		p.ChromiumPolicies = filepath.Join(p.RunDir, chromiumDirName)
+	}
+	return []Mount{{Kind: Bind, Source: p.ClaudeLogin, Dest: cred}}
+}
+
+// loginAPIHosts are where the login's access token may go: where the
+// ANTHROPIC_API_KEY binding sends the key (api.anthropic.com unless
+// configured otherwise).
+func loginAPIHosts(rt *Runtime) []string {
+	for _, b := range rt.Secrets {
+		if b.Name == "ANTHROPIC_API_KEY" {
+			return b.HostTexts()
+		}
+	}
+	return nil
+}
+
 // withheld says whether a host variable is a secret's (never passed in).
 func (rt *Runtime) withheld(name string) bool { return slices.Contains(rt.secretVars, name) }
 
@@ -115,6 +155,9 @@ func SecretMounts(p *Plan) ([]Mount, map[string]string) {
 		return nil, nil
 	}
 	env := p.Secrets.Env()
+	if env == nil {
+		env = map[string]string{}
+	}
 	if p.TrustDir == "" {
 		return nil, env
 	}

@@ -131,6 +131,14 @@ func OpenDoors(p *Plan, rt *Runtime) (*Doors, error) {
 			return nil, fmt.Errorf("creating %s: %w", dir, err)
 		}
 	}
+	if p.ClaudeLogin != "" {
+		f, err := os.OpenFile(p.ClaudeLogin, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+		if err != nil {
+			d.Close()
+			return nil, fmt.Errorf("creating %s: %w", p.ClaudeLogin, err)
+		}
+		f.Close()
+	}
 	return d, nil
 }
 
@@ -246,10 +254,13 @@ func spawnSupervisor(p *Plan, rt *Runtime, rec *Record, doors *Doors, s *Started
 		// Its listener comes later: a socket on the sandbox's own loopback,
 		// made once the sandbox is up (OpenProxyDoor).
 		spec.Net = &control.NetSpec{Mode: e.Mode, Allow: e.Allow, Deny: e.Deny, Upstream: e.Upstream, NoProxy: e.NoProxy}
-		if sealed := p.Secrets.Seal(); len(sealed) > 0 {
+		if sealed := p.Secrets.Seal(); len(sealed) > 0 || p.ClaudeLogin != "" {
 			roots, _ := rt.lookupEnv("SSL_CERT_FILE")
 			spec.Broker = &control.BrokerSpec{Secrets: sealed, TrustDir: p.TrustDir, ChromiumDir: p.ChromiumPolicies,
 				Roots: roots, Label: filepath.Base(p.Project)}
+			if p.ClaudeLogin != "" {
+				spec.Broker.Login = &control.LoginSpec{ConfigDir: p.ClaudeConfigDir, SandboxFile: p.ClaudeLogin, APIHosts: loginAPIHosts(rt)}
+			}
 		}
 	}
 	if doors.SSH != nil {

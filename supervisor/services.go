@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"syscall"
 	"time"
 
 	"github.com/claude-sandbox/claude-sandbox/broker"
@@ -84,7 +85,7 @@ func FromSpec(ctx context.Context, spec control.Spec, fds Inherited, log session
 
 	var intercept egress.Interceptor
 	if b := spec.Broker; b != nil && spec.Net != nil {
-		br, err := newBroker(*b, counter)
+		br, err := newBroker(*b, spec.RunAs, counter)
 		if err != nil {
 			return nil, err
 		}
@@ -133,12 +134,21 @@ func FromSpec(ctx context.Context, spec control.Spec, fds Inherited, log session
 // the certificate files the sandbox trusts it by, and returns the broker
 // the proxy hands the bound hosts' tunnels to. The files are written
 // before the supervisor answers anyone: the first session starts after.
-func newBroker(spec control.BrokerSpec, log sessionlog.Logger) (*broker.Broker, error) {
+func newBroker(spec control.BrokerSpec, runAs *control.RunAs, log sessionlog.Logger) (*broker.Broker, error) {
 	set, err := secrets.Unseal(spec.Secrets)
 	if err != nil {
 		return nil, err
 	}
-	ca, err := broker.NewCA(broker.CAOptions{Hosts: set.Hosts(), Label: spec.Label})
+	var login *broker.ClaudeLogin
+	if l := spec.Login; l != nil {
+		if login, err = newLogin(*l, runAs); err != nil {
+			// The sandbox's copy stays empty: Claude Code there asks to log in.
+			log.Log(sessionlog.Entry{Service: "secret", Decision: sessionlog.Note, Target: broker.LoginSecretName,
+				Reason: "Claude Code's login is not handled: " + err.Error()})
+			login = nil
+		}
+	}
+	ca, err := broker.NewCA(broker.CAOptions{Hosts: broker.Hosts(set, login), Label: spec.Label})
 	if err != nil {
 		return nil, err
 	}
@@ -175,7 +185,36 @@ func newBroker(spec control.BrokerSpec, log sessionlog.Logger) (*broker.Broker, 
 		roots = x509.NewCertPool()
 		roots.AppendCertsFromPEM(system)
 	}
-	return broker.New(broker.Options{CA: ca, Secrets: set, Log: log, Roots: roots})
+	return broker.New(broker.Options{CA: ca, Secrets: set, Login: login, Log: log, Roots: roots})
+}
+
+// newLogin reads the host's Claude Code login and writes the sandbox's
+// copy, with placeholders, into the file bound over the credentials
+// inside: in place, since the bind holds that file's inode.
+func newLogin(spec control.LoginSpec, runAs *control.RunAs) (*broker.ClaudeLogin, error) {
+	login, err := broker.NewClaudeLogin(broker.LoginOptions{ConfigDir: spec.ConfigDir, APIHosts: spec.APIHosts, TokenHosts: spec.TokenHosts})
+	if err != nil {
+		return nil, err
+	}
+	data, err := login.SandboxCredentials()
+	if err != nil {
+		return nil, err
+	}
+	f, err := os.OpenFile(spec.SandboxFile, os.O_WRONLY|os.O_TRUNC|syscall.O_NOFOLLOW, 0)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	if _, err := f.Write(data); err != nil {
+		return nil, err
+	}
+	if runAs != nil {
+		// Claude Code inside, as this user, saves its refreshed copy there.
+		if err := f.Chown(runAs.UID, runAs.GID); err != nil {
+			return nil, err
+		}
+	}
+	return login, nil
 }
 
 // keep holds descriptors whose numbers are used raw for the process's life.

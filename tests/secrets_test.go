@@ -274,3 +274,70 @@ func TestClaudeCodeWithAPIKeyPlaceholder(t *testing.T) {
 		}
 	}
 }
+
+// Claude Code's login stays outside: with an OAuth login in ~/.claude
+// (and no API key), the sandbox's ~/.claude/.credentials.json holds
+// placeholders, Claude Code inside starts and reaches a stand-in of its
+// API, which receives the host's access token; the host's file is left as
+// it was.
+func TestClaudeCodeLoginStaysOutside(t *testing.T) {
+	in, p := bubblewrapRunner(t)
+	testenv.RequireRoot(t) // the private mount namespace for /etc/hosts
+	testenv.RequireProgram(t, "unshare")
+	const access = "sk-ant-oat01-REALACCESSabcdefghijklmnopqrstuvwxyz0123456789-ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstAA"
+	const refresh = "sk-ant-ort01-REALREFRESHabcdefghijklmnopqrstuvwxyz0123456789-ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrAA"
+	var mu sync.Mutex
+	var auths []string
+	api := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		auths = append(auths, r.Header.Get("Authorization"))
+		mu.Unlock()
+		if r.Header.Get("Authorization") != "Bearer "+access {
+			http.Error(w, `{"type":"error","error":{"type":"authentication_error","message":"invalid token"}}`, http.StatusUnauthorized)
+			return
+		}
+		standInAPI().ServeHTTP(w, r)
+	}))
+	t.Cleanup(api.Close)
+	addr := strings.TrimPrefix(api.URL, "https://")
+	named := "example.com:" + port(addr)
+	hosts, _ := os.ReadFile("/etc/hosts")
+	hostsCopy := filepath.Join(workDir, "hosts-"+t.Name())
+	os.WriteFile(hostsCopy, append(hosts, []byte("\n127.0.0.1 example.com\n")...), 0o644)
+
+	home := filepath.Join(dirOf(t, nil), "home")
+	claudeDir := filepath.Join(home, ".claude")
+	os.MkdirAll(claudeDir, 0o700)
+	creds := fmt.Sprintf(`{"claudeAiOauth":{"accessToken":%q,"refreshToken":%q,"expiresAt":4102444800000,"scopes":["user:inference","user:profile"],"subscriptionType":"max"}}`, access, refresh)
+	credPath := filepath.Join(claudeDir, ".credentials.json")
+	if err := os.WriteFile(credPath, []byte(creds), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	os.WriteFile(filepath.Join(home, ".claude.json"), []byte(`{"hasCompletedOnboarding":true}`), 0o600)
+
+	// Where the API key goes, the login's access token goes too.
+	conf := fmt.Sprintf("allow = [%q, %q]\n\n[secrets.ANTHROPIC_API_KEY]\nhosts = [%q]\n", named, addr, named)
+	os.WriteFile(filepath.Join(p, "claude-sandbox.toml"), []byte(conf), 0o644)
+	o := runOpts{env: []string{"HOME=" + home, "SSL_CERT_FILE=" + hostRoots(t, api),
+		"ANTHROPIC_BASE_URL=https://" + named, "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC=1", "DISABLE_AUTOUPDATER=1"},
+		wrap: []string{"unshare", "--mount", "--propagation", "private", "--", "sh", "-c", `mount --bind "$0" /etc/hosts && exec "$@"`, hostsCopy}}
+	if r := run(t, o, "trust", p); r.code != 0 {
+		t.Fatalf("trust: %s", r)
+	}
+	r := in(t, o, p, `echo "CREDS-HITS=$(grep -c REAL ~/.claude/.credentials.json)"; grep -q sk-ant-oat01- ~/.claude/.credentials.json && echo HAS-PLACEHOLDER
+claude --version && claude -p ping --max-turns 1`,
+		"--env", "ANTHROPIC_BASE_URL", "--env", "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "--env", "DISABLE_AUTOUPDATER")
+	if r.code != 0 || !strings.Contains(r.stdout, "CREDS-HITS=0") || !strings.Contains(r.stdout, "HAS-PLACEHOLDER") || !strings.Contains(r.stdout, "pong") {
+		t.Fatalf("Claude Code with its login outside: %s", r)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	for _, a := range auths {
+		if a != "Bearer "+access {
+			t.Errorf("the API host received %q, not the host's access token", a)
+		}
+	}
+	if after, _ := os.ReadFile(credPath); string(after) != creds {
+		t.Errorf("the host's credentials changed: %s", after)
+	}
+}

@@ -12,12 +12,14 @@ import (
 // launchFlags are the switches of a sandbox start that are not about what
 // is built.
 type launchFlags struct {
-	New         bool
-	Tmux        bool
-	GHToken     bool
-	ProtectGit  bool
-	NoNixDaemon bool
-	NoDesktop   bool
+	New     bool
+	Tmux    bool
+	GHToken bool
+	// RealClaudeLogin: --real-claude-login.
+	RealClaudeLogin bool
+	ProtectGit      bool
+	NoNixDaemon     bool
+	NoDesktop       bool
 	// NixUnsandboxedBuilds: let builds through the Nix gateway although
 	// the host daemon runs them outside any sandbox.
 	NixUnsandboxedBuilds bool
@@ -35,12 +37,14 @@ func (a *app) runtimeFor(project string, mode launchMode) *launch.Runtime {
 		Network:    !a.opts.NoNetwork,
 		ExtraEnv:   a.opts.Env,
 		GHToken:    l.GHToken,
-		ProtectGit: l.ProtectGit,
-		NixDaemon:  !l.NoNixDaemon,
-		NoDesktop:  l.NoDesktop,
-		Accel:      a.opts.Accel,
-		FS:         a.opts.FS,
-		NoDisplay:  a.opts.NoDisplay,
+
+		RealClaudeLogin: l.RealClaudeLogin,
+		ProtectGit:      l.ProtectGit,
+		NixDaemon:       !l.NoNixDaemon,
+		NoDesktop:       l.NoDesktop,
+		Accel:           a.opts.Accel,
+		FS:              a.opts.FS,
+		NoDisplay:       a.opts.NoDisplay,
 
 		NixUnsandboxedBuilds: l.NixUnsandboxedBuilds,
 	}

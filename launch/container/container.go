@@ -166,10 +166,12 @@ func plan(p *launch.Plan, m *manifest.Manifest, rt *launch.Runtime, h host, u co
 	mounts = append(mounts, fwd.Mounts...)
 	agent, agentEnv := launch.SSHAgentMounts(p, u.UID)
 	mounts = append(mounts, agent...)
+	login := launch.ClaudeLoginMounts(p, rt, u.Home)
 	trust, secretEnv := launch.SecretMounts(p)
 	mounts = append(mounts, trust...)
 	user, prepare := launch.UserMounts(m, launch.UserFiles{Home: u.Home, MayCreate: true, Owner: owner})
 	mounts = append(mounts, user...)
+	mounts = append(mounts, login...)
 	mounts = append(mounts, launch.ChromiumTrustMounts(p, m)...)
 	// The project's state: persistent /tmp, ~/.local, the browser profile
 	// and the tmux socket, made by root under root's state directory, then

@@ -54,6 +54,20 @@ type BrokerSpec struct {
 	Roots string `json:"roots,omitempty"`
 	// Label names the sandbox in the CA's subject.
 	Label string `json:"label,omitempty"`
+	// Login keeps Claude Code's OAuth login outside (nil: not handled).
+	Login *LoginSpec `json:"login,omitempty"`
+}
+
+// LoginSpec: the sandbox gets a copy of Claude Code's credentials file
+// holding placeholders, written by the supervisor into SandboxFile (bound
+// over ~/.claude/.credentials.json inside, so written in place); the
+// proxy puts the host's tokens into requests to APIHosts and performs
+// refreshes at TokenHosts with the host's file.
+type LoginSpec struct {
+	ConfigDir   string   `json:"configDir"` // the host's ~/.claude
+	SandboxFile string   `json:"sandboxFile"`
+	APIHosts    []string `json:"apiHosts,omitempty"`   // nil: api.anthropic.com
+	TokenHosts  []string `json:"tokenHosts,omitempty"` // nil: Claude Code's token hosts
 }
 
 // AdoptedSpec hands over a sandbox process the launcher started itself.
