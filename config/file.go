@@ -68,7 +68,8 @@ var Keys = []Key{
 	{Name: "fs", Kind: String, Choices: []string{"9p", "virtiofs"}, Doc: "vm project share"},
 	{Name: "env", Kind: List, AlwaysWidens: true, Doc: "host environment variables passed in"},
 	{Name: "gh-token", Kind: Bool, Grants: ptr(true), Doc: "bind GH_TOKEN and GITHUB_TOKEN to GitHub's hosts (placeholders inside)"},
-	{Name: "real-claude-login", Kind: Bool, Grants: ptr(true), Doc: "Claude Code's login file visible inside as it is (default: a copy holding placeholders)"},
+	{Name: "claude-login", Kind: String, Choices: []string{"placeholder", "real"}, Ranks: []string{"placeholder", "real"},
+		Doc: "Claude Code's login inside: placeholder (a copy holding placeholders the proxy fills in) or real (the host's file as it is)"},
 	{Name: "ssh-keys", Kind: List, Doc: "the host SSH agent's keys the sandbox may use (SHA256 fingerprints or public keys; default: all)"},
 	{Name: "modules", Kind: List, AlwaysWidens: true, Doc: "extra NixOS modules (container, vm): code run as root in the guest"},
 	{Name: "nixpkgs", Kind: String, AlwaysWidens: true, Doc: "the nixpkgs the sandbox is built from"},
@@ -109,7 +110,7 @@ type fileSettings struct {
 	Nixpkgs              *string  `toml:"nixpkgs"`
 	Sudo                 *bool    `toml:"sudo"`
 	SSHKeys              []string `toml:"ssh-keys"`
-	RealClaudeLogin      *bool    `toml:"real-claude-login"`
+	ClaudeLogin          *string  `toml:"claude-login"`
 	// Secrets are the [secrets] tables, which package secrets checks.
 	Secrets any `toml:"secrets"`
 }
@@ -159,7 +160,7 @@ func (s *fileSettings) values() map[string]any {
 	put("nixpkgs", s.Nixpkgs != nil, str(s.Nixpkgs))
 	put("sudo", s.Sudo != nil, deref(s.Sudo))
 	put("ssh-keys", s.SSHKeys != nil, s.SSHKeys)
-	put("real-claude-login", s.RealClaudeLogin != nil, deref(s.RealClaudeLogin))
+	put("claude-login", s.ClaudeLogin != nil, str(s.ClaudeLogin))
 	return out
 }
 

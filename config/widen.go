@@ -145,8 +145,6 @@ func boolWhy(key string) string {
 		return "lets the sandbox rewrite .git/config and .git/hooks (code git runs on the host)"
 	case "gh-token":
 		return "lets requests from the sandbox to GitHub carry your GH_TOKEN and GITHUB_TOKEN"
-	case "real-claude-login":
-		return "lets the sandbox read your Claude Code login tokens"
 	case "sudo":
 		return "re-runs claude-sandbox through sudo, as root"
 	}

@@ -214,10 +214,14 @@ func (h Host) Forwards(rt *Runtime) Forwards {
 		f.found("pipewire", pw)
 	}
 
-	// The keyring daemon's sockets (gnome-keyring: control, ssh, pkcs11).
-	// Its Secret Service API travels over the session bus.
+	// The keyring daemon's sockets (gnome-keyring: control, pkcs11), not
+	// its ssh socket: an SSH agent of its own, which would bypass the
+	// filtering agent. Its Secret Service API travels over the session bus.
 	if hostRun != "" && h.IsDir(hostRun+"/keyring") {
-		f.bind(ROBind, hostRun+"/keyring", run+"/keyring")
+		f.Mounts = append(f.Mounts, Mount{Kind: Dir, Dest: run + "/keyring", Mode: 0o700})
+		for _, sock := range []string{"control", "pkcs11"} {
+			f.bind(ROBind, hostRun+"/keyring/"+sock, run+"/keyring/"+sock)
+		}
 		if h.Env("GNOME_KEYRING_CONTROL") != "" {
 			f.Env["GNOME_KEYRING_CONTROL"] = run + "/keyring"
 		}

@@ -43,7 +43,9 @@ func TestHostForwardsEverythingPresent(t *testing.T) {
 		ro("/run/dbus/system_bus_socket", "/run/dbus/system_bus_socket"),
 		{Kind: DevBind, Source: "/dev/dri", Dest: "/dev/dri", Optional: true},
 		ro("/run/opengl-driver", "/run/opengl-driver"),
-		ro("/run/user/1000/keyring", "/run/user/1000/keyring"),
+		{Kind: Dir, Dest: "/run/user/1000/keyring", Mode: 0o700},
+		ro("/run/user/1000/keyring/control", "/run/user/1000/keyring/control"),
+		ro("/run/user/1000/keyring/pkcs11", "/run/user/1000/keyring/pkcs11"),
 	} {
 		if mountIndex(f.Mounts, m) < 0 {
 			t.Errorf("missing %+v in %+v", m, f.Mounts)
@@ -59,7 +61,7 @@ func TestHostForwardsEverythingPresent(t *testing.T) {
 		t.Errorf("the host's SSH agent is forwarded raw: %v", f.Env["SSH_AUTH_SOCK"])
 	}
 	for _, m := range f.Mounts {
-		if m.Source == "/tmp/ssh-x/agent.1" {
+		if m.Source == "/tmp/ssh-x/agent.1" || m.Source == "/run/user/1000/keyring" || m.Source == "/run/user/1000/keyring/ssh" {
 			t.Errorf("the host's SSH agent socket is bound: %+v", m)
 		}
 	}

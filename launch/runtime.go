@@ -45,8 +45,9 @@ type Runtime struct {
 	// fingerprints or comment globs, as sshagent.ParseKeys reads them;
 	// nil: all of them).
 	SSHKeys []string
-	// RealClaudeLogin: Claude Code's credentials file is visible inside as
-	// it is on the host, instead of a copy holding placeholders.
+	// RealClaudeLogin (--claude-login real): Claude Code's credentials
+	// file is visible inside as it is on the host, instead of a copy
+	// holding placeholders.
 	RealClaudeLogin bool
 	ProtectGit      bool // --protect-git: .git/config and .git/hooks read-only, .git not replaceable
 	NixDaemon       bool // Nix inside through the Nix daemon gateway, NIX_REMOTE=daemon (--no-nix-daemon clears it)

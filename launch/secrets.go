@@ -2,6 +2,7 @@ package launch
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
@@ -103,6 +104,22 @@ func ChromiumTrustMounts(p *Plan, m *manifest.Manifest) []Mount {
 // chromiumCAPolicy is the file the supervisor writes (broker.ChromiumPolicyFile).
 const chromiumCAPolicy = "claude-sandbox-ca.json"
 
+// Values of --claude-login.
+const (
+	ClaudeLoginPlaceholder = "placeholder"
+	ClaudeLoginReal        = "real"
+)
+
+// ClaudeLoginError is a --claude-login value that is not one.
+type ClaudeLoginError struct{ Value string }
+
+func (e *ClaudeLoginError) Error() string {
+	return fmt.Sprintf("--claude-login %q: not placeholder or real", e.Value)
+}
+func (e *ClaudeLoginError) Hint() string {
+	return "placeholder (the default) keeps Claude Code's tokens outside; real shows the sandbox your login file as it is"
+}
+
 // claudeLoginFile is the sandbox's copy of Claude Code's credentials in
 // the run directory.
 const claudeLoginFile = "claude-credentials.json"
@@ -111,7 +128,7 @@ const claudeLoginFile = "claude-credentials.json"
 // host has one (home's ~/.claude/.credentials.json), the sandbox gets a
 // copy holding placeholders, bound over that file (written by the
 // supervisor, which puts the host's tokens into requests to the API host
-// and performs refreshes with the host's file). --real-claude-login keeps
+// and performs refreshes with the host's file). --claude-login real keeps
 // the host's file visible instead. Call it before SecretMounts: a login
 // alone needs the CA too.
 func ClaudeLoginMounts(p *Plan, rt *Runtime, home string) []Mount {

@@ -42,7 +42,7 @@ var configFlags = map[string]configFlag{
 	"nixpkgs":                {name: "nixpkgs"},
 	"sudo":                   {name: "sudo"},
 	"ssh-keys":               {name: "ssh-key"},
-	"real-claude-login":      {name: "real-claude-login"},
+	"claude-login":           {name: "claude-login"},
 }
 
 // configOptions is the app's share of configuration: the --no-config

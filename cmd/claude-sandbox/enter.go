@@ -15,11 +15,11 @@ type launchFlags struct {
 	New     bool
 	Tmux    bool
 	GHToken bool
-	// RealClaudeLogin: --real-claude-login.
-	RealClaudeLogin bool
-	ProtectGit      bool
-	NoNixDaemon     bool
-	NoDesktop       bool
+	// ClaudeLogin: --claude-login (placeholder or real).
+	ClaudeLogin string
+	ProtectGit  bool
+	NoNixDaemon bool
+	NoDesktop   bool
 	// NixUnsandboxedBuilds: let builds through the Nix gateway although
 	// the host daemon runs them outside any sandbox.
 	NixUnsandboxedBuilds bool
@@ -38,7 +38,7 @@ func (a *app) runtimeFor(project string, mode launchMode) *launch.Runtime {
 		ExtraEnv:   a.opts.Env,
 		GHToken:    l.GHToken,
 
-		RealClaudeLogin: l.RealClaudeLogin,
+		RealClaudeLogin: l.ClaudeLogin == launch.ClaudeLoginReal,
 		ProtectGit:      l.ProtectGit,
 		NixDaemon:       !l.NoNixDaemon,
 		NoDesktop:       l.NoDesktop,

@@ -199,7 +199,7 @@ func (a *app) launchFlags() *pflag.FlagSet {
 	f.BoolVar(&l.New, "new", false, "start a separate sandbox even if one runs for the project (default: join it)")
 	f.BoolVar(&l.GHToken, "gh-token", false, "give the sandbox GH_TOKEN and GITHUB_TOKEN as placeholders the proxy fills in for GitHub's hosts")
 	f.StringArrayVar(&a.opts.SSHKeys, "ssh-key", nil, "let the sandbox use this key of your SSH agent: its SHA256 fingerprint (ssh-add -l) or a glob over its comment (repeatable; default: every key)")
-	f.BoolVar(&l.RealClaudeLogin, "real-claude-login", false, "let the sandbox read Claude Code's login (~/.claude/.credentials.json) as it is, instead of a copy holding placeholders the proxy fills in")
+	f.StringVar(&l.ClaudeLogin, "claude-login", launch.ClaudeLoginPlaceholder, "Claude Code's login (~/.claude/.credentials.json) inside: placeholder (a copy holding placeholders the proxy fills in) or real (the host's file as it is)")
 	f.BoolVar(&l.ProtectGit, "protect-git", true, "keep the project's .git/config and .git/hooks read-only (--protect-git=false to allow writing them)")
 	f.BoolVar(&l.NoNixDaemon, "no-nix-daemon", false, "no Nix daemon inside (no Nix builds or store additions from the sandbox)")
 	f.BoolVar(&l.NixUnsandboxedBuilds, "nix-unsandboxed-builds", false, "let the sandbox build through the host's Nix daemon although that daemon does not sandbox its builds (they run on the host as its build users)")

@@ -91,6 +91,9 @@ func (a *app) launch(ctx context.Context, projectArg string, mode launchMode) er
 		return err
 	}
 	rt.Network = rt.Egress != nil
+	if cl := a.opts.Launch.ClaudeLogin; cl != launch.ClaudeLoginPlaceholder && cl != launch.ClaudeLoginReal {
+		return &launch.ClaudeLoginError{Value: cl}
+	}
 	if rt.Secrets, err = a.secretBindings(rt.GHToken); err != nil {
 		return err
 	}
