@@ -117,7 +117,7 @@ func TestUserPathHonoursXDG(t *testing.T) {
 
 var builtin = Defaults(func(key string) (bool, bool) {
 	switch key {
-	case "network", "nix-daemon", "desktop", "protect-git":
+	case "network", "nix-daemon", "desktop", "protect", "protect-git":
 		return true, true
 	case "gh-token", "sudo", "tmux":
 		return false, true
@@ -148,6 +148,10 @@ func TestWidenings(t *testing.T) {
 		{`modules = ["./m.nix"]`, ``, `modules`},
 		{`nixpkgs = "github:evil/nixpkgs"`, ``, `nixpkgs`},
 		{`protect-git = false`, ``, `protect-git`},
+		{`protect = false`, ``, `protect`},
+		{`protect = true`, ``, ``},
+		{`unprotect = [".vscode"]`, ``, `unprotect`},
+		{`unprotect = [".vscode"]`, `unprotect = [".vscode", ".idea"]`, ``},
 		{`sudo = true`, ``, `sudo`},
 		// The network is an allowlist unless someone opens it: opening it
 		// (open, learn, or the older network = true) is a widening, unless
@@ -258,5 +262,21 @@ func TestNarrowingFileNeedsNoApproval(t *testing.T) {
 	st := TrustStore{Dir: t.TempDir()}.Check(f, nil, builtin)
 	if !st.Effective() || len(st.Widenings) != 0 || !strings.Contains(st.Describe(), "needs no approval") {
 		t.Fatalf("%s", st.Describe())
+	}
+}
+
+// unprotect names paths in the project or in ~/.claude, nothing else.
+func TestUnprotectPaths(t *testing.T) {
+	for _, good := range []string{`[".vscode"]`, `[".claude/worktrees", "~/.claude/settings.json", "~/.claude"]`} {
+		if _, err := Parse("/p/claude-sandbox.toml", []byte("unprotect = "+good)); err != nil {
+			t.Errorf("%s: %v", good, err)
+		}
+	}
+	for _, bad := range []string{`["/etc"]`, `["../x"]`, `["~/.ssh"]`, `[""]`, `["."]`} {
+		_, err := Parse("/p/claude-sandbox.toml", []byte("unprotect = "+bad))
+		var fe *FileError
+		if !errors.As(err, &fe) || fe.Line != 1 {
+			t.Errorf("%s: %v", bad, err)
+		}
 	}
 }

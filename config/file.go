@@ -62,7 +62,9 @@ var Keys = []Key{
 	{Name: "nix-daemon", Kind: Bool, Grants: ptr(true), Doc: "Nix inside, through the Nix daemon gateway"},
 	{Name: "nix-unsandboxed-builds", Kind: Bool, Grants: ptr(true), Doc: "let builds through the gateway on a host daemon that does not sandbox them"},
 	{Name: "desktop", Kind: Bool, Grants: ptr(true), Doc: "forward display, audio, D-Bus, keyring and GPU"},
-	{Name: "protect-git", Kind: Bool, Grants: ptr(false), Doc: "keep .git/config and .git/hooks read-only"},
+	{Name: "protect", Kind: Bool, Grants: ptr(false), Doc: "keep what the host runs by itself read-only inside (~/.claude's configuration, .claude/, .mcp.json, .envrc, .vscode/, .idea/, git's config and hooks)"},
+	{Name: "unprotect", Kind: List, AlwaysWidens: true, Doc: "protected paths left writable (.vscode, .git, ~/.claude/settings.json)"},
+	{Name: "protect-git", Kind: Bool, Grants: ptr(false), Doc: "keep .git/config and .git/hooks read-only (false is unprotect = [\".git\"])"},
 	{Name: "tmux", Kind: Bool, Doc: "run Claude Code inside tmux"},
 	{Name: "accel", Kind: String, Choices: []string{"auto", "kvm", "tcg"}, Doc: "vm accelerator"},
 	{Name: "fs", Kind: String, Choices: []string{"9p", "virtiofs"}, Doc: "vm project share"},
@@ -100,6 +102,8 @@ type fileSettings struct {
 	NixDaemon            *bool    `toml:"nix-daemon"`
 	NixUnsandboxedBuilds *bool    `toml:"nix-unsandboxed-builds"`
 	Desktop              *bool    `toml:"desktop"`
+	Protect              *bool    `toml:"protect"`
+	Unprotect            []string `toml:"unprotect"`
 	ProtectGit           *bool    `toml:"protect-git"`
 	Tmux                 *bool    `toml:"tmux"`
 	Accel                *string  `toml:"accel"`
@@ -150,6 +154,8 @@ func (s *fileSettings) values() map[string]any {
 	put("nix-daemon", s.NixDaemon != nil, deref(s.NixDaemon))
 	put("nix-unsandboxed-builds", s.NixUnsandboxedBuilds != nil, deref(s.NixUnsandboxedBuilds))
 	put("desktop", s.Desktop != nil, deref(s.Desktop))
+	put("protect", s.Protect != nil, deref(s.Protect))
+	put("unprotect", s.Unprotect != nil, s.Unprotect)
 	put("protect-git", s.ProtectGit != nil, deref(s.ProtectGit))
 	put("tmux", s.Tmux != nil, deref(s.Tmux))
 	put("accel", s.Accel != nil, str(s.Accel))
@@ -358,6 +364,12 @@ func (f *File) check(s *Setting) error {
 		for i, p := range s.List {
 			s.List[i] = f.abs(p)
 		}
+	case "unprotect":
+		for _, p := range s.List {
+			if !unprotectPath(p) {
+				return bad(fmt.Sprintf("%q is not a path in the project or in ~/.claude", p), `unprotect names paths relative to the project or in ~/.claude, e.g. unprotect = [".vscode", "~/.claude/settings.json"]`)
+			}
+		}
 	case "nixpkgs":
 		if s.Str == "" {
 			return bad("empty", "a path or a flake reference, e.g. nixpkgs = \"github:NixOS/nixpkgs/nixos-unstable\"")
@@ -388,6 +400,21 @@ func (f *File) abs(p string) string {
 // nixpkgs flag does (closure: ./ and ../ are paths, github:… is not).
 func isRelativePath(ref string) bool {
 	return strings.HasPrefix(ref, "./") || strings.HasPrefix(ref, "../") || ref == "." || ref == ".."
+}
+
+// unprotectPath is the shape of an unprotect entry: relative to the
+// project and inside it, or ~/.claude and what it holds. The launch checks
+// that it names something protected.
+func unprotectPath(p string) bool {
+	if p == "" || strings.ContainsAny(p, "\x00\n") {
+		return false
+	}
+	if rest, ok := strings.CutPrefix(p, "~/"); ok {
+		c := filepath.Clean(rest)
+		return c == ".claude" || strings.HasPrefix(c, ".claude/")
+	}
+	c := filepath.Clean(p)
+	return !filepath.IsAbs(p) && c != "." && c != ".." && !strings.HasPrefix(c, "../")
 }
 
 func envName(s string) bool {

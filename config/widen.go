@@ -141,6 +141,8 @@ func boolWhy(key string) string {
 		return "lets the sandbox run builds on the host's Nix daemon outside any build sandbox"
 	case "desktop":
 		return "forwards display, audio, D-Bus, keyring and GPU, which your settings keep out"
+	case "protect":
+		return "lets the sandbox change what the host runs by itself: Claude Code's settings and hooks in ~/.claude, the project's .claude/, .mcp.json, .envrc, .vscode/, .idea/, git's config and hooks"
 	case "protect-git":
 		return "lets the sandbox rewrite .git/config and .git/hooks (code git runs on the host)"
 	case "gh-token":
@@ -175,6 +177,8 @@ func listWhy(key string, extra []string) string {
 		return "passes host environment variables in: " + strings.Join(extra, ", ")
 	case "modules":
 		return "adds NixOS modules, code run as root in the container or VM: " + strings.Join(extra, ", ")
+	case "unprotect":
+		return "lets the sandbox change what the host runs or obeys by itself: " + strings.Join(extra, ", ")
 	}
 	return "adds " + strings.Join(extra, ", ")
 }

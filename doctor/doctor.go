@@ -71,6 +71,10 @@ type Env struct {
 	NoNetwork      bool   // --no-network / network = false
 	// NixUnsandboxedBuilds: --nix-unsandboxed-builds / nix-unsandboxed-builds = true.
 	NixUnsandboxedBuilds bool
+	// Protect and Unprotect: what launches keep from being changed inside
+	// (--protect, --unprotect, the configuration), as launch.Runtime has them.
+	Protect   bool
+	Unprotect []string
 	// KVMTimeout bounds the guest boot under KVM (default 10 s). A working
 	// KVM guest prints its first kernel line well within a second.
 	KVMTimeout time.Duration
@@ -101,6 +105,7 @@ func Run(ctx context.Context, env *Env) *Report {
 		checkKVM, checkQEMU, checkVirtiofsd,
 		checkDisplay, checkAudio, checkDBus, checkSSHAgent,
 		checkCache, checkGCRoots, checkDisk,
+		checkProtection,
 	}
 	checks := make([]Check, len(funcs))
 	var secretLines []Check

@@ -69,6 +69,10 @@ type Traits struct {
 	// SecretBroker: its supervisor's proxy brokers secrets, so the sandbox
 	// holds placeholders (and SecretMounts) instead of values.
 	SecretBroker bool
+	// Protects: it renders the plan's protection (Plan.Protected, covered
+	// by the mounts of ProjectProtection and ClaudeHome), so the session
+	// notice may tell Claude what is read-only.
+	Protects bool
 	// Persistence is what the session notice tells Claude Code outlives the
 	// sandbox besides the project and ~/.claude; "" tells nothing more.
 	Persistence string

@@ -47,19 +47,57 @@ func EnterCommand(rec *Record, rt *Runtime) []string {
 }
 
 // Notice is appended to Claude Code's system prompt (--append-system-prompt)
-// so it knows where it runs and what outlives the session.
+// so it knows where it runs, what outlives the session and what it cannot
+// change.
 func Notice(backend Backend, rt *Runtime) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "You are running inside claude-sandbox (%s backend), a sandbox on the user's machine. ", backend.Name())
-	fmt.Fprintf(&b, "The project directory %s is shared read-write with the host, and so is ~/.claude. ", rt.Project)
+	protects := backend.Traits().Protects
+	if !protects || rt.unprotected("~/.claude") {
+		fmt.Fprintf(&b, "The project directory %s is shared read-write with the host, and so is ~/.claude. ", rt.Project)
+	} else {
+		fmt.Fprintf(&b, "The project directory %s is shared read-write with the host. ", rt.Project)
+	}
 	b.WriteString("The rest of the host is not visible: not its home directory (only ~/.gitconfig, ~/.config/git, ~/.config/gh and ~/.ssh are visible, read-only), not its environment variables, not its processes. ")
 	if p := backend.Traits().Persistence; p != "" {
 		b.WriteString(p + " ")
 	}
-	if rt.ProtectGit {
-		b.WriteString("The project's .git/config and .git/hooks are read-only: commits work, but `git config`, `git remote add` and setting an upstream do not; ask the user to run those on the host. ")
+	if protects {
+		b.WriteString(ProtectionNotice(rt))
 	}
 	b.WriteString(networkNotice(rt.Egress))
+	return b.String()
+}
+
+// ProtectionNotice tells Claude what it cannot change and why, so that a
+// refused write is understood: "" when nothing is protected.
+func ProtectionNotice(rt *Runtime) string {
+	if !rt.Protect {
+		return ""
+	}
+	var b strings.Builder
+	var project []string
+	for _, p := range ProjectProtected {
+		if rt.unprotected(p.Rel) || (strings.HasPrefix(p.Rel, gitRel+"/") && rt.unprotected(gitRel)) {
+			continue
+		}
+		name := p.Rel
+		if p.Dir {
+			name += "/"
+		}
+		project = append(project, name)
+	}
+	if len(project) > 0 {
+		fmt.Fprintf(&b, "Files the host runs or obeys by itself are read-only here, so that nothing in this sandbox can plant code the user's machine runs later: in the project, %s (one that does not exist cannot be created either; git commits still work, but `git config`, `git remote add`, setting an upstream and adding submodules do not). ", strings.Join(project, ", "))
+	}
+	if !rt.unprotected("~/.claude") {
+		var kept []string
+		for _, r := range ClaudeRecorded {
+			kept = append(kept, r.Name)
+		}
+		b.WriteString("In ~/.claude, only " + strings.Join(kept, ", ") + " are saved to the host; Claude Code's configuration there (settings.json, CLAUDE.md, commands, agents, skills, plugins, hooks, output styles) is the user's, read-only, and anything else written in ~/.claude stays in this sandbox and is gone when it ends. ")
+	}
+	b.WriteString("When a change to one of these is needed (a permission rule, a hook, an MCP server, editor or git settings), say so and ask the user to make it on the host, or to allow it with --unprotect. ")
 	return b.String()
 }
 

@@ -35,6 +35,9 @@ type Launch struct {
 	Manifest *manifest.Manifest
 	Closure  string
 
+	// CacheDir is the user's cache directory (rules once found good are
+	// remembered there).
+	CacheDir string
 	// Say tells the person at the terminal what happens (joining, tmux).
 	Say func(format string, args ...any)
 	// Warn tells the person a one-line warning (a secret whose source
@@ -60,7 +63,10 @@ func (l *Launch) Check() error {
 	if l.DryRun {
 		return nil
 	}
-	return l.Backend.Check(rt)
+	if err := l.Backend.Check(rt); err != nil {
+		return err
+	}
+	return CheckRules(rt.Egress, l.CacheDir, rt.Getenv)
 }
 
 // Plan decides the start. It writes nothing anywhere; the plan's
@@ -166,6 +172,7 @@ func (l *Launch) Run(ctx context.Context) error {
 		if err := PrepareHost(p); err != nil {
 			return err
 		}
+		defer p.ReleasePlaceholders()
 		return l.Backend.Start(ctx, p, rec)
 	}
 	return l.startSupervised(ctx, spawner, p, rec, doors)
@@ -180,6 +187,9 @@ func (l *Launch) startSupervised(ctx context.Context, spawner Spawner, p *Plan, 
 		if !handedOver {
 			Unregister(p.StateDir, rec.ID)
 			doors.Remove()
+			p.ReleasePlaceholders()
+		} else {
+			p.handOverPlaceholders() // the supervisor holds them now
 		}
 	}()
 	if err := PrepareHost(p); err != nil {

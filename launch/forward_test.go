@@ -1,8 +1,6 @@
 package launch_test
 
 import (
-	"os"
-	"path/filepath"
 	"reflect"
 	"slices"
 	"testing"
@@ -130,57 +128,20 @@ func TestX11AndDBusAddresses(t *testing.T) {
 	}
 }
 
-func TestProtectGit(t *testing.T) {
-	p := t.TempDir()
-	if got, prep := ProtectGit(p, nil); got != nil || prep != nil {
-		t.Errorf("no .git: %v %v", got, prep)
-	}
-	git := filepath.Join(p, ".git")
-	os.Mkdir(git, 0o755)
-	os.WriteFile(filepath.Join(git, "config"), nil, 0o644)
-	got, prepare := ProtectGit(p, nil)
-	for _, m := range []Mount{
-		{Kind: Bind, Source: git, Dest: git},
-		{Kind: ROBind, Source: git + "/config", Dest: git + "/config"},
-		{Kind: ROBind, Source: git + "/hooks", Dest: git + "/hooks"},
-	} {
-		if mountIndex(got, m) < 0 {
-			t.Errorf("missing %+v in %+v", m, got)
-		}
-	}
-	if _, err := os.Lstat(filepath.Join(git, "hooks")); err == nil {
-		t.Error("deciding the mounts created .git/hooks: a plan writes nothing")
-	}
-	if err := PrepareHost(&Plan{Prepare: prepare}); err != nil {
-		t.Fatal(err)
-	}
-	if st, err := os.Stat(filepath.Join(git, "hooks")); err != nil || !st.IsDir() {
-		t.Error("a missing hooks directory was not created by the start")
-	}
-	if mountIndex(got, Mount{Kind: Bind, Source: git, Dest: git}) > mountIndex(got, Mount{Kind: ROBind, Source: git + "/config", Dest: git + "/config"}) {
-		t.Error(".git must be bound before the read-only binds inside it")
-	}
-
-	wt := t.TempDir()
-	os.WriteFile(filepath.Join(wt, ".git"), []byte("gitdir: /elsewhere\n"), 0o644)
-	if got, _ := ProtectGit(wt, nil); !reflect.DeepEqual(got, []Mount{{Kind: ROBind, Source: wt + "/.git", Dest: wt + "/.git"}}) {
-		t.Errorf("worktree .git file: %+v", got)
-	}
-}
-
 func TestConfigOfSeparatesWhatShapesTheSandbox(t *testing.T) {
-	base := Runtime{Project: "/p", Home: "/home/u", Network: true, ProtectGit: true, NixDaemon: true}
+	base := Runtime{Project: "/p", Home: "/home/u", Network: true, Protect: true, NixDaemon: true}
 	same := base
 	same.Shell, same.Command, same.Tmux = true, []string{"x"}, true
 	if ConfigOf("bubblewrap", "/nix/store/a", &base) != ConfigOf("bubblewrap", "/nix/store/a", &same) {
 		t.Error("the program run inside changed the configuration")
 	}
 	for name, change := range map[string]func(*Runtime){
-		"network":     func(r *Runtime) { r.Network = false },
-		"protect-git": func(r *Runtime) { r.ProtectGit = false },
-		"env":         func(r *Runtime) { r.ExtraEnv = []string{"X"} },
-		"gh-token":    func(r *Runtime) { r.GHToken = true },
-		"desktop":     func(r *Runtime) { r.NoDesktop = true },
+		"network":   func(r *Runtime) { r.Network = false },
+		"protect":   func(r *Runtime) { r.Protect = false },
+		"unprotect": func(r *Runtime) { r.Unprotect = []string{".git"} },
+		"env":       func(r *Runtime) { r.ExtraEnv = []string{"X"} },
+		"gh-token":  func(r *Runtime) { r.GHToken = true },
+		"desktop":   func(r *Runtime) { r.NoDesktop = true },
 	} {
 		r := base
 		change(&r)

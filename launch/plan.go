@@ -9,6 +9,9 @@ import (
 	"sort"
 	"strings"
 
+	"golang.org/x/sys/unix"
+
+	"github.com/claude-sandbox/claude-sandbox/internal/placeholder"
 	"github.com/claude-sandbox/claude-sandbox/manifest"
 	"github.com/claude-sandbox/claude-sandbox/secrets"
 )
@@ -62,6 +65,15 @@ type Plan struct {
 	// brokered: the launch resolved its secrets (a backend that brokers
 	// them, a network, not a dry run).
 	brokered bool
+
+	// Protected lists the paths the sandbox sees but cannot change on the
+	// host, and how the mounts cover each (ProjectProtection, ClaudeHome):
+	// for --dry-run, the session notice, and a backend that covers them
+	// its own way.
+	Protected []Protected
+
+	// held are the placeholders PrepareHost holds for this sandbox.
+	held []*placeholder.Held
 
 	// Invocation is the backend's rendering: what Start executes (bwrap,
 	// systemd-nspawn, QEMU).
@@ -126,6 +138,13 @@ type HostDir struct {
 	// Owner, when set, is who gets the directory: a root launcher creates
 	// it for the user the sandbox runs as.
 	Owner *Owner
+	// File: an empty regular file rather than a directory (a file Claude
+	// Code records into, bound into the sandbox).
+	File bool
+	// Placeholder: made only to hold a protected name that is missing on
+	// the host (ProjectProtection); it is recorded in the project's state
+	// and removed, if still empty, when the last sandbox using it ends.
+	Placeholder bool
 }
 
 // HostFile is a file Start writes on the host before the sandbox starts:
@@ -151,11 +170,22 @@ func (p *Plan) WillExist(path string, exists func(string) bool) bool {
 	return exists(path)
 }
 
-// PrepareHost creates every HostDir of the plan, in order. The project
-// state directory they may lie in exists already: Claim made it.
+// PrepareHost creates every HostDir of the plan, in order, and holds its
+// placeholders for the sandbox (ReleasePlaceholders gives them up). The
+// project state directory they may lie in exists already: Claim made it.
 func PrepareHost(p *Plan) error {
 	for _, d := range p.Prepare {
+		if d.Placeholder {
+			h, err := placeholder.Hold(d.Path, placeholderRecords(p.StateDir), (*placeholder.Owner)(d.Owner))
+			if err != nil {
+				p.ReleasePlaceholders()
+				return fmt.Errorf("preparing %s: %w", d.Path, err)
+			}
+			p.held = append(p.held, h)
+			continue
+		}
 		if err := d.create(); err != nil {
+			p.ReleasePlaceholders()
 			return err
 		}
 	}
@@ -173,14 +203,25 @@ func PrepareHost(p *Plan) error {
 func (d HostDir) create() error {
 	st, err := os.Lstat(d.Path)
 	switch {
-	case err == nil && st.IsDir():
+	case err == nil && st.IsDir() && !d.File, err == nil && st.Mode().IsRegular() && d.File:
 		return nil
+	case err == nil && d.File:
+		return fmt.Errorf("preparing %s: it exists and is not a regular file", d.Path)
 	case err == nil:
 		return fmt.Errorf("preparing %s: it exists and is not a directory", d.Path)
 	case !errors.Is(err, fs.ErrNotExist):
 		return fmt.Errorf("preparing %s: %w", d.Path, err)
 	}
-	if err := os.Mkdir(d.Path, d.Mode); err != nil && !errors.Is(err, fs.ErrExist) {
+	if d.File {
+		// Never through a link planted meanwhile, never over a file.
+		fd, err := unix.Open(d.Path, unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL|unix.O_NOFOLLOW|unix.O_CLOEXEC, uint32(d.Mode.Perm()))
+		if err != nil && !errors.Is(err, unix.EEXIST) {
+			return fmt.Errorf("preparing %s: %w", d.Path, err)
+		}
+		if err == nil {
+			unix.Close(fd)
+		}
+	} else if err := os.Mkdir(d.Path, d.Mode); err != nil && !errors.Is(err, fs.ErrExist) {
 		return fmt.Errorf("preparing %s: %w", d.Path, err)
 	}
 	if d.Owner != nil {
@@ -189,6 +230,34 @@ func (d HostDir) create() error {
 		}
 	}
 	return nil
+}
+
+// placeholderRecords is where a project's state records the placeholders
+// sandboxes made ("" without a state directory).
+func placeholderRecords(stateDir string) string {
+	if stateDir == "" {
+		return ""
+	}
+	return filepath.Join(stateDir, StatePlaceholders)
+}
+
+// ReleasePlaceholders gives up the placeholders PrepareHost held: each is
+// removed if no other sandbox holds it and it is still empty. For a
+// sandbox that ended under this process, or never started.
+func (p *Plan) ReleasePlaceholders() {
+	for _, h := range p.held {
+		_, _ = placeholder.Release(h.Path, h.File, h.Recorded, placeholderRecords(p.StateDir))
+	}
+	p.held = nil
+}
+
+// handOverPlaceholders closes this process's copies of the held
+// placeholders once another process (the sandbox's supervisor) holds them.
+func (p *Plan) handOverPlaceholders() {
+	for _, h := range p.held {
+		h.File.Close()
+	}
+	p.held = nil
 }
 
 // NewPlan starts the plan of a sandbox: what the core decides for every

@@ -49,8 +49,15 @@ type Runtime struct {
 	// file is visible inside as it is on the host, instead of a copy
 	// holding placeholders.
 	RealClaudeLogin bool
-	ProtectGit      bool // --protect-git: .git/config and .git/hooks read-only, .git not replaceable
-	NixDaemon       bool // Nix inside through the Nix daemon gateway, NIX_REMOTE=daemon (--no-nix-daemon clears it)
+	// Protect: what the host runs or obeys by itself — Claude Code's
+	// configuration in ~/.claude, the project's auto-run files and git's
+	// configuration and hooks — cannot be changed from inside (protect.go).
+	// --protect=false (protect = false) turns it off.
+	Protect bool
+	// Unprotect are protected paths left writable (--unprotect, unprotect
+	// = [...]; --protect-git=false is ".git"), as CleanUnprotect made them.
+	Unprotect []string
+	NixDaemon bool // Nix inside through the Nix daemon gateway, NIX_REMOTE=daemon (--no-nix-daemon clears it)
 	// NixUnsandboxedBuilds: the gateway lets builds through although the
 	// host daemon runs them outside any sandbox (--nix-unsandboxed-builds).
 	NixUnsandboxedBuilds bool

@@ -1,8 +1,10 @@
 package launch
 
 import (
+	"bytes"
 	"context"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"slices"
@@ -72,11 +74,11 @@ func (l *Launch) planSecrets(p *Plan) {
 // takes from no variable: its managed policy directory becomes a run
 // directory folder holding copies of the policies the sandbox has anyway
 // (the closure's, and a NixOS system's) and the CACertificates policy the
-// supervisor writes beside them. Placed after the mount of the closure's
-// policy directory, it covers it.
-func ChromiumTrustMounts(p *Plan, m *manifest.Manifest) []Mount {
+// supervisor writes beside them. It replaces whatever mounts puts at that
+// directory (the closure's policies, linked).
+func ChromiumTrustMounts(p *Plan, m *manifest.Manifest, mounts []Mount) []Mount {
 	if p.ChromiumPolicies == "" {
-		return nil
+		return mounts
 	}
 	sources := []string{filepath.Join(m.Env, chromiumPolicyDir)}
 	if m.Container != nil {
@@ -98,7 +100,13 @@ func ChromiumTrustMounts(p *Plan, m *manifest.Manifest) []Mount {
 			p.Files = append(p.Files, HostFile{Path: filepath.Join(p.ChromiumPolicies, e.Name()), Data: data, Mode: 0o644})
 		}
 	}
-	return []Mount{{Kind: ROBind, Source: p.ChromiumPolicies, Dest: chromiumPolicyDir}}
+	out := make([]Mount, 0, len(mounts)+1)
+	for _, mt := range mounts {
+		if mt.Dest != chromiumPolicyDir {
+			out = append(out, mt)
+		}
+	}
+	return append(out, Mount{Kind: ROBind, Source: p.ChromiumPolicies, Dest: chromiumPolicyDir})
 }
 
 // chromiumCAPolicy is the file the supervisor writes (broker.ChromiumPolicyFile).
@@ -136,7 +144,9 @@ func ClaudeLoginMounts(p *Plan, rt *Runtime, home string) []Mount {
 		return nil
 	}
 	cred := filepath.Join(home, ".claude", ".credentials.json")
-	if st, err := os.Lstat(cred); err != nil || !st.Mode().IsRegular() {
+	if st, err := os.Lstat(cred); err != nil || !st.Mode().IsRegular() || !hasLogin(cred) {
+		// No login to keep outside (the start makes an empty file): one
+		// made inside goes to the host's file, as Claude Code's would.
 		return nil
 	}
 	p.ClaudeLogin, p.ClaudeConfigDir = filepath.Join(p.RunDir, claudeLoginFile), filepath.Dir(cred)
@@ -145,6 +155,19 @@ func ClaudeLoginMounts(p *Plan, rt *Runtime, home string) []Mount {
 		p.ChromiumPolicies = filepath.Join(p.RunDir, chromiumDirName)
 	}
 	return []Mount{{Kind: Bind, Source: p.ClaudeLogin, Dest: cred}}
+}
+
+// hasLogin says whether a credentials file holds an OAuth login (read at
+// most 64 KiB: the file is small).
+func hasLogin(path string) bool {
+	f, err := os.Open(path)
+	if err != nil {
+		return false
+	}
+	defer f.Close()
+	buf := make([]byte, 64<<10)
+	n, _ := io.ReadFull(f, buf)
+	return bytes.Contains(buf[:n], []byte(`"refreshToken"`))
 }
 
 // loginAPIHosts are where the login's access token may go: where the

@@ -22,6 +22,7 @@ import (
 //	  tmp/ local/ chromium/ tmux/   a sandbox's /tmp, ~/.local, browser profile, tmux socket
 //	  guest/          a VM guest's persistent state
 //	  vm/<id>/        a running VM's run directory (sockets, metadata share)
+//	  placeholders/   what sandboxes made to hold missing protected names, one file each
 const (
 	StateTmp      = "tmp"
 	StateLocal    = "local"
@@ -29,6 +30,9 @@ const (
 	StateTmux     = "tmux"
 	StateGuest    = "guest"
 	StateVM       = "vm"
+	// StatePlaceholders records the placeholders of protected names
+	// (ProjectProtection) that sandboxes made in the project.
+	StatePlaceholders = "placeholders"
 )
 
 // StateRoot is $XDG_STATE_HOME/claude-sandbox (~/.local/state/claude-sandbox).

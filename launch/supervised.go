@@ -235,6 +235,12 @@ func spawnSupervisor(p *Plan, rt *Runtime, rec *Record, doors *Doors, s *Started
 	spec.Adopted.OuterFD = add(s.Outer)
 	spec.Adopted.InitFD = add(s.Init)
 	spec.Adopted.LifetimeFD = add(lifetime)
+	for _, h := range p.held {
+		spec.Placeholders = append(spec.Placeholders, control.PlaceholderSpec{Path: h.Path, FD: add(h.File), Recorded: h.Recorded})
+	}
+	if len(spec.Placeholders) > 0 {
+		spec.PlaceholderRecords = placeholderRecords(p.StateDir)
+	}
 	if doors.Nix != nil {
 		nixFile, err := doors.Nix.File()
 		if err != nil {
@@ -319,15 +325,28 @@ func spawnSupervisor(p *Plan, rt *Runtime, rec *Record, doors *Doors, s *Started
 // (127.0.0.1:ProxyPort, in the network namespace of target) and hands it to
 // the supervisor on the first session's connection. It runs before the
 // first session's command starts, so that nothing inside ever finds the
-// proxy port closed; connections made before the supervisor serves it wait
-// in the socket's queue.
+// proxy port closed. The supervisor's answer is read before the command
+// starts: a door it could not open is this launch's error, and no reply
+// is left unread on the session's connection.
 func openProxyDoor(first *control.Conn, target int) error {
 	f, err := nsenter.ListenLoopback(target, ProxyPort)
 	if err != nil {
 		return fmt.Errorf("the sandbox's proxy port: %w", err)
 	}
 	defer f.Close()
-	return first.SendFile(control.Request{Op: control.OpDoor, Service: "net"}, f)
+	if err := first.SendFile(control.Request{Op: control.OpDoor, Service: "net"}, f); err != nil {
+		return fmt.Errorf("handing the proxy port to the supervisor: %w", err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	var reply control.Reply
+	if err := first.Receive(ctx, &reply); err != nil {
+		return fmt.Errorf("handing the proxy port to the supervisor: %w", err)
+	}
+	if !reply.OK {
+		return fmt.Errorf("the supervisor could not serve the sandbox's proxy port: %s", reply.Reason)
+	}
+	return nil
 }
 
 // recordPath is a registry record's file.

@@ -1,16 +1,15 @@
 package launch
 
 import (
-	"errors"
-	"io/fs"
 	"os"
 	"path/filepath"
 
 	"github.com/claude-sandbox/claude-sandbox/manifest"
 )
 
-// The user's own files a sandbox gets: Claude Code's state (read-write),
-// its ~/.claude.json (a copy), the tools' configuration (read-only) and
+// The user's own files a sandbox gets: Claude Code's ~/.claude (its
+// records read-write, its configuration read-only: ClaudeHome), its
+// ~/.claude.json (a copy), the tools' configuration (read-only) and
 // Chromium's managed policy from the closure.
 
 // Dotfiles are the host home's configuration files a sandbox sees,
@@ -29,33 +28,24 @@ type UserFiles struct {
 	Owner *Owner
 }
 
-// UserMounts are the mounts of the user's files, in order, and the
-// directories Start must create for them.
-func UserMounts(m *manifest.Manifest, u UserFiles) ([]Mount, []HostDir) {
+// UserMounts are the mounts of the user's files, in order, the
+// directories Start must create for them, and what of them is protected.
+func UserMounts(m *manifest.Manifest, u UserFiles, rt *Runtime) ([]Mount, []HostDir, []Protected) {
 	var mounts []Mount
-	var prepare []HostDir
 	home := func(rel string) string { return filepath.Join(u.Home, rel) }
 
-	// Chromium's managed policy, from the environment the closure built.
+	// Chromium's managed policy, from the environment the closure built:
+	// a link into the read-only store (as NixOS's /etc has it), which
+	// costs the launch less than a bind.
 	policy := filepath.Join(m.Env, "etc/chromium/policies/managed")
 	if st, err := os.Stat(policy); err == nil && st.IsDir() {
-		mounts = append(mounts, Mount{Kind: ROBind, Source: policy, Dest: "/etc/chromium/policies/managed"})
+		mounts = append(mounts, Mount{Kind: Symlink, Source: policy, Dest: "/etc/chromium/policies/managed"})
 	}
 
-	// ~/.claude holds the login: made in the user's home if missing, so a
-	// login inside the sandbox outlives it.
-	claude := home(".claude")
-	switch st, err := os.Lstat(claude); {
-	case err == nil && st.IsDir():
-		mounts = append(mounts, Mount{Kind: Bind, Source: claude, Dest: claude})
-	case errors.Is(err, fs.ErrNotExist) && u.MayCreate && isDir(u.Home):
-		prepare = append(prepare, HostDir{Path: claude, Mode: 0o700, Owner: u.Owner})
-		mounts = append(mounts, Mount{Kind: Bind, Source: claude, Dest: claude})
-	case err == nil && u.Owner == nil && isDir(claude):
-		// A symlink to a directory (a dotfiles manager's): the user's own
-		// to follow, never a root launcher's.
-		mounts = append(mounts, Mount{Kind: Bind, Source: claude, Dest: claude})
-	}
+	// ~/.claude holds the login and the history: made in the user's home
+	// if missing, so that they outlive the sandbox.
+	claude, prepare, protected := ClaudeHome(u, rt)
+	mounts = append(mounts, claude...)
 
 	// ~/.claude.json is copied, never bound: Claude Code replaces it by
 	// rename, which fails on a mount point, and a shared file would race
@@ -67,7 +57,7 @@ func UserMounts(m *manifest.Manifest, u UserFiles) ([]Mount, []HostDir) {
 		mounts = append(mounts, Mount{Kind: ROBind, Source: home(rel), Dest: home(rel), Optional: true})
 	}
 	mounts = append(mounts, sshMounts(home(".ssh"), u.Owner)...)
-	return mounts, prepare
+	return mounts, prepare, protected
 }
 
 func isDir(p string) bool {

@@ -41,12 +41,15 @@ type Renderer struct {
 	planned int
 	started int
 	done    int
+	// built names the derivations finished since the first plan: a build
+	// Nix killed is planned again when it is retried, and counted once.
+	built   map[string]bool
 	current map[string]string // drv name → phase
 }
 
 // New returns a renderer writing to w.
 func New(w io.Writer, mode Mode, verbose bool) *Renderer {
-	r := &Renderer{w: w, mode: mode, verbose: verbose, current: map[string]string{}}
+	r := &Renderer{w: w, mode: mode, verbose: verbose, current: map[string]string{}, built: map[string]bool{}}
 	if mode == JSON {
 		r.enc = json.NewEncoder(w)
 	}
@@ -67,9 +70,18 @@ func (r *Renderer) Handle(ev closure.Event) {
 	case closure.EventEvaluating:
 		r.line("evaluating the sandbox configuration")
 	case closure.EventPlan:
-		r.planned = len(ev.WillBuild)
+		for _, d := range ev.WillBuild {
+			delete(r.built, closure.DrvName(d))
+		}
+		r.done = len(r.built)
+		r.started = r.done
+		r.planned = r.done + len(ev.WillBuild)
 		r.line(planSummary(ev))
-		if r.mode == Terminal && r.planned > 0 {
+		if r.bar != nil {
+			// A retry's plan: the same bar, its total and count corrected.
+			r.bar.SetTotal(int64(r.planned), false)
+			r.bar.SetCurrent(int64(r.done))
+		} else if r.mode == Terminal && r.planned > 0 {
 			r.bars = mpb.New(mpb.WithOutput(r.w), mpb.WithWidth(24))
 			r.bar = r.bars.AddBar(int64(r.planned),
 				mpb.PrependDecorators(decor.Name("building "), decor.CountersNoUnit("%d/%d")),
@@ -96,7 +108,8 @@ func (r *Renderer) Handle(ev closure.Event) {
 		}
 	case closure.EventBuildDone:
 		delete(r.current, ev.Name)
-		r.done++
+		r.built[ev.Name] = true
+		r.done = len(r.built)
 		if r.bar != nil {
 			r.bar.SetCurrent(int64(r.done))
 		}

@@ -70,3 +70,27 @@ func TestJSONIsOneEventPerLine(t *testing.T) {
 		}
 	}
 }
+
+// A builder Nix killed is retried: the retry's plan lists it again, and the
+// summary counts each derivation once.
+func TestRetriedBuildIsCountedOnce(t *testing.T) {
+	const drvB = "/nix/store/11111111111111111111111111111111-beta.drv"
+	var out bytes.Buffer
+	r := New(&out, Plain, false)
+	for _, ev := range []closure.Event{
+		{Kind: closure.EventPlan, WillBuild: []string{drvA, drvB}},
+		{Kind: closure.EventBuildStart, Drv: drvA, Name: "alpha-1.0"},
+		{Kind: closure.EventBuildDone, Drv: drvA, Name: "alpha-1.0"},
+		{Kind: closure.EventBuildStart, Drv: drvB, Name: "beta"},
+		{Kind: closure.EventBuildDone, Drv: drvB, Name: "beta"}, // killed, retried
+		{Kind: closure.EventPlan, WillBuild: []string{drvB}},
+		{Kind: closure.EventBuildStart, Drv: drvB, Name: "beta"},
+		{Kind: closure.EventBuildDone, Drv: drvB, Name: "beta"},
+		{Kind: closure.EventDone, OutPath: "/nix/store/x"},
+	} {
+		r.Handle(ev)
+	}
+	if !strings.HasSuffix(out.String(), "finished beta (2/2)\nbuilt 2 derivations\n") {
+		t.Fatalf("a retried build was counted twice:\n%s", out.String())
+	}
+}

@@ -291,6 +291,9 @@ func (s *Supervisor) holdFirstSession(c *control.Conn) {
 			f.Close()
 		}
 		if err := c.Send(reply); err != nil {
+			// The launcher is gone (killed before it read the answer):
+			// so is its session.
+			s.sessionEnded()
 			return
 		}
 	}

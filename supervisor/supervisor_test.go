@@ -242,3 +242,25 @@ func TestLastLeaveIsAnsweredAfterTheEnd(t *testing.T) {
 	}
 	h.waitEnd(t)
 }
+
+// A launch killed while the supervisor was still taking its door (it never
+// reads the answer) has ended its session: the sandbox ends with it.
+func TestLauncherGoneBeforeTheDoorsAnswer(t *testing.T) {
+	h := start(t, true, func(sv *Supervisor) {
+		sv.Doors = map[string]func(*os.File) error{"net": func(*os.File) error {
+			time.Sleep(200 * time.Millisecond)
+			return nil
+		}}
+	})
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	defer w.Close()
+	if err := control.NewConn(h.first).SendFile(control.Request{Op: control.OpDoor, Service: "net"}, r); err != nil {
+		t.Fatal(err)
+	}
+	h.first.Close()
+	h.waitEnd(t)
+}

@@ -164,6 +164,25 @@ func ps(t *testing.T, o runOpts) []psEntry {
 	return out
 }
 
+// waitNotListed waits until ps no longer lists a project's sandbox.
+func waitNotListed(t *testing.T, project string, limit time.Duration) {
+	t.Helper()
+	for deadline := time.Now().Add(limit); ; time.Sleep(100 * time.Millisecond) {
+		var listed []psEntry
+		for _, e := range ps(t, runOpts{}) {
+			if e.Project == project {
+				listed = append(listed, e)
+			}
+		}
+		if len(listed) == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("ps still lists the sandbox %s after %v: %+v", project, limit, listed)
+		}
+	}
+}
+
 // pty is a pseudo-terminal: the test holds the master, a sandbox gets the
 // slave as its controlling terminal.
 type pty struct {

@@ -34,43 +34,36 @@ func writeFile(t testing.TB, path, content string) {
 	}
 }
 
-// netInterfaces lists the interface names in a /proc/net/dev.
-func netInterfaces(procNetDev string) []string {
-	var names []string
-	for _, line := range strings.Split(procNetDev, "\n") {
-		if name, _, ok := strings.Cut(line, ":"); ok && !strings.Contains(name, "|") {
-			names = append(names, strings.TrimSpace(name))
-		}
-	}
-	return names
-}
-
 // probeScript reports, from inside the sandbox, everything a hostile
-// project file tries to widen.
+// project file tries to widen. The network mode shows in what the
+// sandbox's proxy answers for a name that does not exist: allowlist refuses
+// it before any lookup (403), open looks it up and fails (502), and with no
+// network there is no proxy to answer (000).
 const probeScript = `echo "env=${CSB_PLANTED_SECRET:-absent}"
 echo "gh=${GH_TOKEN:-absent}"
 if (echo x > .git/hooks/csb-probe) 2>/dev/null; then echo hooks=writable; rm -f .git/hooks/csb-probe; else echo hooks=readonly; fi
 if command -v tput >/dev/null; then echo ncurses=yes; else echo ncurses=no; fi
-echo net:
-cat /proc/net/dev`
+` + netProbe
 
-type probeResult struct {
-	lines  map[string]string
-	ifaces []string
-}
+const netProbe = `echo "net=$(curl -s -m 20 -o /dev/null -w '%{http_code}' http://csb-probe.invalid/)"`
+
+// netModes reads netProbe's answer.
+var netModes = map[string]string{"403": "allowlist", "502": "open", "000": "none"}
+
+type probeResult struct{ lines map[string]string }
 
 func probeOutput(t *testing.T, r result) probeResult {
 	t.Helper()
-	head, netDev, ok := strings.Cut(r.stdout, "net:\n")
-	if !ok {
+	if !strings.Contains(r.stdout, "net=") {
 		t.Fatalf("the probe did not run: %s", r)
 	}
-	p := probeResult{lines: map[string]string{}, ifaces: netInterfaces(netDev)}
-	for _, line := range strings.Split(head, "\n") {
+	p := probeResult{lines: map[string]string{}}
+	for _, line := range strings.Split(r.stdout, "\n") {
 		if k, v, ok := strings.Cut(line, "="); ok {
 			p.lines[k] = v
 		}
 	}
+	p.lines["net"] = netModes[p.lines["net"]]
 	return p
 }
 
@@ -104,7 +97,6 @@ nixpkgs = "./nixpkgs"
 		// makes the launch work once trusted.
 		"CLAUDE_SANDBOX_NIXPKGS=",
 	}}
-	hostIfaces := netInterfaces(readFile(t, "/proc/net/dev"))
 
 	// Untrusted: nothing runs, and the error names each widening and the
 	// two commands to review and approve.
@@ -137,8 +129,8 @@ nixpkgs = "./nixpkgs"
 	if b.lines["env"] != "absent" || b.lines["gh"] != "absent" || b.lines["hooks"] != "readonly" || b.lines["ncurses"] != "no" {
 		t.Errorf("baseline sandbox already has a widening: %v", b.lines)
 	}
-	if len(b.ifaces) != len(hostIfaces) {
-		t.Errorf("baseline (no user config either): network on, want the host's interfaces %v, got %v", hostIfaces, b.ifaces)
+	if b.lines["net"] != "allowlist" {
+		t.Errorf("baseline (no user config either): network %q, want the default, allowlist", b.lines["net"])
 	}
 	// ...and without nixpkgs from anywhere, the launch cannot work: the
 	// project's nixpkgs setting is what the trusted run below uses.
@@ -182,8 +174,8 @@ nixpkgs = "./nixpkgs"
 	if in.lines["ncurses"] != "yes" {
 		t.Errorf("with = [ncurses] did not take effect: %v", in.lines)
 	}
-	if len(in.ifaces) != len(hostIfaces) {
-		t.Errorf("network = true over the user's network = false did not take effect: %v (host %v)", in.ifaces, hostIfaces)
+	if in.lines["net"] != "open" {
+		t.Errorf("network = true (open) over the user's network = false did not take effect: %q", in.lines["net"])
 	}
 
 	// An edit, even a comment, needs approval again.
@@ -250,26 +242,26 @@ func TestConfigPrecedence(t *testing.T) {
 	p := project(t)
 	writeFile(t, filepath.Join(p, ".claude-sandbox.toml"), "network = false\nwith = [\"jq\"]\n")
 	o := runOpts{env: []string{"XDG_CONFIG_HOME=" + cfgHome(t, "network = true\nwith = [\"ncurses\"]\nenv = [\"CSB_USER_VAR\"]\n"), "CSB_USER_VAR=from-user"}}
-	netDev := "cat /proc/net/dev; echo user=${CSB_USER_VAR:-absent}"
+	netDev := netProbe + "; echo user=${CSB_USER_VAR:-absent}"
 
 	// The project narrows the user's network = true: no trust needed.
 	r := run(t, o, "exec", p, "--", "sh", "-c", netDev)
 	if r.code != 0 {
 		t.Fatalf("narrowing project file: %s", r)
 	}
-	if got := netInterfaces(r.stdout); len(got) != 1 || got[0] != "lo" {
-		t.Errorf("project network = false over user network = true: interfaces %v, want [lo]", got)
+	if got := probeOutput(t, r).lines["net"]; got != "none" {
+		t.Errorf("project network = false over user network = true: network %q, want none", got)
 	}
 	if !strings.Contains(r.stdout, "user=from-user") {
 		t.Errorf("the user's env setting (trusted) did not apply: %s", r.stdout)
 	}
 	// A flag the user sets wins over both files.
-	r = run(t, o, "exec", "--no-network=false", p, "--", "sh", "-c", netDev)
+	r = run(t, o, "exec", "--network", "open", p, "--", "sh", "-c", netDev)
 	if r.code != 0 {
-		t.Fatalf("--no-network=false: %s", r)
+		t.Fatalf("--network open: %s", r)
 	}
-	if got := netInterfaces(r.stdout); len(got) < 2 {
-		t.Errorf("--no-network=false over project network = false: interfaces %v", got)
+	if got := probeOutput(t, r).lines["net"]; got != "open" {
+		t.Errorf("--network open over project network = false: network %q", got)
 	}
 
 	// What each file gave, and from where; lists add up across files.
@@ -295,7 +287,7 @@ func TestConfigPrecedence(t *testing.T) {
 	}
 	want := map[string]string{
 		"with":    `["ncurses", "jq"] from user config+project config`,
-		"network": `false from project config`,
+		"network": `"none" from project config`,
 		"env":     `["CSB_USER_VAR"] from user config`,
 	}
 	for k, v := range want {
@@ -321,13 +313,4 @@ func TestConfigPrecedence(t *testing.T) {
 	if r := run(t, bad, "version"); r.code != 0 {
 		t.Fatalf("version with a broken config: %s", r)
 	}
-}
-
-func readFile(t *testing.T, p string) string {
-	t.Helper()
-	data, err := os.ReadFile(p)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return string(data)
 }

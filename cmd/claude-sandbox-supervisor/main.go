@@ -17,9 +17,9 @@ import (
 	"time"
 
 	"github.com/claude-sandbox/claude-sandbox/egress"
+	"github.com/claude-sandbox/claude-sandbox/internal/placeholder"
 	"github.com/claude-sandbox/claude-sandbox/nixdaemon"
 	"github.com/claude-sandbox/claude-sandbox/nixgate"
-
 	"github.com/claude-sandbox/claude-sandbox/sessionlog"
 	"github.com/claude-sandbox/claude-sandbox/supervisor"
 	"github.com/claude-sandbox/claude-sandbox/supervisor/control"
@@ -47,6 +47,13 @@ func run() int {
 	var spec control.Spec
 	if err := json.Unmarshal(data, &spec); err != nil {
 		return fail("the spec: %v", err)
+	}
+	// Held for the sandbox's life by this process alone: a program it
+	// starts must not keep a placeholder's lock after it.
+	for _, ph := range spec.Placeholders {
+		if ph.FD > 2 {
+			syscall.CloseOnExec(ph.FD)
+		}
 	}
 	// Until the end: a terminal's hang-up or a Ctrl-C of the launcher's
 	// process group must not end the sandbox under its other sessions.
@@ -93,6 +100,7 @@ func run() int {
 			reason = "ended: " + err.Error()
 		}
 		log.Log(sessionlog.Entry{Service: "supervisor", Decision: sessionlog.Note, Op: "end", Reason: reason})
+		releasePlaceholders(spec, sv, fds, log)
 		if spec.RunDir != "" {
 			_ = os.RemoveAll(spec.RunDir)
 		}
@@ -101,6 +109,31 @@ func run() int {
 		return fail("%v", err)
 	}
 	return 0
+}
+
+// releasePlaceholders gives up the placeholders the sandbox held, once it
+// has ended (its mounts are gone with it): each goes if no other sandbox
+// holds it and it is still empty. A sandbox that did not end leaves them
+// to the next launch, which finds them recorded.
+func releasePlaceholders(spec control.Spec, sv *supervisor.Supervisor, fds func(int) (*os.File, error), log sessionlog.Logger) {
+	select {
+	case <-sv.Sandbox.Done():
+	default:
+		return
+	}
+	for _, ph := range spec.Placeholders {
+		f, err := fds(ph.FD)
+		if err != nil {
+			continue
+		}
+		removed, err := placeholder.Release(ph.Path, f, ph.Recorded, spec.PlaceholderRecords)
+		switch {
+		case err != nil:
+			log.Log(sessionlog.Entry{Service: "protect", Decision: sessionlog.Note, Op: "placeholder", Target: ph.Path, Reason: "not removed: " + err.Error()})
+		case removed:
+			log.Log(sessionlog.Entry{Service: "protect", Decision: sessionlog.Note, Op: "placeholder", Target: ph.Path, Reason: "removed"})
+		}
+	}
 }
 
 func fail(format string, args ...any) int {

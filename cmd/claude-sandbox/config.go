@@ -32,6 +32,8 @@ var configFlags = map[string]configFlag{
 	"nix-daemon":             {name: "no-nix-daemon", invert: true},
 	"nix-unsandboxed-builds": {name: "nix-unsandboxed-builds"},
 	"desktop":                {name: "no-desktop", invert: true},
+	"protect":                {name: "protect"},
+	"unprotect":              {name: "unprotect"},
 	"protect-git":            {name: "protect-git"},
 	"tmux":                   {name: "tmux"},
 	"accel":                  {name: "accel"},

@@ -29,7 +29,7 @@ func (a *app) newDoctorCmd() *cobra.Command {
 (by starting a tiny bwrap sandbox), systemd-nspawn and root, KVM (by booting
 a guest kernel for a few seconds), virtiofsd, the display, audio, D-Bus and
 SSH agent sockets a sandbox would get, the cache directory, GC roots and
-free disk. Each line is ✓ (works), ✗ (broken, with the fix), ! (works
+free disk, and what a sandbox keeps from being changed. Each line is ✓ (works), ✗ (broken, with the fix), ! (works
 partly, or could not be tried) or – (absent, and nothing needs it).
 
 Exits 1 when the default backend (--backend, else the configuration's) cannot
@@ -42,6 +42,10 @@ run.`,
 			if err != nil {
 				return err
 			}
+			unprotect, err := a.unprotect()
+			if err != nil {
+				return err
+			}
 			env := &doctor.Env{
 				Getenv:         a.getenv,
 				EUID:           os.Geteuid(),
@@ -51,6 +55,8 @@ run.`,
 				System:         nixSystem(),
 				NoDesktop:      a.opts.Launch.NoDesktop,
 				NoNetwork:      a.opts.NoNetwork,
+				Protect:        a.opts.Launch.Protect,
+				Unprotect:      unprotect,
 
 				NixUnsandboxedBuilds: a.opts.Launch.NixUnsandboxedBuilds,
 				KVMTimeout:           kvmTimeout,
@@ -84,5 +90,6 @@ run.`,
 	cmd.Flags().DurationVar(&kvmTimeout, "kvm-timeout", 10*time.Second, "how long a guest may stay silent under KVM before it counts as stuck")
 	cmd.Flags().AddFlag(a.buildFlags().Lookup("nixpkgs"))
 	cmd.Flags().AddFlag(a.noDesktopFlag())
+	cmd.Flags().AddFlagSet(a.protectFlags())
 	return cmd
 }

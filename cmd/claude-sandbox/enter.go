@@ -12,12 +12,13 @@ import (
 // launchFlags are the switches of a sandbox start that are not about what
 // is built.
 type launchFlags struct {
-	New     bool
-	Tmux    bool
-	GHToken bool
-	// ClaudeLogin: --claude-login (placeholder or real).
-	ClaudeLogin string
-	ProtectGit  bool
+	New         bool
+	Tmux        bool
+	GHToken     bool
+	Protect     bool     // --protect (default): what the host runs by itself stays read-only
+	Unprotect   []string // --unprotect PATH: a protected path left writable
+	ProtectGit  bool     // --protect-git=false is --unprotect .git
+	ClaudeLogin string   // --claude-login (placeholder or real)
 	NoNixDaemon bool
 	NoDesktop   bool
 	// NixUnsandboxedBuilds: let builds through the Nix gateway although
@@ -26,8 +27,12 @@ type launchFlags struct {
 }
 
 // runtimeFor builds the run-time half of a launch from the flags.
-func (a *app) runtimeFor(project string, mode launchMode) *launch.Runtime {
+func (a *app) runtimeFor(project string, mode launchMode) (*launch.Runtime, error) {
 	l := a.opts.Launch
+	unprotect, err := a.unprotect()
+	if err != nil {
+		return nil, err
+	}
 	rt := &launch.Runtime{
 		Project:    project,
 		Command:    mode.command,
@@ -37,19 +42,20 @@ func (a *app) runtimeFor(project string, mode launchMode) *launch.Runtime {
 		Network:    !a.opts.NoNetwork,
 		ExtraEnv:   a.opts.Env,
 		GHToken:    l.GHToken,
+		Protect:    l.Protect,
+		Unprotect:  unprotect,
+		NixDaemon:  !l.NoNixDaemon,
+		NoDesktop:  l.NoDesktop,
+		Accel:      a.opts.Accel,
+		FS:         a.opts.FS,
+		NoDisplay:  a.opts.NoDisplay,
 
 		RealClaudeLogin: l.ClaudeLogin == launch.ClaudeLoginReal,
-		ProtectGit:      l.ProtectGit,
-		NixDaemon:       !l.NoNixDaemon,
-		NoDesktop:       l.NoDesktop,
-		Accel:           a.opts.Accel,
-		FS:              a.opts.FS,
-		NoDisplay:       a.opts.NoDisplay,
 
 		NixUnsandboxedBuilds: l.NixUnsandboxedBuilds,
 	}
 	rt.HostIdentity()
-	return rt
+	return rt, nil
 }
 
 // say prints a notice for a person: on a terminal, else at -v.

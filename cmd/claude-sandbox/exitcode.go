@@ -74,6 +74,8 @@ func exitCode(err error) int {
 		enterErr  *launch.EnterError
 		untrusted *config.UntrustedError
 		cfgFile   *config.FileError
+		unprot    *launch.UnprotectError
+		protErr   *launch.ProtectionError
 		netMode   *launch.NetworkModeError
 		loginMode *launch.ClaudeLoginError
 		secretCfg *secrets.ConfigError
@@ -92,12 +94,12 @@ func exitCode(err error) int {
 		return exitConfig
 	case errors.As(err, &noSuper):
 		return exitSupervisor
-	case errors.As(err, &usage), errors.As(err, &backend), errors.As(err, &envName), errors.As(err, &module), errors.As(err, &unsupport), errors.As(err, &netMode),
+	case errors.As(err, &usage), errors.As(err, &backend), errors.As(err, &envName), errors.As(err, &module), errors.As(err, &unsupport), errors.As(err, &netMode), errors.As(err, &unprot),
 		errors.As(err, &loginMode):
 		return exitUsage
 	case errors.As(err, &invalid):
 		return exitInvalidPackage
-	case errors.As(err, &project):
+	case errors.As(err, &project), errors.As(err, &protErr):
 		return exitProject
 	case errors.As(err, &unknown):
 		return exitUnknownPackage

@@ -58,6 +58,8 @@ func TestFailuresBeforeNixHaveDistinctCodes(t *testing.T) {
 		{"stop with a build flag", []string{"stop", "--with", "python3"}, exitUsage, "unknown flag: --with"},
 		{"build with a launch flag", []string{"build", "--tmux"}, exitUsage, "unknown flag: --tmux"},
 		{"an unknown backend at launch", []string{"--backend", "docker", project}, exitUsage, "unknown backend"},
+		{"unprotect what is not protected", []string{"exec", "--unprotect", "src", project, "--", "true"}, exitUsage, "--unprotect \"src\": not protected"},
+		{"unprotect outside", []string{"exec", "--unprotect", "~/.ssh", project, "--", "true"}, exitUsage, "only ~/.claude"},
 	}
 	// A switch a backend cannot honour is refused before anything is built
 	// (with --dry-run too).
@@ -154,5 +156,34 @@ func TestVersion(t *testing.T) {
 	code, stdout, _ := runCaptured(t, "version")
 	if code != 0 || !strings.HasPrefix(stdout, "claude-sandbox ") {
 		t.Fatalf("version: %d %q", code, stdout)
+	}
+}
+
+// --protect-git=false is --unprotect .git; --protect and --unprotect reach
+// the launch as given.
+func TestProtectFlags(t *testing.T) {
+	project := t.TempDir()
+	for _, c := range []struct {
+		args      []string
+		protect   bool
+		unprotect string
+	}{
+		{nil, true, ""},
+		{[]string{"--protect-git=false"}, true, ".git"},
+		{[]string{"--unprotect", ".vscode/", "--unprotect", "~/.claude/settings.json", "--protect-git=false"}, true, ".git,.vscode,~/.claude/settings.json"},
+		{[]string{"--protect=false"}, false, ""},
+	} {
+		a := &app{stdout: &bytes.Buffer{}, stderr: &bytes.Buffer{}, getenv: func(string) string { return "" }}
+		root := a.newRootCmd()
+		if err := root.ParseFlags(c.args); err != nil {
+			t.Fatal(err)
+		}
+		rt, err := a.runtimeFor(project, launchMode{})
+		if err != nil {
+			t.Fatalf("%v: %v", c.args, err)
+		}
+		if rt.Protect != c.protect || strings.Join(rt.Unprotect, ",") != c.unprotect {
+			t.Errorf("%v: protect=%v unprotect=%q", c.args, rt.Protect, rt.Unprotect)
+		}
 	}
 }

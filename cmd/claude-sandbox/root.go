@@ -42,7 +42,7 @@ type globalOptions struct {
 	Env       []string
 	Force     bool
 	DryRun    bool
-	Launch    launchFlags // --new, --tmux, --gh-token, --protect-git, … (enter.go)
+	Launch    launchFlags // --new, --tmux, --gh-token, --protect, --unprotect, … (enter.go)
 	Accel     string      // --accel: a virtual machine's accelerator (auto, kvm, tcg)
 	FS        string      // --fs: how a virtual machine gets the project (9p, virtiofs)
 	NoDisplay bool        // --no-display: no QEMU window
@@ -200,11 +200,33 @@ func (a *app) launchFlags() *pflag.FlagSet {
 	f.BoolVar(&l.GHToken, "gh-token", false, "give the sandbox GH_TOKEN and GITHUB_TOKEN as placeholders the proxy fills in for GitHub's hosts")
 	f.StringArrayVar(&a.opts.SSHKeys, "ssh-key", nil, "let the sandbox use this key of your SSH agent: its SHA256 fingerprint (ssh-add -l) or a glob over its comment (repeatable; default: every key)")
 	f.StringVar(&l.ClaudeLogin, "claude-login", launch.ClaudeLoginPlaceholder, "Claude Code's login (~/.claude/.credentials.json) inside: placeholder (a copy holding placeholders the proxy fills in) or real (the host's file as it is)")
-	f.BoolVar(&l.ProtectGit, "protect-git", true, "keep the project's .git/config and .git/hooks read-only (--protect-git=false to allow writing them)")
+	f.AddFlagSet(a.protectFlags())
 	f.BoolVar(&l.NoNixDaemon, "no-nix-daemon", false, "no Nix daemon inside (no Nix builds or store additions from the sandbox)")
 	f.BoolVar(&l.NixUnsandboxedBuilds, "nix-unsandboxed-builds", false, "let the sandbox build through the host's Nix daemon although that daemon does not sandbox its builds (they run on the host as its build users)")
 	f.AddFlag(a.noDesktopFlag())
 	return f
+}
+
+// protectFlags are --protect, --unprotect and --protect-git, shared by the
+// launching commands and doctor (which reports what they protect).
+func (a *app) protectFlags() *pflag.FlagSet {
+	l := &a.opts.Launch
+	f := pflag.NewFlagSet("protect", pflag.ContinueOnError)
+	f.BoolVar(&l.Protect, "protect", true, "keep what the host runs by itself read-only inside: Claude Code's configuration in ~/.claude, the project's .claude/, .mcp.json, .envrc, .vscode/, .idea/, .git/config and .git/hooks (--protect=false for none)")
+	f.StringArrayVar(&l.Unprotect, "unprotect", nil, "leave this protected path writable: relative to the project (.vscode, .git, .claude/worktrees) or in ~/.claude (~/.claude/settings.json) (repeatable)")
+	f.BoolVar(&l.ProtectGit, "protect-git", true, "keep the project's .git/config and .git/hooks read-only; --protect-git=false is --unprotect .git")
+	return f
+}
+
+// unprotect is what the flags leave writable, checked (--protect-git=false
+// is --unprotect .git).
+func (a *app) unprotect() ([]string, error) {
+	l := a.opts.Launch
+	u := l.Unprotect
+	if !l.ProtectGit {
+		u = append(append([]string(nil), u...), ".git")
+	}
+	return launch.CleanUnprotect(u)
 }
 
 // noDesktopFlag is --no-desktop, shared by the launching commands and

@@ -82,7 +82,10 @@ func (a *app) launch(ctx context.Context, projectArg string, mode launchMode) er
 	if err != nil {
 		return err
 	}
-	rt := a.runtimeFor(project, mode)
+	rt, err := a.runtimeFor(project, mode)
+	if err != nil {
+		return err
+	}
 	netMode, err := a.networkMode(a.flagChanged)
 	if err != nil {
 		return err
@@ -100,23 +103,19 @@ func (a *app) launch(ctx context.Context, projectArg string, mode launchMode) er
 	if len(a.opts.SSHKeys) > 0 {
 		rt.SSHKeys = a.opts.SSHKeys
 	}
-	if !a.opts.DryRun {
-		dirs, err := closure.DefaultDirs()
-		if err != nil {
-			return err
-		}
-		if err := launch.CheckRules(rt.Egress, dirs.Cache, rt.Getenv); err != nil {
-			return err
-		}
+	dirs, err := closure.DefaultDirs()
+	if err != nil {
+		return err
 	}
 	l := &launch.Launch{
-		Backend: backend,
-		Runtime: rt,
-		New:     a.opts.Launch.New,
-		DryRun:  a.opts.DryRun,
-		Say:     a.say,
-		Warn:    a.warn,
-		Log:     a.log,
+		Backend:  backend,
+		Runtime:  rt,
+		New:      a.opts.Launch.New,
+		DryRun:   a.opts.DryRun,
+		CacheDir: dirs.Cache,
+		Say:      a.say,
+		Warn:     a.warn,
+		Log:      a.log,
 	}
 	// Before a build that could take minutes, not after.
 	if err := l.Check(); err != nil {
@@ -139,7 +138,11 @@ func (a *app) launch(ctx context.Context, projectArg string, mode launchMode) er
 		defer p.Invocation.Close()
 		enc := json.NewEncoder(a.stdout)
 		enc.SetIndent("", "  ")
-		return enc.Encode(p.Invocation.Printable())
+		// The invocation, and what it keeps from being changed.
+		return enc.Encode(struct {
+			*launch.Invocation
+			Protected []launch.Protected `json:"protected"`
+		}{p.Invocation.Printable(), p.Protected})
 	}
 	a.log.Debug().Str("key", c.Key).Str("out", c.OutPath).Bool("cached", c.Cached).Msg("launching")
 	a.sayNetwork(rt)

@@ -22,8 +22,8 @@ func (a *app) newTrustCmd() *cobra.Command {
 		Long: `A project's claude-sandbox.toml comes from its repository, which you may not
 control. Settings that only add packages or narrow access apply at once;
 settings that widen access (env, gh-token, modules, nixpkgs, network,
-nix-daemon or desktop on where your settings turn them off, protect-git = false,
-sudo) apply only after you approve the file exactly as it is, with this
+nix-daemon or desktop on where your settings turn them off, protect = false,
+unprotect, protect-git = false, sudo) apply only after you approve the file exactly as it is, with this
 command. The approval is recorded by content hash (with the content of any
 module file it names): any later change needs approval again.
 

@@ -71,6 +71,11 @@ type nsEnter struct {
 	argv  **byte
 	envv  **byte
 	fprog *unix.SockFprog // nil: no filter
+	// dropCaps: clear every capability before the exec, with no_new_privs
+	// set, so that not even root's exec gets them back.
+	dropCaps bool
+	capHdr   [2]uint32 // _LINUX_CAPABILITY_VERSION_3, this thread
+	capData  [6]uint32 // effective, permitted, inheritable ×2: all zero
 
 	pipe    uintptr       // write end: reports to the parent
 	mask    unix.Sigset_t // the signal mask to exec with
@@ -81,12 +86,13 @@ type nsEnter struct {
 // Messages on the pipe: {step, errno, 0} for a failure, {msgForked, pid,
 // directory index} when the command was forked.
 const (
-	stepNoNewPrivs = 100
-	stepSeccomp    = 101
-	stepChdir      = 102
-	stepFork       = 103
-	stepExec       = 104
-	msgForked      = 200
+	stepNoNewPrivs   = 100
+	stepSeccomp      = 101
+	stepChdir        = 102
+	stepFork         = 103
+	stepExec         = 104
+	stepCapabilities = 105
+	msgForked        = 200
 )
 
 // The steps an Error names that callers tell apart.
@@ -113,12 +119,19 @@ func forkEnter(j *nsEnter) (pid uintptr, errno syscall.Errno) {
 			report(j, uint32(i), uint32(e), 0)
 		}
 	}
-	if j.fprog != nil {
+	if j.fprog != nil || j.dropCaps {
 		if _, _, e = syscall.RawSyscall6(syscall.SYS_PRCTL, unix.PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0, 0); e != 0 {
 			report(j, stepNoNewPrivs, uint32(e), 0)
 		}
+	}
+	if j.fprog != nil {
 		if _, _, e = syscall.RawSyscall(unix.SYS_SECCOMP, unix.SECCOMP_SET_MODE_FILTER, 0, uintptr(unsafe.Pointer(j.fprog))); e != 0 {
 			report(j, stepSeccomp, uint32(e), 0)
+		}
+	}
+	if j.dropCaps {
+		if _, _, e = syscall.RawSyscall(syscall.SYS_CAPSET, uintptr(unsafe.Pointer(&j.capHdr[0])), uintptr(unsafe.Pointer(&j.capData[0])), 0); e != 0 {
+			report(j, stepCapabilities, uint32(e), 0)
 		}
 	}
 	dir := 0
@@ -199,6 +212,10 @@ type Options struct {
 	// three; "" counts as /).
 	Dirs   []string
 	Filter []unix.SockFilter // a seccomp filter installed before the exec; nil: none
+	// DropCapabilities clears the command's capabilities (and sets
+	// no_new_privs): for a root caller, whose command would otherwise keep
+	// all of root's in the sandbox it joins.
+	DropCapabilities bool
 }
 
 // Process is a command started inside the namespaces. It is this
@@ -221,7 +238,8 @@ func Start(o Options) (*Process, error) {
 		return nil, &Error{Step: "changing directory", Err: fmt.Errorf("%d directories to try, at most %d", len(o.Dirs), maxDirs)}
 	}
 	target := o.Target
-	j := &nsEnter{}
+	j := &nsEnter{dropCaps: o.DropCapabilities}
+	j.capHdr[0] = unix.LINUX_CAPABILITY_VERSION_3
 	var files []*os.File
 	defer func() {
 		for _, f := range files {
@@ -387,6 +405,8 @@ func Start(o Options) (*Process, error) {
 			failure = &Error{Step: "joining its " + j.nsName[a] + " namespace", Err: syscall.Errno(b)}
 		case a == stepNoNewPrivs, a == stepSeccomp:
 			failure = &Error{Step: "installing its seccomp filter", Err: syscall.Errno(b)}
+		case a == stepCapabilities:
+			failure = &Error{Step: "dropping capabilities", Err: syscall.Errno(b)}
 		case a == stepChdir:
 			failure = &Error{Step: "changing directory", Err: syscall.Errno(b)}
 		case a == stepFork:

@@ -34,7 +34,8 @@ func (Backend) Traits() launch.Traits {
 		UserNamespaces: true,
 		Tmux:           true,
 		SecretBroker:   true,
-		Persistence:    "What persists after the sandbox ends: the project directory, ~/.claude, ~/.local and /tmp (both kept per project). Everything else in the home directory is discarded.",
+		Protects:       true,
+		Persistence:    "What persists after the sandbox ends: the project directory, Claude Code's transcripts, history and login in ~/.claude, ~/.local and /tmp (both kept per project). Everything else in the home directory is discarded.",
 	}
 }
 
@@ -72,10 +73,13 @@ func (Backend) Plan(p *launch.Plan, m *manifest.Manifest, rt *launch.Runtime) er
 	mounts = append(mounts,
 		launch.Mount{Kind: launch.File, Dest: "/etc/passwd", Data: []byte(passwd), Mode: 0o644},
 		launch.Mount{Kind: launch.File, Dest: "/etc/group", Data: []byte(group), Mode: 0o644},
-		launch.Mount{Kind: launch.ROBind, Source: "/etc/machine-id", Dest: "/etc/machine-id", Optional: true},
+		// A copy, not a bind: bwrap rereads the mount table for each bind,
+		// which is most of what a mount costs the launch.
+		launch.Mount{Kind: launch.File, Source: "/etc/machine-id", Dest: "/etc/machine-id", Mode: 0o444, Optional: true},
 		// nix-ld where prebuilt binaries look for their loader (the
-		// closure's platform says where).
-		launch.Mount{Kind: launch.ROBind, Source: m.NixLd.Loader, Dest: m.NixLd.Path},
+		// closure's platform says where): a link into the read-only store,
+		// as NixOS has it.
+		launch.Mount{Kind: launch.Symlink, Source: m.NixLd.Loader, Dest: m.NixLd.Path},
 		launch.Mount{Kind: launch.Symlink, Source: m.Shell, Dest: "/bin/sh"},
 		launch.Mount{Kind: launch.Symlink, Source: m.Shell, Dest: "/bin/bash"},
 		launch.Mount{Kind: launch.Symlink, Source: m.UsrBinEnv, Dest: "/usr/bin/env"},
@@ -90,20 +94,22 @@ func (Backend) Plan(p *launch.Plan, m *manifest.Manifest, rt *launch.Runtime) er
 	mounts = append(mounts, trust...)
 
 	realHome, err := os.UserHomeDir()
-	user, prepare := launch.UserMounts(m, launch.UserFiles{Home: home, MayCreate: err == nil && filepath.Clean(realHome) == home})
+	user, prepare, protected := launch.UserMounts(m, launch.UserFiles{Home: home, MayCreate: err == nil && filepath.Clean(realHome) == home}, rt)
 	mounts = append(mounts, user...)
 	mounts = append(mounts, login...)
-	mounts = append(mounts, launch.ChromiumTrustMounts(p, m)...)
+	mounts = launch.ChromiumTrustMounts(p, m, mounts)
 	state, dirs := launch.StateMounts(p.StateDir, home, nil)
 	mounts = append(mounts, state...)
 	prepare = append(prepare, dirs...)
 	mounts = append(mounts, launch.Mount{Kind: launch.Bind, Source: rt.Project, Dest: rt.Project})
-	if rt.ProtectGit {
-		git, dirs := launch.ProtectGit(rt.Project, nil)
-		mounts = append(mounts, git...)
-		prepare = append(prepare, dirs...)
+	// The project's protected paths, over its bind.
+	covers, dirs, inProject, err := launch.ProjectProtection(rt.Project, rt, nil)
+	if err != nil {
+		return err
 	}
-	p.Mounts, p.Prepare = mounts, prepare
+	mounts = append(mounts, covers...)
+	prepare = append(prepare, dirs...)
+	p.Mounts, p.Prepare, p.Protected = mounts, prepare, append(protected, inProject...)
 	p.Env = launch.MergeEnv(env, fwd.Env, nixEnv, agentEnv, secretEnv, launch.ProxyEnv(rt.Egress), map[string]string{
 		"PATH": strings.Join(append(append([]string{}, m.Path...), filepath.Join(home, ".local/bin")), ":"),
 	})
@@ -140,6 +146,11 @@ func render(p *launch.Plan, bwrap string, keeper []string) (inv *launch.Invocati
 	// Its own network namespace, whatever the network mode: loopback only,
 	// the proxy on it its one way out.
 	inv.Args = append(inv.Args, "--unshare-net")
+	if os.Geteuid() == 0 {
+		// Run by root, bwrap leaves the sandbox root's capabilities: it
+		// could unmount what keeps protected paths read-only, and more.
+		inv.Args = append(inv.Args, "--cap-drop", "ALL")
+	}
 	if filter := seccomp.TerminalFilter(); filter != nil {
 		if err := inv.AppendFile("--seccomp", "seccomp filter: no TIOCSTI/TIOCLINUX", "", seccomp.Bytes(filter), false); err != nil {
 			return nil, err

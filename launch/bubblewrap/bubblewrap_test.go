@@ -152,8 +152,10 @@ func TestBubblewrapFullSandbox(t *testing.T) {
 			t.Fatal("the ~/.claude.json content is on the command line")
 		}
 	}
-	// seccomp filter, the sandbox's nix.conf, /etc/passwd, /etc/group, ~/.claude.json
-	if len(inv.Files) != 5 || inv.Files[4].Data != nil || inv.Files[4].Source != filepath.Join(home, ".claude.json") {
+	// seccomp filter, the sandbox's nix.conf, /etc/passwd, /etc/group,
+	// the host's machine-id where it has one, ~/.claude.json
+	last := inv.Files[len(inv.Files)-1]
+	if len(inv.Files) < 5 || last.Data != nil || last.Source != filepath.Join(home, ".claude.json") {
 		t.Fatalf("files: %+v", inv.Files)
 	}
 	if !strings.Contains(string(inv.Files[1].Data), "experimental-features") || strings.Contains(string(inv.Files[1].Data), "substituters") {
@@ -186,7 +188,7 @@ func TestPlanWritesNothing(t *testing.T) {
 	os.WriteFile(filepath.Join(proj, ".git", "config"), []byte("[core]\n"), 0o644)
 	before := tree(t, home, stateHome, proj)
 	m := handManifest()
-	rt := &launch.Runtime{Project: proj, Home: home, User: "u", Network: true, ProtectGit: true, NixDaemon: true, LookupEnv: env(nil)}
+	rt := &launch.Runtime{Project: proj, Home: home, User: "u", Network: true, Protect: true, NixDaemon: true, LookupEnv: env(nil)}
 	l := &launch.Launch{Backend: Backend{}, Runtime: rt, Manifest: m, DryRun: true}
 	if err := l.Check(); err != nil {
 		t.Fatal(err)
@@ -199,10 +201,15 @@ func TestPlanWritesNothing(t *testing.T) {
 	if after := tree(t, home, stateHome, proj); !slices.Equal(before, after) {
 		t.Errorf("the plan wrote to the file system:\nbefore %q\nafter  %q", before, after)
 	}
-	// It still plans what a start makes: ~/.claude and .git/hooks bound.
+	// It still plans what a start makes: ~/.claude's records, .git/hooks
+	// and the placeholders of missing protected names.
 	for _, seq := range [][]string{
-		{"--bind", filepath.Join(home, ".claude"), filepath.Join(home, ".claude")},
+		{"--ro-bind", filepath.Join(home, ".claude"), launch.ClaudeHostView},
+		{"--bind", filepath.Join(home, ".claude", "projects"), filepath.Join(home, ".claude", "projects")},
+		{"--bind", filepath.Join(home, ".claude", ".credentials.json"), filepath.Join(home, ".claude", ".credentials.json")},
 		{"--ro-bind", filepath.Join(proj, ".git", "hooks"), filepath.Join(proj, ".git", "hooks")},
+		{"--perms", "0555", "--tmpfs", filepath.Join(proj, ".envrc")},
+		{"--perms", "0555", "--tmpfs", filepath.Join(proj, ".git", "modules")},
 		{"--bind", filepath.Join(p.StateDir, "tmp"), "/tmp"},
 	} {
 		if index(p.Invocation.Args, seq...) < 0 {

@@ -148,6 +148,11 @@ func (Backend) Enter(ctx context.Context, s *launch.Session, rt *launch.Runtime,
 	e, err := nsenter.Start(nsenter.Options{
 		Target: target, Argv: argv, Env: env, Path: launch.EnvValue(env, "PATH"),
 		Dirs: []string{cwd, launch.EnvValue(env, "HOME"), "/"}, Filter: seccomp.TerminalFilter(),
+		// Joined by root, a session would keep root's capabilities (bwrap
+		// run by root makes no user namespace): enough to unmount what
+		// keeps protected paths read-only. The sandbox's own keeper has
+		// none either (--cap-drop ALL).
+		DropCapabilities: os.Geteuid() == 0,
 	})
 	if err != nil {
 		if payloadEnding(err, target) {

@@ -44,7 +44,9 @@ type Backend struct{}
 
 func (Backend) Name() string { return Name }
 
-func (Backend) Traits() launch.Traits { return launch.Traits{NeedsRoot: true, SecretBroker: true} }
+func (Backend) Traits() launch.Traits {
+	return launch.Traits{NeedsRoot: true, SecretBroker: true, Protects: true}
+}
 
 // Check: systemd-nspawn creates namespaces and mounts only root may.
 func (Backend) Check(rt *launch.Runtime) error {
@@ -169,10 +171,10 @@ func plan(p *launch.Plan, m *manifest.Manifest, rt *launch.Runtime, h host, u co
 	login := launch.ClaudeLoginMounts(p, rt, u.Home)
 	trust, secretEnv := launch.SecretMounts(p)
 	mounts = append(mounts, trust...)
-	user, prepare := launch.UserMounts(m, launch.UserFiles{Home: u.Home, MayCreate: true, Owner: owner})
+	user, prepare, protected := launch.UserMounts(m, launch.UserFiles{Home: u.Home, MayCreate: true, Owner: owner}, &inner)
 	mounts = append(mounts, user...)
 	mounts = append(mounts, login...)
-	mounts = append(mounts, launch.ChromiumTrustMounts(p, m)...)
+	mounts = launch.ChromiumTrustMounts(p, m, mounts)
 	// The project's state: persistent /tmp, ~/.local, the browser profile
 	// and the tmux socket, made by root under root's state directory, then
 	// given to the user.
@@ -182,12 +184,16 @@ func plan(p *launch.Plan, m *manifest.Manifest, rt *launch.Runtime, h host, u co
 		mounts = append(mounts, state...)
 		prepare = append(prepare, dirs...)
 	}
-	if rt.ProtectGit {
-		git, dirs := launch.ProtectGit(rt.Project, owner)
-		mounts = append(mounts, git...)
-		prepare = append(prepare, dirs...)
-	}
 	mounts = append(mounts, launch.Mount{Kind: launch.Bind, Source: rt.Project, Dest: rt.Project})
+	// The project's protected paths, over its bind (nspawn mounts in the
+	// order of their paths).
+	covers, dirs, inProject, err := launch.ProjectProtection(rt.Project, rt, owner)
+	if err != nil {
+		return err
+	}
+	mounts = append(mounts, covers...)
+	prepare = append(prepare, dirs...)
+	protected = append(protected, inProject...)
 	// An empty home of the user's own; nspawn mounts it before the project,
 	// should the project lie inside it. A home inside the project is the
 	// project's.
@@ -195,7 +201,7 @@ func plan(p *launch.Plan, m *manifest.Manifest, rt *launch.Runtime, h host, u co
 		mounts = append(mounts, launch.Mount{Kind: launch.Dir, Dest: u.Home, Mode: 0o700})
 	}
 	mounts = append(mounts, launch.Mount{Kind: launch.ROBind, Source: h.Self, Dest: InitPath})
-	p.Mounts, p.Prepare = mounts, prepare
+	p.Mounts, p.Prepare, p.Protected = mounts, prepare, protected
 	p.Env = launch.MergeEnv(env, fwd.Env, nixEnv, agentEnv, secretEnv, launch.ProxyEnv(rt.Egress), map[string]string{
 		"PATH": strings.Join(append(append([]string{}, m.Path...), filepath.Join(u.Home, ".local/bin")), ":"),
 	})
@@ -257,7 +263,16 @@ func render(p *launch.Plan, m *manifest.Manifest, h host, u containerUser, machi
 				devices = true
 			}
 		case launch.Tmpfs:
-			a = append(a, "--tmpfs="+nspawnPath(mt.Dest))
+			// root's: with a mode that allows no writing (a placeholder),
+			// the payload can neither write in it nor change the mode.
+			if mode := mt.Mode.Perm(); mode != 0 {
+				a = append(a, fmt.Sprintf("--tmpfs=%s:mode=%04o", nspawnPath(mt.Dest), mode))
+			} else {
+				a = append(a, "--tmpfs="+nspawnPath(mt.Dest))
+			}
+		case launch.Symlink:
+			// nspawn makes none: the init does, once everything is mounted.
+			spec.Links = append(spec.Links, symlink{Target: mt.Source, Dest: mt.Dest})
 		case launch.Dir:
 			// A tmpfs of the user's own: in the volatile root a directory
 			// would be root's.

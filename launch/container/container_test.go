@@ -185,9 +185,38 @@ func TestNspawnMounts(t *testing.T) {
 	if inv, _ := render(p, m, h, u, "machine"); slices.Contains(inv.Args, "--property=DeviceAllow=char-drm rw") {
 		t.Error("a device property for an nspawn that has no systemd scope")
 	}
-	p.Mounts = []launch.Mount{{Kind: launch.Symlink, Source: "a", Dest: "b"}}
+	p.Mounts = []launch.Mount{{Kind: launch.MountKind(99), Source: "a", Dest: "b"}}
 	if _, err := render(p, m, h, u, "machine"); err == nil {
 		t.Error("a mount nspawn has no equivalent for was accepted")
+	}
+}
+
+// Symbolic links (~/.claude's, to the host's read-only view) are made by
+// the init, any character in either path; a read-only placeholder is a
+// tmpfs of root's whose mode allows no writing.
+func TestNspawnLinksAndPlaceholders(t *testing.T) {
+	m := containerManifest()
+	u := containerUser{UID: 1000, GID: 100, Name: "u", Home: "/home/u"}
+	target, dest := "/run/claude-sandbox/host-claude/we:ird\nname", "/home/u/.claude/we:ird\nname"
+	p := &launch.Plan{Cwd: "/p", Command: []string{"true"}, Mounts: []launch.Mount{
+		{Kind: launch.Symlink, Source: target, Dest: dest},
+		{Kind: launch.Tmpfs, Dest: "/p/.envrc", Mode: 0o555},
+	}}
+	inv, err := render(p, m, host{Nspawn: "/usr/bin/systemd-nspawn", Exists: func(string) bool { return false }}, u, "machine")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Contains(inv.Args, "--tmpfs=/p/.envrc:mode=0555") {
+		t.Errorf("placeholder: %q", inv.Args)
+	}
+	spec, err := parseInitSpec(inv.Args[slices.Index(inv.Args, "--")+2:])
+	if err != nil || len(spec.Links) != 1 || spec.Links[0] != (symlink{Target: target, Dest: dest}) {
+		t.Errorf("the init is not told to make the link: %+v %v", spec.Links, err)
+	}
+	for _, bad := range []string{"--symlink=x", "--symlink=5:/a/b", "--symlink=2:/ab", "--symlink=3:/a/relative"} {
+		if _, err := parseInitSpec([]string{"--uid=1", "--gid=1", bad, "--", "true"}); err == nil {
+			t.Errorf("%s accepted", bad)
+		}
 	}
 }
 
@@ -307,7 +336,7 @@ func TestPlanWritesNothing(t *testing.T) {
 	t.Setenv("XDG_STATE_HOME", stateHome)
 	m := containerManifest()
 	rt := containerRuntime(t, nil)
-	rt.Project, rt.ProtectGit = t.TempDir(), true
+	rt.Project, rt.Protect = t.TempDir(), true
 	os.MkdirAll(filepath.Join(rt.Project, ".git"), 0o755)
 	state, _ := launch.ProjectStatePath(rt.Project)
 	rt.StateDir = state
@@ -333,7 +362,15 @@ func TestPlanWritesNothing(t *testing.T) {
 			t.Errorf("the start would not create %s: %+v", path, p.Prepare)
 		}
 	}
-	for _, want := range []string{"--bind=" + filepath.Join(rt.Home, ".claude") + ":" + filepath.Join(rt.Home, ".claude"), "--bind=" + filepath.Join(state, "tmp") + ":/tmp"} {
+	claude := filepath.Join(rt.Home, ".claude")
+	for _, want := range []string{
+		"--bind-ro=" + claude + ":" + launch.ClaudeHostView,
+		"--bind=" + filepath.Join(claude, "projects") + ":" + filepath.Join(claude, "projects"),
+		"--bind=" + filepath.Join(claude, "history.jsonl") + ":" + filepath.Join(claude, "history.jsonl"),
+		"--tmpfs=" + claude + ":mode=0700,uid=4242,gid=4343",
+		"--tmpfs=" + filepath.Join(rt.Project, ".vscode") + ":mode=0555",
+		"--bind=" + filepath.Join(state, "tmp") + ":/tmp",
+	} {
 		if !slices.Contains(p.Invocation.Args, want) {
 			t.Errorf("missing %q in %q", want, p.Invocation.Args)
 		}

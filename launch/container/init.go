@@ -54,7 +54,13 @@ type initSpec struct {
 	// Copies are the plan's File mounts: the source is bound at
 	// copyStaging+index, the init copies it to Dest, the user's.
 	Copies []fileCopy
+	// Links are the plan's Symlink mounts, made by the init.
+	Links []symlink
 }
+
+// symlink is a symbolic link the init makes (--symlink=LEN:TARGETDEST:
+// the target's length first, since either path may hold any character).
+type symlink struct{ Target, Dest string }
 
 // fileCopy is a file the init copies into place (--copy=MODE:DEST).
 type fileCopy struct {
@@ -85,6 +91,9 @@ func (s initSpec) args() []string {
 	for _, c := range s.Copies {
 		a = append(a, fmt.Sprintf("--copy=%04o:%s", c.Mode, c.Dest))
 	}
+	for _, l := range s.Links {
+		a = append(a, fmt.Sprintf("--symlink=%d:%s%s", len(l.Target), l.Target, l.Dest))
+	}
 	return append(append(a, "--"), s.Command...)
 }
 
@@ -105,6 +114,15 @@ func parseInitSpec(args []string) (initSpec, error) {
 	fs.BoolVar(&s.Join, "join", false, "")
 	fs.BoolVar(&s.Keep, "keep", false, "")
 	fs.Func("copy", "", func(v string) error { copies = append(copies, v); return nil })
+	fs.Func("symlink", "", func(v string) error {
+		n, rest, _ := strings.Cut(v, ":")
+		l, err := strconv.Atoi(n)
+		if err != nil || l <= 0 || l >= len(rest) || !filepath.IsAbs(rest[:l]) || !filepath.IsAbs(rest[l:]) {
+			return fmt.Errorf("bad symlink %q", v)
+		}
+		s.Links = append(s.Links, symlink{Target: rest[:l], Dest: rest[l:]})
+		return nil
+	})
 	if err := fs.Parse(args); err != nil {
 		return s, err
 	}
@@ -231,7 +249,19 @@ func setupContainerRoot(s initSpec) error {
 	}
 	giveHomeDirs(s)
 	copyFiles(s)
+	makeLinks(s)
 	return nil
+}
+
+// makeLinks makes the plan's symbolic links, the user's (as bubblewrap
+// makes them as the user). One that cannot be made is left out.
+func makeLinks(s initSpec) {
+	for _, l := range s.Links {
+		_ = os.MkdirAll(filepath.Dir(l.Dest), 0o755)
+		if err := os.Symlink(l.Target, l.Dest); err == nil {
+			_ = os.Lchown(l.Dest, s.UID, s.GID)
+		}
+	}
 }
 
 // copyFiles puts the plan's file copies in place, the user's (a copy, as

@@ -28,6 +28,14 @@ type Spec struct {
 	// Exactly one of these says how the sandbox process came to be.
 	Adopted *AdoptedSpec `json:"adopted,omitempty"`
 
+	// Placeholders are the empty directories that hold missing protected
+	// names for the sandbox (package placeholder): each descriptor carries
+	// a shared lock for the sandbox's life, and once the sandbox has ended
+	// the supervisor removes the directory if no other sandbox holds it.
+	// PlaceholderRecords is where the project's state records them.
+	Placeholders       []PlaceholderSpec `json:"placeholders,omitempty"`
+	PlaceholderRecords string            `json:"placeholderRecords,omitempty"`
+
 	Nix      *NixSpec      `json:"nix,omitempty"`
 	Net      *NetSpec      `json:"net,omitempty"`
 	SSHAgent *SSHAgentSpec `json:"sshAgent,omitempty"`
@@ -76,6 +84,13 @@ type AdoptedSpec struct {
 	InitFD     int `json:"initFd"`     // pidfd of the sandbox's init
 	InitPID    int `json:"initPid"`    // the init's pid: where sessions join
 	LifetimeFD int `json:"lifetimeFd"` // write end of the keeper's lifetime pipe
+}
+
+// PlaceholderSpec is one held placeholder.
+type PlaceholderSpec struct {
+	Path     string `json:"path"`
+	FD       int    `json:"fd"`
+	Recorded bool   `json:"recorded"` // a sandbox made it: the last to end removes it
 }
 
 // NixSpec configures the Nix daemon gateway.

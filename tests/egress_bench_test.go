@@ -1,0 +1,118 @@
+package tests
+
+import (
+	"net"
+	"net/http"
+	"os/exec"
+	"sort"
+	"strconv"
+	"strings"
+	"testing"
+)
+
+// BenchmarkEgress measures the network as a program inside a sandbox sees
+// it, side by side with the host in one run: curl inside a bubblewrap
+// sandbox, whose only way out is its supervisor's proxy, and the same curl
+// on the host, directly, against one server on the host's loopback (named
+// by address in an allow rule). Each iteration is one sandbox running the
+// three requests and the host running the same three, so pairs see the
+// same machine load; curl's own timers exclude the launch.
+//
+//   - bulk: 256 MiB over plain HTTP (the proxy forwards the request) and
+//     through a CONNECT tunnel (what every https:// request takes), in
+//     MB/s, and each as a fraction of the direct download;
+//
+//   - set-up: a one-byte answer's time to first byte, inside and direct,
+//     and what the proxy adds (median).
+//
+//     go test ./tests -run '^$' -bench Egress -benchtime 10x
+func BenchmarkEgress(b *testing.B) {
+	requireSandboxHost(b)
+	curl, err := exec.LookPath("curl")
+	if err != nil {
+		b.Skip("curl is not installed on the host (apt-get install curl)")
+	}
+	const bulk = 256 << 20
+	chunk := make([]byte, 1<<20)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path != "/bulk" {
+			w.Write([]byte("k"))
+			return
+		}
+		w.Header().Set("Content-Length", strconv.Itoa(bulk))
+		for sent := 0; sent < bulk; sent += len(chunk) {
+			if _, err := w.Write(chunk); err != nil {
+				return
+			}
+		}
+	})}
+	go srv.Serve(ln)
+	defer srv.Close()
+	addr := ln.Addr().String()
+	p := project(b)
+
+	// speed_download is bytes per second; time_starttransfer seconds.
+	probes := `c() { curl -s -o /dev/null -w '%{speed_download} %{time_starttransfer}\n' "$@" || echo "0 0"; }
+c http://` + addr + `/bulk
+c -p http://` + addr + `/bulk
+c http://` + addr + `/one`
+	hostProbes := strings.ReplaceAll(probes, "curl -s", curl+" -s --noproxy '*'")
+	// The first of each warms the page cache and the supervisor's binary.
+	run(b, runOpts{}, "exec", p, "--allow", addr, "--", "sh", "-c", probes)
+
+	type sample struct{ viaHTTP, viaTunnel, direct, setupIn, setupDirect float64 }
+	var samples []sample
+	parse := func(out string) [][2]float64 {
+		var rows [][2]float64
+		for _, line := range strings.Split(strings.TrimSpace(out), "\n") {
+			f := strings.Fields(line)
+			if len(f) != 2 {
+				continue
+			}
+			speed, _ := strconv.ParseFloat(f[0], 64)
+			first, _ := strconv.ParseFloat(f[1], 64)
+			rows = append(rows, [2]float64{speed, first})
+		}
+		return rows
+	}
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		r := run(b, runOpts{}, "exec", p, "--allow", addr, "--", "sh", "-c", probes)
+		inside := parse(r.stdout)
+		out, err := exec.Command("sh", "-c", hostProbes).Output()
+		if err != nil {
+			b.Fatalf("curl on the host: %v", err)
+		}
+		host := parse(string(out))
+		if r.code != 0 || len(inside) != 3 || len(host) != 3 || inside[0][0] == 0 || inside[1][0] == 0 {
+			b.Fatalf("the probes did not all run: inside %q (%s), host %q", r.stdout, r, out)
+		}
+		samples = append(samples, sample{
+			viaHTTP: inside[0][0], viaTunnel: inside[1][0], direct: host[0][0],
+			setupIn: inside[2][1], setupDirect: host[2][1],
+		})
+	}
+	b.StopTimer()
+	med := func(f func(sample) float64) float64 {
+		v := make([]float64, len(samples))
+		for i, s := range samples {
+			v[i] = f(s)
+		}
+		sort.Float64s(v)
+		return v[len(v)/2]
+	}
+	const mb = 1e6
+	b.ReportMetric(med(func(s sample) float64 { return s.direct })/mb, "direct-MB/s")
+	b.ReportMetric(med(func(s sample) float64 { return s.viaHTTP })/mb, "proxy-http-MB/s")
+	b.ReportMetric(med(func(s sample) float64 { return s.viaTunnel })/mb, "proxy-connect-MB/s")
+	b.ReportMetric(med(func(s sample) float64 { return s.viaHTTP / s.direct }), "http-x-direct")
+	b.ReportMetric(med(func(s sample) float64 { return s.viaTunnel / s.direct }), "connect-x-direct")
+	b.ReportMetric(med(func(s sample) float64 { return s.setupDirect * 1000 }), "setup-direct-ms")
+	b.ReportMetric(med(func(s sample) float64 { return s.setupIn * 1000 }), "setup-inside-ms")
+	b.ReportMetric(med(func(s sample) float64 { return (s.setupIn - s.setupDirect) * 1000 }), "setup-added-ms")
+	b.ReportMetric(0, "ns/op")
+}
