@@ -3,6 +3,7 @@ package launch
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"os"
@@ -168,6 +169,46 @@ func hasLogin(path string) bool {
 	buf := make([]byte, 64<<10)
 	n, _ := io.ReadFull(f, buf)
 	return bytes.Contains(buf[:n], []byte(`"refreshToken"`))
+}
+
+// ApproveKeyPlaceholder carries the user's approval of their API key
+// into the sandbox's copy of ~/.claude.json: Claude Code asks before it
+// uses an ANTHROPIC_API_KEY it does not find among the approved (by its
+// last 20 characters), and the key inside is a placeholder, new each run.
+// Where the host's file approves the real key, the copy approves the
+// placeholder too; the mount becomes a copy of given bytes.
+func ApproveKeyPlaceholder(p *Plan, home string, mounts []Mount) []Mount {
+	valueEnd, placeholderEnd, ok := p.Secrets.Suffixes("ANTHROPIC_API_KEY", 20)
+	if !ok {
+		return mounts
+	}
+	dest := filepath.Join(home, ".claude.json")
+	for i, mt := range mounts {
+		if mt.Kind != File || mt.Dest != dest || mt.Source == "" {
+			continue
+		}
+		data, err := SnapshotFile(mt.Source)
+		if err != nil {
+			return mounts
+		}
+		var doc map[string]any
+		if json.Unmarshal(data, &doc) != nil {
+			return mounts
+		}
+		responses, _ := doc["customApiKeyResponses"].(map[string]any)
+		approved, _ := responses["approved"].([]any)
+		if !slices.Contains(approved, any(valueEnd)) {
+			return mounts
+		}
+		responses["approved"] = append(approved, placeholderEnd)
+		out, err := json.MarshalIndent(doc, "", "  ")
+		if err != nil {
+			return mounts
+		}
+		mt.Source, mt.Data, mt.Secret = "", out, false
+		mounts[i] = mt
+	}
+	return mounts
 }
 
 // loginAPIHosts are where the login's access token may go: where the

@@ -1,6 +1,9 @@
 package launch_test
 
 import (
+	"context"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -38,5 +41,30 @@ func TestSecretVariablesAreWithheld(t *testing.T) {
 	}
 	if EnvValue(got, "TERM") != "xterm" {
 		t.Errorf("the allowlist no longer passes: %v", got)
+	}
+}
+
+// The user's approval of their API key (by its last 20 characters in
+// ~/.claude.json) carries over to the placeholder in the sandbox's copy,
+// and only where the host's file approves the real key.
+func TestApproveKeyPlaceholder(t *testing.T) {
+	const key = "sk-ant-api03-abcdefghijklmnopqrstuvwxyz0123456789ABCDEFGHIJ"
+	bindings, _ := secrets.Effective(false)
+	set := secrets.Resolve(context.Background(), bindings, secrets.Options{LookupEnv: func(string) (string, bool) { return key, true }})
+	p := &Plan{Secrets: set}
+	home := t.TempDir()
+	path := filepath.Join(home, ".claude.json")
+	placeholderEnd := set.Env()["ANTHROPIC_API_KEY"][len(set.Env()["ANTHROPIC_API_KEY"])-20:]
+	for _, approved := range []string{key[len(key)-20:], "someotherkeysuffix00"} {
+		os.WriteFile(path, []byte(`{"userID":"u","customApiKeyResponses":{"approved":["`+approved+`"],"rejected":[]}}`), 0o600)
+		mounts := ApproveKeyPlaceholder(p, home, []Mount{{Kind: File, Source: path, Dest: path, Mode: 0o600, Secret: true}})
+		got := string(mounts[0].Data)
+		if approved == key[len(key)-20:] {
+			if !strings.Contains(got, placeholderEnd) || !strings.Contains(got, `"userID": "u"`) {
+				t.Errorf("an approved key: the copy does not approve the placeholder: %s", got)
+			}
+		} else if mounts[0].Source != path || got != "" {
+			t.Errorf("an unapproved key was approved inside: %+v", mounts[0])
+		}
 	}
 }

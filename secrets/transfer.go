@@ -67,3 +67,20 @@ func Variables(bindings []Binding) []string {
 	}
 	return out
 }
+
+// Suffixes are the last n characters of a resolved secret's value and of
+// its placeholder, for the variable: Claude Code remembers an API key the
+// user approved by its last 20 characters, and the sandbox's copy of that
+// record must approve the placeholder the same way. ok is false unless the
+// secret is resolved and both are longer than n.
+func (s *Set) Suffixes(variable string, n int) (value, placeholder string, ok bool) {
+	if s == nil {
+		return "", "", false
+	}
+	for _, sec := range s.secrets {
+		if sec.Status == Resolved && sec.variable() == variable && len(sec.value) > n && len(sec.placeholder) > n {
+			return string(sec.value[len(sec.value)-n:]), sec.placeholder[len(sec.placeholder)-n:], true
+		}
+	}
+	return "", "", false
+}

@@ -98,6 +98,7 @@ func (Backend) Plan(p *launch.Plan, m *manifest.Manifest, rt *launch.Runtime) er
 	mounts = append(mounts, user...)
 	mounts = append(mounts, login...)
 	mounts = launch.ChromiumTrustMounts(p, m, mounts)
+	mounts = launch.ApproveKeyPlaceholder(p, home, mounts)
 	state, dirs := launch.StateMounts(p.StateDir, home, nil)
 	mounts = append(mounts, state...)
 	prepare = append(prepare, dirs...)

@@ -175,6 +175,7 @@ func plan(p *launch.Plan, m *manifest.Manifest, rt *launch.Runtime, h host, u co
 	mounts = append(mounts, user...)
 	mounts = append(mounts, login...)
 	mounts = launch.ChromiumTrustMounts(p, m, mounts)
+	mounts = launch.ApproveKeyPlaceholder(p, u.Home, mounts)
 	// The project's state: persistent /tmp, ~/.local, the browser profile
 	// and the tmux socket, made by root under root's state directory, then
 	// given to the user.
