@@ -102,7 +102,7 @@ func Run(ctx context.Context, env *Env) *Report {
 		checkNix, checkDaemon, checkNixGateway, checkStore, checkNixpkgs,
 		checkBwrap, checkUserNSLimits,
 		checkNspawn, checkRoot,
-		checkKVM, checkQEMU, checkVirtiofsd,
+		checkKVM, checkQEMU, checkVirtiofsd, checkGuestStores,
 		checkDisplay, checkAudio, checkDBus, checkSSHAgent,
 		checkCache, checkGCRoots, checkDisk,
 		checkProtection,

@@ -157,6 +157,17 @@ func (l *Launch) Run(ctx context.Context) error {
 		}
 		forceNew = true
 	}
+	if !supervised {
+		defer func() {
+			// Reached when the backend supervises, or could not start. A
+			// sandbox whose Start handed it to a supervisor of its own (a
+			// VM: the record names its control socket) outlives this
+			// launch: that supervisor removes the record.
+			if rec.Control == "" {
+				Unregister(p.StateDir, rec.ID)
+			}
+		}()
+	}
 	l.Log.Debug().Str("id", rec.ID).Str("config", rec.Config).Msg("registered")
 	if len(others) > 0 && !forceNew {
 		l.say("a sandbox with other settings runs for %s; starting a separate one (`claude-sandbox enter` joins the running one)", rt.Project)
@@ -168,11 +179,13 @@ func (l *Launch) Run(ctx context.Context) error {
 		l.say("--nix-unsandboxed-builds: where the host's Nix daemon does not sandbox its builds, builds asked for inside run on the host as its build users, with the host's file system and network")
 	}
 	if !supervised {
-		defer Unregister(p.StateDir, rec.ID) // reached when the backend supervises, or could not start
 		if err := PrepareHost(p); err != nil {
 			return err
 		}
 		defer p.ReleasePlaceholders()
+		if e := rt.Egress; e != nil && e.Mode == NetLearn {
+			p.BeforeLeave = l.reportLearned
+		}
 		return l.Backend.Start(ctx, p, rec)
 	}
 	return l.startSupervised(ctx, spawner, p, rec, doors)
@@ -252,7 +265,7 @@ func (l *Launch) startSupervised(ctx context.Context, spawner Spawner, p *Plan, 
 // joinSandbox runs argv in a running sandbox as a session of its own:
 // registered with the sandbox's supervisor for as long as it runs.
 func joinSandbox(ctx context.Context, b Backend, rec *Record, rt *Runtime, argv []string, what string) error {
-	if rec.Control == "" {
+	if rec.Control == "" || b.Traits().SessionsThroughSupervisor {
 		return b.Enter(ctx, &Session{Record: rec}, rt, argv)
 	}
 	s, err := JoinSupervised(ctx, rec, what)

@@ -14,6 +14,7 @@ import (
 	"github.com/claude-sandbox/claude-sandbox/broker"
 	"github.com/claude-sandbox/claude-sandbox/egress"
 	"github.com/claude-sandbox/claude-sandbox/internal/atomicfile"
+	"github.com/claude-sandbox/claude-sandbox/launch/vm/vmhost"
 	"github.com/claude-sandbox/claude-sandbox/nixgate"
 	"github.com/claude-sandbox/claude-sandbox/secrets"
 	"github.com/claude-sandbox/claude-sandbox/sessionlog"
@@ -40,6 +41,7 @@ func FromSpec(ctx context.Context, spec control.Spec, fds Inherited, log session
 		}
 	}
 
+	var vm *vmhost.VM
 	ctl, err := listener(fds, spec.ControlFD, "control")
 	if err != nil {
 		return nil, err
@@ -79,6 +81,16 @@ func FromSpec(ctx context.Context, spec control.Spec, fds Inherited, log session
 		keep = append(keep, outer, init)
 		ad.Watch()
 		s.Sandbox = ad
+	case spec.VM != nil:
+		v, err := vmhost.Start(ctx, *spec.VM, counter)
+		if err != nil {
+			return nil, err
+		}
+		vm = v
+		s.Sandbox = v
+		// Stopping a VM is a power-down: the guest's store disk must be
+		// left clean, and its services get their own grace.
+		s.StopGrace = 30 * time.Second
 	default:
 		return nil, errors.New("the spec says nothing about the sandbox process")
 	}
@@ -95,6 +107,10 @@ func FromSpec(ctx context.Context, spec control.Spec, fds Inherited, log session
 	if n := spec.Net; n != nil {
 		if proxy, err = newNetService(*n, fds, counter, intercept); err != nil {
 			return nil, err
+		}
+		if vm != nil {
+			// The guest's proxy connections arrive as agent streams.
+			proxy.lns = append(proxy.lns, vm.ProxyListener())
 		}
 		s.Services = append(s.Services, proxy)
 		s.Doors = map[string]func(*os.File) error{"net": proxy.addListener}
@@ -115,8 +131,10 @@ func FromSpec(ctx context.Context, spec control.Spec, fds Inherited, log session
 		s.Services = append(s.Services, svc)
 	}
 	if a := spec.SSHAgent; a != nil {
-		ln, err := listener(fds, a.ListenerFD, "ssh agent")
-		if err != nil {
+		var ln net.Listener
+		if vm != nil && a.ListenerFD == 0 {
+			ln = vm.SSHAgentListener()
+		} else if ln, err = listener(fds, a.ListenerFD, "ssh agent"); err != nil {
 			return nil, err
 		}
 		filter := sshagent.AllKeys()

@@ -40,7 +40,7 @@ func (a *app) newBuildCmd() *cobra.Command {
 			if push != "" && !strings.Contains(push, "://") {
 				return &usageError{msg: fmt.Sprintf("--push %q: not a store URL", push), hint: "e.g. file:///srv/nix-cache or s3://bucket"}
 			}
-			variants := []nixgen.Variant{{Backend: a.opts.Backend, Network: !a.opts.NoNetwork}}
+			variants := []nixgen.Variant{{Backend: a.opts.Backend, Network: a.networkOn()}}
 			if all {
 				if len(args) == 1 || cmd.Flags().Changed("backend") {
 					return &usageError{msg: "--all builds every backend", hint: "drop the backend, or drop --all"}

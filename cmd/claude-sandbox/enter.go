@@ -39,7 +39,7 @@ func (a *app) runtimeFor(project string, mode launchMode) (*launch.Runtime, erro
 		Shell:      mode.shell,
 		ClaudeArgs: mode.claudeArgs,
 		Tmux:       l.Tmux && len(mode.command) == 0,
-		Network:    !a.opts.NoNetwork,
+		Network:    a.networkOn(),
 		ExtraEnv:   a.opts.Env,
 		GHToken:    l.GHToken,
 		Protect:    l.Protect,

@@ -14,7 +14,7 @@ import (
 // builderAndRequest turns the global flags into a closure request. It runs
 // no Nix unless the nixpkgs choice is a flake reference never resolved before.
 func (a *app) builderAndRequest(ctx context.Context) (*closure.Builder, closure.Request, error) {
-	return a.builderAndRequestFor(ctx, a.opts.Backend, !a.opts.NoNetwork)
+	return a.builderAndRequestFor(ctx, a.opts.Backend, a.networkOn())
 }
 
 // builderAndRequestFor is builderAndRequest for another backend or network

@@ -27,6 +27,7 @@ type Spec struct {
 
 	// Exactly one of these says how the sandbox process came to be.
 	Adopted *AdoptedSpec `json:"adopted,omitempty"`
+	VM      *VMSpec      `json:"vm,omitempty"`
 
 	// Placeholders are the empty directories that hold missing protected
 	// names for the sandbox (package placeholder): each descriptor carries
@@ -138,4 +139,27 @@ type RunAs struct {
 	UID    int   `json:"uid"`
 	GID    int   `json:"gid"`
 	Groups []int `json:"groups,omitempty"`
+}
+
+// VMSpec has the supervisor start and own a QEMU guest: what to run is the
+// launcher's decision (its plan), the supervisor only runs it. Socket and
+// file names are relative to RunDir, QEMU's working directory.
+type VMSpec struct {
+	QEMU      []string `json:"qemu"`                // argv, [0] the binary
+	Env       []string `json:"env"`                 // QEMU's whole environment
+	RunDir    string   `json:"runDir"`              // QEMU's working directory
+	Virtiofsd []string `json:"virtiofsd,omitempty"` // argv of virtiofsd, when the project goes over virtiofs
+	// Accel is "kvm" or "tcg"; a KVM guest silent for a while is stuck.
+	Accel   string `json:"accel"`
+	AutoKVM bool   `json:"autoKvm,omitempty"`
+	// The guest's Nix store overlay: an ext4 image QEMU gives the guest.
+	// Store is its path; a missing one is created with StoreMiB and Mkfs
+	// (mkfs.ext4). StoreLock, when set, is held for the VM's life: a
+	// store another VM of the project still uses is waited for.
+	Store     string `json:"store"`
+	StoreMiB  int    `json:"storeMiB"`
+	StoreLock string `json:"storeLock,omitempty"`
+	Mkfs      string `json:"mkfs"`
+	// KeepBootLog is where a failed boot's console log is kept.
+	KeepBootLog string `json:"keepBootLog"`
 }
