@@ -176,15 +176,17 @@ print("CHROMIUM-TRUSTS-CA" if base64.b64decode(policy["CACertificates"][0]) == d
 // never sees the copy).
 func TestNixSecretsStayOutsideBubblewrap(t *testing.T) {
 	run, p := bubblewrapRunner(t)
-	nixConfProbe(t, run, p)
+	nixConfProbe(t, run, p, true)
 }
 
 func TestNixSecretsStayOutsideContainer(t *testing.T) {
+	// The container's /etc/nix is its NixOS system's (the system's own
+	// nix.conf where it configures Nix, else the sandbox's).
 	run, p := containerRunner(t)
-	nixConfProbe(t, run, p)
+	nixConfProbe(t, run, p, false)
 }
 
-func nixConfProbe(t *testing.T, in inSandbox, p string) {
+func nixConfProbe(t *testing.T, in inSandbox, p string, sandboxOwn bool) {
 	testenv.RequireRoot(t) // a mount namespace of the host's, to replace /etc/nix/nix.conf in it only
 	testenv.RequireProgram(t, "unshare")
 	host, err := os.ReadFile("/etc/nix/nix.conf")
@@ -208,8 +210,11 @@ func nixConfProbe(t *testing.T, in inSandbox, p string) {
 	if strings.Contains(r.stdout, "NIXTOKEN") || strings.Contains(r.stdout, "netrc-file") || !strings.Contains(r.stdout, "HITS=0") {
 		t.Errorf("the host's Nix secrets are readable inside: %s", r)
 	}
-	if !strings.Contains(r.stdout, "claude-sandbox") {
+	if sandboxOwn && !strings.Contains(r.stdout, "claude-sandbox") {
 		t.Errorf("the sandbox's nix.conf is not its own: %s", r)
+	}
+	if first, _, _ := strings.Cut(strings.TrimSpace(string(host)), "\n"); first != "" && strings.Contains(r.stdout, first) && !strings.Contains(first, "claude-sandbox") {
+		t.Errorf("the host's nix.conf is visible inside: %s", r)
 	}
 	if after, _ := os.ReadFile("/etc/nix/nix.conf"); string(after) != string(host) {
 		t.Fatal("the host's /etc/nix/nix.conf changed")
