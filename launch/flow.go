@@ -40,7 +40,10 @@ type Launch struct {
 	CacheDir string
 	// Say tells the person at the terminal what happens (joining, tmux).
 	Say func(format string, args ...any)
-	Log zerolog.Logger
+	// Warn tells the person a one-line warning (a secret whose source
+	// failed), whether or not a terminal is there.
+	Warn func(string)
+	Log  zerolog.Logger
 
 	// Learned, after Run of a sandbox in learn mode, are the allow rules
 	// covering what it reached (nil when it learned nothing or could not
@@ -82,6 +85,10 @@ func (l *Launch) Plan() (*Plan, error) {
 	}
 	p := NewPlan(l.Backend, l.Manifest, rt, NewRecordID())
 	planNixGateway(p, rt)
+	if _, ok := l.Backend.(Spawner); ok {
+		planSSHAgent(p, rt)
+	}
+	l.planSecrets(p)
 	if err := l.Backend.Plan(p, l.Manifest, rt); err != nil {
 		p.Invocation.Close()
 		return nil, err
@@ -291,6 +298,14 @@ func (l *Launch) reportLearned(ctx context.Context, rec *Record) {
 		return
 	}
 	l.Learned = reply.Learned
+}
+
+func (l *Launch) warn(msg string) {
+	if l.Warn != nil {
+		l.Warn(msg)
+		return
+	}
+	l.Log.Warn().Msg(msg)
 }
 
 func (l *Launch) say(format string, args ...any) {

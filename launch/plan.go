@@ -14,6 +14,7 @@ import (
 
 	"github.com/claude-sandbox/claude-sandbox/internal/placeholder"
 	"github.com/claude-sandbox/claude-sandbox/manifest"
+	"github.com/claude-sandbox/claude-sandbox/secrets"
 	"github.com/claude-sandbox/claude-sandbox/supervisor/control"
 )
 
@@ -47,6 +48,25 @@ type Plan struct {
 	// it forwards to.
 	NixGateway  string
 	NixUpstream string
+	// SSHAgent is the host path of the filtering SSH agent's socket,
+	// SSHUpstream the host agent it forwards to ("": none).
+	SSHAgent, SSHUpstream string
+	// Secrets are the launch's resolved secrets (nil: none); TrustDir the
+	// run directory's folder where the supervisor writes its CA's
+	// certificate, bound read-only into the sandbox ("" without secrets).
+	Secrets  *secrets.Set
+	TrustDir string
+	// ChromiumPolicies is the run directory's folder bound at Chromium's
+	// managed policy directory when there are secrets (ChromiumTrustMounts).
+	ChromiumPolicies string
+	// ClaudeLogin is the run directory's file bound over Claude Code's
+	// credentials inside ("": the host's login is not handled), and
+	// ClaudeConfigDir the host's ~/.claude it stands for.
+	ClaudeLogin, ClaudeConfigDir string
+
+	// brokered: the launch resolved its secrets (a backend that brokers
+	// them, a network, not a dry run).
+	brokered bool
 
 	// Protected lists the paths the sandbox sees but cannot change on the
 	// host, and how the mounts cover each (ProjectProtection, ClaudeHome):

@@ -2,17 +2,22 @@ package supervisor
 
 import (
 	"context"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"net"
 	"os"
 	"path/filepath"
 	"sync"
+	"syscall"
 	"time"
 
+	"github.com/claude-sandbox/claude-sandbox/broker"
 	"github.com/claude-sandbox/claude-sandbox/egress"
+	"github.com/claude-sandbox/claude-sandbox/internal/atomicfile"
 	"github.com/claude-sandbox/claude-sandbox/launch/vm/vmhost"
 	"github.com/claude-sandbox/claude-sandbox/nixgate"
+	"github.com/claude-sandbox/claude-sandbox/secrets"
 	"github.com/claude-sandbox/claude-sandbox/sessionlog"
 	"github.com/claude-sandbox/claude-sandbox/sshagent"
 	"github.com/claude-sandbox/claude-sandbox/supervisor/control"
@@ -91,9 +96,17 @@ func FromSpec(ctx context.Context, spec control.Spec, fds Inherited, log session
 		return nil, errors.New("the spec says nothing about the sandbox process")
 	}
 
+	var intercept egress.Interceptor
+	if b := spec.Broker; b != nil && spec.Net != nil {
+		br, err := newBroker(*b, spec.RunAs, counter)
+		if err != nil {
+			return nil, err
+		}
+		intercept = br.Intercept
+	}
 	var proxy *netService
 	if n := spec.Net; n != nil {
-		if proxy, err = newNetService(*n, fds, counter); err != nil {
+		if proxy, err = newNetService(*n, fds, counter, intercept); err != nil {
 			return nil, err
 		}
 		if vm != nil {
@@ -134,6 +147,93 @@ func FromSpec(ctx context.Context, spec control.Spec, fds Inherited, log session
 		s.Services = append(s.Services, &sshagent.Server{Listener: ln, Upstream: a.Upstream, Filter: filter, Log: counter})
 	}
 	return s, nil
+}
+
+// newBroker makes the sandbox's CA (its key stays in this process), writes
+// the certificate files the sandbox trusts it by, and returns the broker
+// the proxy hands the bound hosts' tunnels to. The files are written
+// before the supervisor answers anyone: the first session starts after.
+func newBroker(spec control.BrokerSpec, runAs *control.RunAs, log sessionlog.Logger) (*broker.Broker, error) {
+	set, err := secrets.Unseal(spec.Secrets)
+	if err != nil {
+		return nil, err
+	}
+	var login *broker.ClaudeLogin
+	if l := spec.Login; l != nil {
+		if login, err = newLogin(*l, runAs); err != nil {
+			// The sandbox's copy stays empty: Claude Code there asks to log in.
+			log.Log(sessionlog.Entry{Service: "secret", Decision: sessionlog.Note, Target: broker.LoginSecretName,
+				Reason: "Claude Code's login is not handled: " + err.Error()})
+			login = nil
+		}
+	}
+	ca, err := broker.NewCA(broker.CAOptions{Hosts: broker.Hosts(set, login), Label: spec.Label})
+	if err != nil {
+		return nil, err
+	}
+	getenv := func(name string) string {
+		if name == "SSL_CERT_FILE" {
+			return spec.Roots
+		}
+		return ""
+	}
+	_, system, err := broker.SystemBundle(getenv)
+	if err != nil {
+		// The sandbox's clients then trust the CA alone: the bound hosts
+		// work, every other TLS host fails to verify, and the log says why.
+		log.Log(sessionlog.Entry{Service: "secret", Decision: sessionlog.Note, Reason: err.Error()})
+	}
+	if spec.TrustDir != "" {
+		files, err := ca.WriteTrust(spec.TrustDir, system)
+		if err != nil {
+			return nil, err
+		}
+		if spec.ChromiumDir != "" {
+			// Chromium reads no variable: its managed policy directory.
+			policy, err := os.ReadFile(files.ChromiumPolicy)
+			if err == nil {
+				err = atomicfile.Write(filepath.Join(spec.ChromiumDir, broker.ChromiumPolicyFile), policy, 0o644)
+			}
+			if err != nil {
+				return nil, err
+			}
+		}
+	}
+	var roots *x509.CertPool
+	if len(system) > 0 {
+		roots = x509.NewCertPool()
+		roots.AppendCertsFromPEM(system)
+	}
+	return broker.New(broker.Options{CA: ca, Secrets: set, Login: login, Log: log, Roots: roots})
+}
+
+// newLogin reads the host's Claude Code login and writes the sandbox's
+// copy, with placeholders, into the file bound over the credentials
+// inside: in place, since the bind holds that file's inode.
+func newLogin(spec control.LoginSpec, runAs *control.RunAs) (*broker.ClaudeLogin, error) {
+	login, err := broker.NewClaudeLogin(broker.LoginOptions{ConfigDir: spec.ConfigDir, APIHosts: spec.APIHosts, TokenHosts: spec.TokenHosts})
+	if err != nil {
+		return nil, err
+	}
+	data, err := login.SandboxCredentials()
+	if err != nil {
+		return nil, err
+	}
+	f, err := os.OpenFile(spec.SandboxFile, os.O_WRONLY|os.O_TRUNC|syscall.O_NOFOLLOW, 0)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	if _, err := f.Write(data); err != nil {
+		return nil, err
+	}
+	if runAs != nil {
+		// Claude Code inside, as this user, saves its refreshed copy there.
+		if err := f.Chown(runAs.UID, runAs.GID); err != nil {
+			return nil, err
+		}
+	}
+	return login, nil
 }
 
 // keep holds descriptors whose numbers are used raw for the process's life.
@@ -226,7 +326,7 @@ type netService struct {
 	lns    []net.Listener
 }
 
-func newNetService(spec control.NetSpec, fds Inherited, log sessionlog.Logger) (*netService, error) {
+func newNetService(spec control.NetSpec, fds Inherited, log sessionlog.Logger, intercept egress.Interceptor) (*netService, error) {
 	mode, err := egress.ParseMode(spec.Mode)
 	if err != nil {
 		return nil, err
@@ -261,7 +361,7 @@ func newNetService(spec control.NetSpec, fds Inherited, log sessionlog.Logger) (
 		}
 	}
 	policy := egress.NewPolicy(mode, allow, deny)
-	srv, err := egress.New(egress.Options{Policy: policy, Log: log, Upstream: up})
+	srv, err := egress.New(egress.Options{Policy: policy, Log: log, Upstream: up, Intercept: intercept})
 	if err != nil {
 		return nil, err
 	}

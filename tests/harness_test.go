@@ -109,6 +109,9 @@ type runOpts struct {
 	env   []string // added to (or replacing) the base environment
 	stdin string
 	path  string // PATH; default the test's PATH
+	// wrap runs claude-sandbox under this command (its argv prefix): a
+	// private mount namespace in which a host file is replaced, say.
+	wrap []string
 }
 
 // run starts claude-sandbox with a small, explicit environment: the host
@@ -133,7 +136,8 @@ func run(t testing.TB, o runOpts, args ...string) result {
 	env = append(env, o.env...)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, binary, args...)
+	argv := append(append(append([]string{}, o.wrap...), binary), args...)
+	cmd := exec.CommandContext(ctx, argv[0], argv[1:]...)
 	cmd.Env = env
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr

@@ -18,6 +18,7 @@ type launchFlags struct {
 	Protect     bool     // --protect (default): what the host runs by itself stays read-only
 	Unprotect   []string // --unprotect PATH: a protected path left writable
 	ProtectGit  bool     // --protect-git=false is --unprotect .git
+	ClaudeLogin string   // --claude-login (placeholder or real)
 	NoNixDaemon bool
 	NoDesktop   bool
 	// NixUnsandboxedBuilds: let builds through the Nix gateway although
@@ -48,6 +49,8 @@ func (a *app) runtimeFor(project string, mode launchMode) (*launch.Runtime, erro
 		Accel:      a.opts.Accel,
 		FS:         a.opts.FS,
 		NoDisplay:  a.opts.NoDisplay,
+
+		RealClaudeLogin: l.ClaudeLogin == launch.ClaudeLoginReal,
 
 		NixUnsandboxedBuilds: l.NixUnsandboxedBuilds,
 	}
