@@ -13,6 +13,7 @@ import (
 	toml "github.com/pelletier/go-toml/v2"
 
 	"github.com/claude-sandbox/claude-sandbox/nixgen"
+	"github.com/claude-sandbox/claude-sandbox/secrets"
 )
 
 // Kind is the TOML type a setting takes.
@@ -22,6 +23,9 @@ const (
 	Bool Kind = iota
 	String
 	List
+	// Table is a [secrets.NAME] table (package secrets reads it); it is
+	// not in Keys and stands only in a Widening.
+	Table
 )
 
 // Key describes one setting a configuration file may hold. Settings are
@@ -65,7 +69,10 @@ var Keys = []Key{
 	{Name: "accel", Kind: String, Choices: []string{"auto", "kvm", "tcg"}, Doc: "vm accelerator"},
 	{Name: "fs", Kind: String, Choices: []string{"9p", "virtiofs"}, Doc: "vm project share"},
 	{Name: "env", Kind: List, AlwaysWidens: true, Doc: "host environment variables passed in"},
-	{Name: "gh-token", Kind: Bool, Grants: ptr(true), Doc: "pass GH_TOKEN and GITHUB_TOKEN in"},
+	{Name: "gh-token", Kind: Bool, Grants: ptr(true), Doc: "bind GH_TOKEN and GITHUB_TOKEN to GitHub's hosts (placeholders inside)"},
+	{Name: "claude-login", Kind: String, Choices: []string{"placeholder", "real"}, Ranks: []string{"placeholder", "real"},
+		Doc: "Claude Code's login inside: placeholder (a copy holding placeholders the proxy fills in) or real (the host's file as it is)"},
+	{Name: "ssh-keys", Kind: List, Doc: "the host SSH agent's keys the sandbox may use (SHA256 fingerprints or public keys; default: all)"},
 	{Name: "modules", Kind: List, AlwaysWidens: true, Doc: "extra NixOS modules (container, vm): code run as root in the guest"},
 	{Name: "nixpkgs", Kind: String, AlwaysWidens: true, Doc: "the nixpkgs the sandbox is built from"},
 	{Name: "sudo", Kind: Bool, Grants: ptr(true), Doc: "re-run through sudo for the container backend"},
@@ -106,6 +113,10 @@ type fileSettings struct {
 	Modules              []string `toml:"modules"`
 	Nixpkgs              *string  `toml:"nixpkgs"`
 	Sudo                 *bool    `toml:"sudo"`
+	SSHKeys              []string `toml:"ssh-keys"`
+	ClaudeLogin          *string  `toml:"claude-login"`
+	// Secrets are the [secrets] tables, which package secrets checks.
+	Secrets any `toml:"secrets"`
 }
 
 func (s *fileSettings) values() map[string]any {
@@ -154,6 +165,8 @@ func (s *fileSettings) values() map[string]any {
 	put("modules", s.Modules != nil, s.Modules)
 	put("nixpkgs", s.Nixpkgs != nil, str(s.Nixpkgs))
 	put("sudo", s.Sudo != nil, deref(s.Sudo))
+	put("ssh-keys", s.SSHKeys != nil, s.SSHKeys)
+	put("claude-login", s.ClaudeLogin != nil, str(s.ClaudeLogin))
 	return out
 }
 
@@ -173,6 +186,8 @@ func (s Setting) Value() string {
 		return fmt.Sprint(s.Bool)
 	case String:
 		return fmt.Sprintf("%q", s.Str)
+	case Table:
+		return "{…}"
 	}
 	q := make([]string, len(s.List))
 	for i, v := range s.List {
@@ -188,6 +203,16 @@ type File struct {
 	Content []byte
 	// Settings in Keys order. Paths (modules, a nixpkgs path) are absolute.
 	Settings []Setting
+	// Secrets are its [secrets] tables (nil: none).
+	Secrets *secrets.Config
+}
+
+// SecretsOf is a file's [secrets] (nil for no file).
+func SecretsOf(f *File) *secrets.Config {
+	if f == nil {
+		return nil
+	}
+	return f.Secrets
 }
 
 // Get returns the setting for a key, if the file sets it.
@@ -294,6 +319,17 @@ func Parse(path string, content []byte) (*File, error) {
 			return nil, err
 		}
 		file.Settings = append(file.Settings, s)
+	}
+	if raw.Secrets != nil {
+		sc, err := secrets.Parse(path, content)
+		if err != nil {
+			var ce *secrets.ConfigError
+			if errors.As(err, &ce) {
+				return nil, &FileError{Path: path, Line: ce.Line, Msg: ce.Key + ": " + ce.Msg, hint: ce.Hint()}
+			}
+			return nil, &FileError{Path: path, Msg: err.Error()}
+		}
+		file.Secrets = sc
 	}
 	return file, nil
 }

@@ -2,6 +2,8 @@ package config
 
 import (
 	"fmt"
+
+	"github.com/claude-sandbox/claude-sandbox/secrets"
 	"slices"
 	"sort"
 	"strings"
@@ -15,6 +17,12 @@ type Widening struct {
 }
 
 func (w Widening) String() string {
+	if w.Setting.Key.Kind == Table {
+		if w.Setting.Line > 0 {
+			return fmt.Sprintf("line %d: [%s]: %s", w.Setting.Line, w.Setting.Key.Name, w.Why)
+		}
+		return fmt.Sprintf("[%s]: %s", w.Setting.Key.Name, w.Why)
+	}
 	if w.Setting.Line > 0 {
 		return fmt.Sprintf("line %d: %s = %s: %s", w.Setting.Line, w.Setting.Key.Name, w.Setting.Value(), w.Why)
 	}
@@ -37,6 +45,20 @@ func Widenings(project, user *File, defaults Defaults) []Widening {
 	var out []Widening
 	for _, s := range project.Settings {
 		base, haveBase := user.Get(s.Key.Name)
+		if s.Key.Name == "ssh-keys" {
+			// Without the user's list every key is allowed: a project's
+			// list can only narrow that.
+			var extra []string
+			for _, v := range s.List {
+				if haveBase && !slices.Contains(base.List, v) {
+					extra = append(extra, v)
+				}
+			}
+			if len(extra) > 0 {
+				out = append(out, Widening{s, fmt.Sprintf("lets the sandbox use the SSH agent's keys %s, which your ssh-keys leave out", strings.Join(extra, ", "))})
+			}
+			continue
+		}
 		switch {
 		case s.Key.Kind == Bool && s.Key.Grants != nil:
 			grants := *s.Key.Grants
@@ -79,7 +101,33 @@ func Widenings(project, user *File, defaults Defaults) []Widening {
 			out = append(out, Widening{s, fmt.Sprintf("builds the sandbox from nixpkgs %q instead of your choice: every package comes from its code", s.Str)})
 		}
 	}
+	out = append(out, secretWidenings(project, user, defaults)...)
 	sort.SliceStable(out, func(i, j int) bool { return out[i].Setting.Line < out[j].Setting.Line })
+	return out
+}
+
+// secretWidenings are the project's [secrets] tables that give the
+// sandbox more than the user's own bindings do: a new secret, another
+// source, more hosts, bodies.
+func secretWidenings(project, user *File, defaults Defaults) []Widening {
+	if project.Secrets == nil {
+		return nil
+	}
+	gh, known := false, false
+	if s, ok := user.Get("gh-token"); ok {
+		gh, known = s.Bool, true
+	}
+	if !known && defaults != nil {
+		gh, _ = defaults("gh-token")
+	}
+	base, err := secrets.Effective(gh, SecretsOf(user))
+	if err != nil {
+		base, _ = secrets.Effective(gh)
+	}
+	var out []Widening
+	for _, w := range secrets.Widenings(project.Secrets, base) {
+		out = append(out, Widening{Setting{Key: Key{Name: secrets.Table + "." + w.Name, Kind: Table}, Line: w.Line}, w.Why})
+	}
 	return out
 }
 
@@ -98,7 +146,7 @@ func boolWhy(key string) string {
 	case "protect-git":
 		return "lets the sandbox rewrite .git/config and .git/hooks (code git runs on the host)"
 	case "gh-token":
-		return "passes GH_TOKEN and GITHUB_TOKEN into the sandbox"
+		return "lets requests from the sandbox to GitHub carry your GH_TOKEN and GITHUB_TOKEN"
 	case "sudo":
 		return "re-runs claude-sandbox through sudo, as root"
 	}

@@ -14,6 +14,7 @@ import (
 
 	"github.com/claude-sandbox/claude-sandbox/closure"
 	"github.com/claude-sandbox/claude-sandbox/nixgen"
+	"github.com/claude-sandbox/claude-sandbox/secrets"
 )
 
 // Status is a check's outcome.
@@ -78,6 +79,9 @@ type Env struct {
 	// KVM guest prints its first kernel line well within a second.
 	KVMTimeout time.Duration
 	Log        zerolog.Logger
+	// Secrets are the secret bindings in effect (built-ins and the user's
+	// [secrets]): each gets a line, never its value.
+	Secrets []secrets.Binding
 }
 
 // backends are the backends a verdict is given for: the buildable ones.
@@ -98,13 +102,19 @@ func Run(ctx context.Context, env *Env) *Report {
 		checkNix, checkDaemon, checkNixGateway, checkStore, checkNixpkgs,
 		checkBwrap, checkUserNSLimits,
 		checkNspawn, checkRoot,
-		checkKVM, checkQEMU, checkVirtiofsd,
+		checkKVM, checkQEMU, checkVirtiofsd, checkGuestStores,
 		checkDisplay, checkAudio, checkDBus, checkSSHAgent,
 		checkCache, checkGCRoots, checkDisk,
 		checkProtection,
 	}
 	checks := make([]Check, len(funcs))
+	var secretLines []Check
 	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		secretLines = secretChecks(ctx, env)
+	}()
 	for i, f := range funcs {
 		wg.Add(1)
 		go func() {
@@ -116,6 +126,7 @@ func Run(ctx context.Context, env *Env) *Report {
 		}()
 	}
 	wg.Wait()
+	checks = append(checks, secretLines...)
 	r := &Report{DefaultBackend: env.DefaultBackend, Backends: map[string]bool{}, Checks: checks}
 	for _, b := range backends {
 		r.Backends[b] = true

@@ -17,6 +17,9 @@ import (
 
 	"github.com/claude-sandbox/claude-sandbox/internal/lazyregexp"
 	"github.com/claude-sandbox/claude-sandbox/launch"
+
+	launchbackends "github.com/claude-sandbox/claude-sandbox/launch/backends"
+	"github.com/claude-sandbox/claude-sandbox/launch/vm/vmhost"
 )
 
 // kernelLine is a kernel log line ("[    0.000000] Linux version …"): the
@@ -253,5 +256,23 @@ func checkVirtiofsd(_ context.Context, env *Env) Check {
 	c.Status = Warn
 	c.Detail = "not found: the vm backend shares the project over 9p (--fs 9p), slower for many small files"
 	c.Fix = "install virtiofsd (Debian: apt-get install virtiofsd, or qemu-system-common on Debian 12) for --fs virtiofs"
+	return c
+}
+
+// checkGuestStores reports the space the vm backend's guest Nix stores
+// take on the host (one per project, kept between runs), and how to throw
+// one away.
+func checkGuestStores(_ context.Context, _ *Env) Check {
+	c := Check{ID: "guest-stores", Title: "VM guests' Nix stores", Status: OK}
+	lines, total, err := launchbackends.GuestStores()
+	switch {
+	case err != nil:
+		c.Status, c.Detail = Warn, "could not be listed: "+err.Error()
+	case len(lines) == 0:
+		c.Detail = "none yet (a VM's Nix store is made at its first start)"
+	default:
+		c.Detail = fmt.Sprintf("%s in all: %s", vmhost.HumanSize(total), strings.Join(lines, "; "))
+		c.Fix = "claude-sandbox stop --reset-store PROJECT throws one away"
+	}
 	return c
 }

@@ -66,6 +66,13 @@ type Traits struct {
 	// rather than chosen at launch (nixgen.NetworkInClosure says the same
 	// for the build side; launch/backends tests that they agree).
 	NetworkInClosure bool
+	// SecretBroker: its supervisor's proxy brokers secrets, so the sandbox
+	// holds placeholders (and SecretMounts) instead of values.
+	SecretBroker bool
+	// SessionsThroughSupervisor: its sessions run through its supervisor
+	// (a VM's guest agent) rather than by entering the sandbox's
+	// namespaces; Enter asks the supervisor itself (control.OpExec).
+	SessionsThroughSupervisor bool
 	// Protects: it renders the plan's protection (Plan.Protected, covered
 	// by the mounts of ProjectProtection and ClaudeHome), so the session
 	// notice may tell Claude what is read-only.

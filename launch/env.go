@@ -135,6 +135,9 @@ func SteersRoot(name string) bool {
 func SandboxEnv(m *manifest.Manifest, rt *Runtime) ([]string, error) {
 	env := map[string]string{}
 	for _, e := range envPolicy {
+		if rt.withheld(e.name) {
+			continue
+		}
 		if e.use&passed != 0 || e.use&ghToken != 0 && rt.GHToken {
 			if v, ok := rt.lookupEnv(e.name); ok {
 				env[e.name] = v
@@ -153,7 +156,7 @@ func SandboxEnv(m *manifest.Manifest, rt *Runtime) ([]string, error) {
 		if !envName.MatchString(name) || policy(name)&setInside != 0 {
 			return nil, &EnvNameError{Name: name}
 		}
-		if v, ok := rt.lookupEnv(name); ok {
+		if v, ok := rt.lookupEnv(name); ok && !rt.withheld(name) {
 			env[name] = v
 		}
 	}

@@ -9,3 +9,10 @@ var KVMDevicePath = &kvmDevice
 var DBusUnixAddress = dbusUnixAddress
 
 var SudoArgv = sudoArgv
+
+var TrustFileNames = [2]string{trustBundleFile, trustCAFile}
+
+// WithholdSecrets is what planning does for a backend that brokers secrets.
+func WithholdSecrets(rt *Runtime) { rt.secretVars = secretVarsOf(rt) }
+
+var ChromiumCAPolicy = chromiumCAPolicy

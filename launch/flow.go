@@ -40,7 +40,10 @@ type Launch struct {
 	CacheDir string
 	// Say tells the person at the terminal what happens (joining, tmux).
 	Say func(format string, args ...any)
-	Log zerolog.Logger
+	// Warn tells the person a one-line warning (a secret whose source
+	// failed), whether or not a terminal is there.
+	Warn func(string)
+	Log  zerolog.Logger
 
 	// Learned, after Run of a sandbox in learn mode, are the allow rules
 	// covering what it reached (nil when it learned nothing or could not
@@ -82,6 +85,10 @@ func (l *Launch) Plan() (*Plan, error) {
 	}
 	p := NewPlan(l.Backend, l.Manifest, rt, NewRecordID())
 	planNixGateway(p, rt)
+	if _, ok := l.Backend.(Spawner); ok {
+		planSSHAgent(p, rt)
+	}
+	l.planSecrets(p)
 	if err := l.Backend.Plan(p, l.Manifest, rt); err != nil {
 		p.Invocation.Close()
 		return nil, err
@@ -150,6 +157,17 @@ func (l *Launch) Run(ctx context.Context) error {
 		}
 		forceNew = true
 	}
+	if !supervised {
+		defer func() {
+			// Reached when the backend supervises, or could not start. A
+			// sandbox whose Start handed it to a supervisor of its own (a
+			// VM: the record names its control socket) outlives this
+			// launch: that supervisor removes the record.
+			if rec.Control == "" {
+				Unregister(p.StateDir, rec.ID)
+			}
+		}()
+	}
 	l.Log.Debug().Str("id", rec.ID).Str("config", rec.Config).Msg("registered")
 	if len(others) > 0 && !forceNew {
 		l.say("a sandbox with other settings runs for %s; starting a separate one (`claude-sandbox enter` joins the running one)", rt.Project)
@@ -161,11 +179,13 @@ func (l *Launch) Run(ctx context.Context) error {
 		l.say("--nix-unsandboxed-builds: where the host's Nix daemon does not sandbox its builds, builds asked for inside run on the host as its build users, with the host's file system and network")
 	}
 	if !supervised {
-		defer Unregister(p.StateDir, rec.ID) // reached when the backend supervises, or could not start
 		if err := PrepareHost(p); err != nil {
 			return err
 		}
 		defer p.ReleasePlaceholders()
+		if e := rt.Egress; e != nil && e.Mode == NetLearn {
+			p.BeforeLeave = l.reportLearned
+		}
 		return l.Backend.Start(ctx, p, rec)
 	}
 	return l.startSupervised(ctx, spawner, p, rec, doors)
@@ -245,7 +265,7 @@ func (l *Launch) startSupervised(ctx context.Context, spawner Spawner, p *Plan, 
 // joinSandbox runs argv in a running sandbox as a session of its own:
 // registered with the sandbox's supervisor for as long as it runs.
 func joinSandbox(ctx context.Context, b Backend, rec *Record, rt *Runtime, argv []string, what string) error {
-	if rec.Control == "" {
+	if rec.Control == "" || b.Traits().SessionsThroughSupervisor {
 		return b.Enter(ctx, &Session{Record: rec}, rt, argv)
 	}
 	s, err := JoinSupervised(ctx, rec, what)
@@ -278,6 +298,14 @@ func (l *Launch) reportLearned(ctx context.Context, rec *Record) {
 		return
 	}
 	l.Learned = reply.Learned
+}
+
+func (l *Launch) warn(msg string) {
+	if l.Warn != nil {
+		l.Warn(msg)
+		return
+	}
+	l.Log.Warn().Msg(msg)
 }
 
 func (l *Launch) say(format string, args ...any) {

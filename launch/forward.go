@@ -109,10 +109,9 @@ func (h Host) Forwards(rt *Runtime) Forwards {
 	f.Env["XDG_RUNTIME_DIR"] = run
 
 	// The SSH agent, so git over SSH can use the user's keys without the
-	// sandbox holding them in memory.
+	// sandbox holding them: never the host's socket itself, but the
+	// supervisor's filtering agent in front of it (SSHAgentMounts).
 	if sock := h.Env("SSH_AUTH_SOCK"); filepath.IsAbs(sock) && h.IsSocket(sock) {
-		f.bind(ROBind, sock, run+"/ssh-agent")
-		f.Env["SSH_AUTH_SOCK"] = run + "/ssh-agent"
 		f.found("ssh-agent", sock)
 	}
 
@@ -215,10 +214,14 @@ func (h Host) Forwards(rt *Runtime) Forwards {
 		f.found("pipewire", pw)
 	}
 
-	// The keyring daemon's sockets (gnome-keyring: control, ssh, pkcs11).
-	// Its Secret Service API travels over the session bus.
+	// The keyring daemon's sockets (gnome-keyring: control, pkcs11), not
+	// its ssh socket: an SSH agent of its own, which would bypass the
+	// filtering agent. Its Secret Service API travels over the session bus.
 	if hostRun != "" && h.IsDir(hostRun+"/keyring") {
-		f.bind(ROBind, hostRun+"/keyring", run+"/keyring")
+		f.Mounts = append(f.Mounts, Mount{Kind: Dir, Dest: run + "/keyring", Mode: 0o700})
+		for _, sock := range []string{"control", "pkcs11"} {
+			f.bind(ROBind, hostRun+"/keyring/"+sock, run+"/keyring/"+sock)
+		}
 		if h.Env("GNOME_KEYRING_CONTROL") != "" {
 			f.Env["GNOME_KEYRING_CONTROL"] = run + "/keyring"
 		}

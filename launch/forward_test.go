@@ -25,8 +25,8 @@ func TestHostForwardsEverythingPresent(t *testing.T) {
 		"DISPLAY": ":3", "XAUTHORITY": "/run/user/1000/Xauthority", "WAYLAND_DISPLAY": "wayland-1",
 		"XDG_RUNTIME_DIR": "/run/user/1000", "DBUS_SESSION_BUS_ADDRESS": "unix:path=/run/user/1000/bus",
 		"PULSE_SERVER": "unix:/run/user/1000/pulse/native", "PIPEWIRE_REMOTE": "/run/user/1000/pipewire-0",
-		"SSH_AUTH_SOCK": "/run/user/1000/ssh-agent", "GNOME_KEYRING_CONTROL": "/run/user/1000/keyring",
-		"XDG_SESSION_TYPE": "wayland",
+		"GNOME_KEYRING_CONTROL": "/run/user/1000/keyring",
+		"XDG_SESSION_TYPE":      "wayland",
 	}
 	for k, v := range want {
 		if f.Env[k] != v {
@@ -39,10 +39,11 @@ func TestHostForwardsEverythingPresent(t *testing.T) {
 		ro("/tmp/.X11-unix/X3", "/tmp/.X11-unix/X3"),
 		ro("/run/user/1000/wayland-1", "/run/user/1000/wayland-1"),
 		ro("/run/dbus/system_bus_socket", "/run/dbus/system_bus_socket"),
-		ro("/tmp/ssh-x/agent.1", "/run/user/1000/ssh-agent"),
 		{Kind: DevBind, Source: "/dev/dri", Dest: "/dev/dri", Optional: true},
 		ro("/run/opengl-driver", "/run/opengl-driver"),
-		ro("/run/user/1000/keyring", "/run/user/1000/keyring"),
+		{Kind: Dir, Dest: "/run/user/1000/keyring", Mode: 0o700},
+		ro("/run/user/1000/keyring/control", "/run/user/1000/keyring/control"),
+		ro("/run/user/1000/keyring/pkcs11", "/run/user/1000/keyring/pkcs11"),
 	} {
 		if mountIndex(f.Mounts, m) < 0 {
 			t.Errorf("missing %+v in %+v", m, f.Mounts)
@@ -52,9 +53,27 @@ func TestHostForwardsEverythingPresent(t *testing.T) {
 		t.Error("the X11 socket is mounted before the tmpfs that holds it")
 	}
 
-	// --no-desktop keeps only the agent and the daemon; --no-nix-daemon drops that.
+	// The host's agent is found (doctor says so) but never bound: the
+	// supervisor's filtering agent stands in front of it (SSHAgentMounts).
+	if f.Env["SSH_AUTH_SOCK"] != "" {
+		t.Errorf("the host's SSH agent is forwarded raw: %v", f.Env["SSH_AUTH_SOCK"])
+	}
+	for _, m := range f.Mounts {
+		if m.Source == "/tmp/ssh-x/agent.1" || m.Source == "/run/user/1000/keyring" || m.Source == "/run/user/1000/keyring/ssh" {
+			t.Errorf("the host's SSH agent socket is bound: %+v", m)
+		}
+	}
+	found := false
+	for _, fw := range f.Found {
+		found = found || fw.What == "ssh-agent" && fw.Source == "/tmp/ssh-x/agent.1"
+	}
+	if !found {
+		t.Error("the host's SSH agent is not reported")
+	}
+
+	// --no-desktop keeps only the daemon; --no-nix-daemon drops that.
 	f = h.Forwards(&Runtime{Home: "/home/u", NoDesktop: true})
-	if f.Env["DISPLAY"] != "" || f.Env["NIX_REMOTE"] != "" || f.Env["SSH_AUTH_SOCK"] == "" {
+	if f.Env["DISPLAY"] != "" || f.Env["NIX_REMOTE"] != "" {
 		t.Errorf("--no-desktop --no-nix-daemon: %v", f.Env)
 	}
 }

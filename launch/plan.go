@@ -1,6 +1,7 @@
 package launch
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -13,6 +14,8 @@ import (
 
 	"github.com/claude-sandbox/claude-sandbox/internal/placeholder"
 	"github.com/claude-sandbox/claude-sandbox/manifest"
+	"github.com/claude-sandbox/claude-sandbox/secrets"
+	"github.com/claude-sandbox/claude-sandbox/supervisor/control"
 )
 
 // Plan is a decided sandbox start, before anything on the host changes:
@@ -45,6 +48,25 @@ type Plan struct {
 	// it forwards to.
 	NixGateway  string
 	NixUpstream string
+	// SSHAgent is the host path of the filtering SSH agent's socket,
+	// SSHUpstream the host agent it forwards to ("": none).
+	SSHAgent, SSHUpstream string
+	// Secrets are the launch's resolved secrets (nil: none); TrustDir the
+	// run directory's folder where the supervisor writes its CA's
+	// certificate, bound read-only into the sandbox ("" without secrets).
+	Secrets  *secrets.Set
+	TrustDir string
+	// ChromiumPolicies is the run directory's folder bound at Chromium's
+	// managed policy directory when there are secrets (ChromiumTrustMounts).
+	ChromiumPolicies string
+	// ClaudeLogin is the run directory's file bound over Claude Code's
+	// credentials inside ("": the host's login is not handled), and
+	// ClaudeConfigDir the host's ~/.claude it stands for.
+	ClaudeLogin, ClaudeConfigDir string
+
+	// brokered: the launch resolved its secrets (a backend that brokers
+	// them, a network, not a dry run).
+	brokered bool
 
 	// Protected lists the paths the sandbox sees but cannot change on the
 	// host, and how the mounts cover each (ProjectProtection, ClaudeHome):
@@ -60,6 +82,10 @@ type Plan struct {
 	Invocation *Invocation
 	// Detail is the backend's own part of the plan, for its Start.
 	Detail any
+	// BeforeLeave is for a backend that runs its first session itself (a
+	// VM): called once that session's command has ended, while the
+	// sandbox still lives (learn mode asks its supervisor what was reached).
+	BeforeLeave func(ctx context.Context, rec *Record)
 }
 
 // MountKind says what a Mount puts at its destination.
@@ -239,6 +265,25 @@ func (p *Plan) handOverPlaceholders() {
 	}
 	p.held = nil
 }
+
+// HandPlaceholders is for a backend that starts its supervisor itself (a
+// VM's): the placeholders PrepareHost holds, as the supervisor's spec
+// names them, each descriptor numbered by add (the supervisor's
+// inherited files). Once the supervisor runs, HandedPlaceholders closes
+// this process's copies.
+func (p *Plan) HandPlaceholders(add func(*os.File) int) (specs []control.PlaceholderSpec, records string) {
+	for _, h := range p.held {
+		specs = append(specs, control.PlaceholderSpec{Path: h.Path, FD: add(h.File), Recorded: h.Recorded})
+	}
+	if len(specs) > 0 {
+		records = placeholderRecords(p.StateDir)
+	}
+	return specs, records
+}
+
+// HandedPlaceholders: the supervisor given HandPlaceholders' descriptors
+// runs, and holds them from now on.
+func (p *Plan) HandedPlaceholders() { p.handOverPlaceholders() }
 
 // NewPlan starts the plan of a sandbox: what the core decides for every
 // backend (id, project, state directory, network, the program and its

@@ -168,6 +168,10 @@ func ConfigOf(backend, closure string, rt *Runtime) string {
 			fmt.Fprintf(h, "deny=%s\x00", r.Text)
 		}
 	}
+	for _, b := range rt.Secrets {
+		fmt.Fprintf(h, "secret=%s\x00%s\x00%s\x00%t\x00%s\x00", b.Name, b.Variable, strings.Join(b.HostTexts(), ","), b.Bodies, b.Source)
+	}
+	fmt.Fprintf(h, "ssh-keys=%t\x00%s\x00real-claude-login=%t\x00", rt.SSHKeys == nil, strings.Join(rt.SSHKeys, ","), rt.RealClaudeLogin)
 	fmt.Fprintf(h, "backend=%s\x00closure=%s\x00network=%t\x00protect=%t\x00unprotect=%s\x00nix-daemon=%t\x00nix-unsandboxed-builds=%t\x00desktop=%t\x00gh-token=%t\x00env=%s\x00home=%s",
 		backend, closure, rt.Network, rt.Protect, strings.Join(unprotect, "\x01"), rt.NixDaemon, rt.NixUnsandboxedBuilds, !rt.NoDesktop, rt.GHToken, strings.Join(env, ","), rt.Home)
 	return hex.EncodeToString(h.Sum(nil))[:16]

@@ -5,6 +5,8 @@ import (
 	"os/user"
 	"path/filepath"
 	"strconv"
+
+	"github.com/claude-sandbox/claude-sandbox/secrets"
 )
 
 // Runtime holds this run's choices: nothing here changes the closure.
@@ -35,7 +37,18 @@ type Runtime struct {
 	// browser profile, tmux socket. The launch sets it (ProjectStatePath);
 	// empty leaves the sandbox without persistent state.
 	StateDir string
-	GHToken  bool // --gh-token: pass GH_TOKEN and GITHUB_TOKEN
+	GHToken  bool // --gh-token: bind GH_TOKEN and GITHUB_TOKEN to GitHub's hosts
+	// Secrets are the secret bindings in effect (built-ins and [secrets]):
+	// resolved on the host at the start, placeholders inside.
+	Secrets []secrets.Binding
+	// SSHKeys are the host agent's keys the sandbox may use (SHA256
+	// fingerprints or comment globs, as sshagent.ParseKeys reads them;
+	// nil: all of them).
+	SSHKeys []string
+	// RealClaudeLogin (--claude-login real): Claude Code's credentials
+	// file is visible inside as it is on the host, instead of a copy
+	// holding placeholders.
+	RealClaudeLogin bool
 	// Protect: what the host runs or obeys by itself — Claude Code's
 	// configuration in ~/.claude, the project's auto-run files and git's
 	// configuration and hooks — cannot be changed from inside (protect.go).
@@ -54,6 +67,9 @@ type Runtime struct {
 	Accel     string // AccelAuto, AccelKVM, AccelTCG
 	FS        string // FS9p, FSVirtiofs
 	NoDisplay bool   // no window for the guest even where the host has a display
+
+	// secretVars are the variables secrets fill: never passed from the host.
+	secretVars []string
 }
 
 // Accelerators (--accel).

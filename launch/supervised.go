@@ -90,6 +90,7 @@ type Doors struct {
 	RunDir  string
 	Control *net.UnixListener
 	Nix     *net.UnixListener // nil: no Nix inside
+	SSH     *net.UnixListener // nil: no SSH agent inside
 }
 
 // OpenDoors creates the run directory and the sockets the plan binds.
@@ -113,6 +114,30 @@ func OpenDoors(p *Plan, rt *Runtime) (*Doors, error) {
 			d.Close()
 			return nil, err
 		}
+	}
+	if p.SSHAgent != "" {
+		if d.SSH, err = listenUnix(p.SSHAgent, 0o666); err != nil {
+			d.Close()
+			return nil, err
+		}
+	}
+	// Bound before the supervisor fills them: they must exist at the start.
+	for _, dir := range []string{p.TrustDir, p.ChromiumPolicies} {
+		if dir == "" {
+			continue
+		}
+		if err := os.Mkdir(dir, 0o755); err != nil {
+			d.Close()
+			return nil, fmt.Errorf("creating %s: %w", dir, err)
+		}
+	}
+	if p.ClaudeLogin != "" {
+		f, err := os.OpenFile(p.ClaudeLogin, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+		if err != nil {
+			d.Close()
+			return nil, fmt.Errorf("creating %s: %w", p.ClaudeLogin, err)
+		}
+		f.Close()
 	}
 	return d, nil
 }
@@ -145,6 +170,9 @@ func (d *Doors) Close() {
 	}
 	if d.Nix != nil {
 		d.Nix.Close()
+	}
+	if d.SSH != nil {
+		d.SSH.Close()
 	}
 }
 
@@ -232,6 +260,23 @@ func spawnSupervisor(p *Plan, rt *Runtime, rec *Record, doors *Doors, s *Started
 		// Its listener comes later: a socket on the sandbox's own loopback,
 		// made once the sandbox is up (OpenProxyDoor).
 		spec.Net = &control.NetSpec{Mode: e.Mode, Allow: e.Allow, Deny: e.Deny, Upstream: e.Upstream, NoProxy: e.NoProxy}
+		if sealed := p.Secrets.Seal(); len(sealed) > 0 || p.ClaudeLogin != "" {
+			roots, _ := rt.lookupEnv("SSL_CERT_FILE")
+			spec.Broker = &control.BrokerSpec{Secrets: sealed, TrustDir: p.TrustDir, ChromiumDir: p.ChromiumPolicies,
+				Roots: roots, Label: filepath.Base(p.Project)}
+			if p.ClaudeLogin != "" {
+				spec.Broker.Login = &control.LoginSpec{ConfigDir: p.ClaudeConfigDir, SandboxFile: p.ClaudeLogin, APIHosts: loginAPIHosts(rt)}
+			}
+		}
+	}
+	if doors.SSH != nil {
+		sshFile, err := doors.SSH.File()
+		if err != nil {
+			ours.Close()
+			return 0, nil, err
+		}
+		defer sshFile.Close()
+		spec.SSHAgent = &control.SSHAgentSpec{ListenerFD: add(sshFile), Upstream: p.SSHUpstream, Keys: rt.SSHKeys}
 	}
 	specData, err := json.Marshal(spec)
 	if err != nil {

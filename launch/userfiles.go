@@ -14,7 +14,8 @@ import (
 
 // Dotfiles are the host home's configuration files a sandbox sees,
 // read-only, where they exist.
-var Dotfiles = []string{".gitconfig", ".config/git", ".config/gh", ".ssh"}
+// ~/.ssh is not one: only its public part is (sshMounts).
+var Dotfiles = []string{".gitconfig", ".config/git", ".config/gh"}
 
 // UserFiles says where a sandbox's user lives and what it may create there.
 type UserFiles struct {
@@ -55,6 +56,7 @@ func UserMounts(m *manifest.Manifest, u UserFiles, rt *Runtime) ([]Mount, []Host
 	for _, rel := range Dotfiles {
 		mounts = append(mounts, Mount{Kind: ROBind, Source: home(rel), Dest: home(rel), Optional: true})
 	}
+	mounts = append(mounts, sshMounts(home(".ssh"), u.Owner)...)
 	return mounts, prepare, protected
 }
 

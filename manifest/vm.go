@@ -17,8 +17,9 @@ type VM struct {
 	// KernelParams is the whole kernel command line, one parameter an
 	// element: init=…, console=…, the configuration's boot.kernelParams.
 	KernelParams []string `json:"kernelParams"`
-	// Network: whether the guest was built with a network interface
-	// configured; the launcher gives it a NIC exactly then.
+	// Network: whether the guest was built to reach the network (through
+	// the supervisor's proxy, which its Nix daemon is told about); the
+	// launcher offers the proxy exactly then. No guest has a network card.
 	Network bool `json:"network"`
 	// Shares are the guest's file-system mounts of host directories, each
 	// declared in the guest's fstab under its tag.
@@ -30,9 +31,9 @@ type VM struct {
 	Virtiofsd string `json:"virtiofsd,omitempty"`
 	MemoryMiB int    `json:"memoryMiB"`
 	Cores     int    `json:"cores"`
-	// Agent is the guest-side program that runs the command and reports
-	// its status (informational: the guest starts it itself).
-	Agent string `json:"agent"`
+	// Mkfs is mkfs.ext4, which makes the guest's Nix store disk on the
+	// host the first time (its upper layer over the host's store).
+	Mkfs string `json:"mkfs"`
 }
 
 // VMShare is one host directory the guest mounts.
@@ -46,7 +47,9 @@ type VMShare struct {
 }
 
 // VMShareSources are the host directories a launcher knows how to share.
-var VMShareSources = []string{"store", "meta", "project", "claude", "state", "ssh", "git", "gh"}
+// (~/.ssh is not one: its public parts are copied into the metadata share,
+// its private keys never reach the guest.)
+var VMShareSources = []string{"store", "meta", "project", "claude", "state", "git", "gh"}
 
 // requiredShares: without these the guest cannot boot or run anything.
 var requiredShares = []string{"store", "meta", "project"}
@@ -57,7 +60,7 @@ var (
 )
 
 func (v *VM) validate() error {
-	if err := storePaths(map[string]string{"vm.toplevel": v.Toplevel, "vm.kernel": v.Kernel, "vm.initrd": v.Initrd, "vm.agent": v.Agent}); err != nil {
+	if err := storePaths(map[string]string{"vm.toplevel": v.Toplevel, "vm.kernel": v.Kernel, "vm.initrd": v.Initrd, "vm.mkfs": v.Mkfs}); err != nil {
 		return err
 	}
 	for field, p := range map[string]string{"vm.qemu": v.QEMU, "vm.virtiofsd": v.Virtiofsd} {

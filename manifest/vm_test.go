@@ -12,10 +12,10 @@ func vmManifest() *Manifest {
 		Env: s + "system-path", Path: []string{s + "system-path/bin"}, Shell: s + "bash/bin/bash",
 		UsrBinEnv: s + "coreutils/bin/env", Claude: s + "claude-code/bin/claude",
 		VM: &VM{
-			Toplevel: s + "nixos-system", Kernel: s + "linux/bzImage", Initrd: s + "initrd/initrd", Agent: s + "agent",
+			Toplevel: s + "nixos-system", Kernel: s + "linux/bzImage", Initrd: s + "initrd/initrd", Mkfs: s + "e2fsprogs/bin/mkfs.ext4",
 			KernelParams: []string{"console=ttyS0,115200n8", "init=" + s + "nixos-system/init"},
 			Shares: []VMShare{
-				{Tag: "nix-store", Source: "store", Target: "/nix/store", ReadOnly: true},
+				{Tag: "nix-store", Source: "store", Target: "/nix/.ro-store", ReadOnly: true},
 				{Tag: "csb-meta", Source: "meta", Target: "/mnt/claude-sandbox/meta", ReadOnly: true},
 				{Tag: "csb-project", Source: "project", Target: "/mnt/claude-sandbox/project"},
 			},
@@ -34,6 +34,8 @@ func TestVMManifestRefusesWhatLaunchMustNotTrust(t *testing.T) {
 	for name, mutate := range map[string]func(v *VM){
 		"kernel outside the store": func(v *VM) { v.Kernel = "/boot/vmlinuz" },
 		"qemu outside the store":   func(v *VM) { v.QEMU = "/usr/bin/qemu-system-x86_64" },
+		"mkfs outside the store":   func(v *VM) { v.Mkfs = "/sbin/mkfs.ext4" },
+		"~/.ssh as a share":        func(v *VM) { v.Shares[2].Source = "ssh" },
 		"parameter with a space":   func(v *VM) { v.KernelParams = append(v.KernelParams, "a b") },
 		"parameter with a quote":   func(v *VM) { v.KernelParams = append(v.KernelParams, `x="y`) },
 		"no parameters":            func(v *VM) { v.KernelParams = nil },

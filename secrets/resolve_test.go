@@ -261,3 +261,27 @@ func TestHealth(t *testing.T) {
 		}
 	}
 }
+
+func TestSealRoundTrip(t *testing.T) {
+	bs, err := Effective(false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	set := Resolve(context.Background(), bs, Options{LookupEnv: func(string) (string, bool) { return "sk-ant-api03-abcdefghijklmnopqrstuvwxyz0123456789", true }})
+	sealed := set.Seal()
+	if len(sealed) != 1 || fmt.Sprint(sealed) == "" || strings.Contains(fmt.Sprintf("%v %#v", sealed, sealed[0]), "abcdefghij") {
+		t.Fatalf("sealed: %v", sealed)
+	}
+	back, err := Unseal(sealed)
+	if err != nil {
+		t.Fatal(err)
+	}
+	in := back.For("api.anthropic.com", 443)
+	got, used := in.Header("x-api-key", sealed[0].Placeholder)
+	if got != sealed[0].Value || len(used) != 1 {
+		t.Fatalf("unsealed set does not substitute: %v", used)
+	}
+	if back.For("example.com", 443) != nil {
+		t.Fatal("unsealed set is bound to another host")
+	}
+}

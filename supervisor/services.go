@@ -2,15 +2,22 @@ package supervisor
 
 import (
 	"context"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"net"
 	"os"
 	"path/filepath"
+	"sync"
+	"syscall"
 	"time"
 
+	"github.com/claude-sandbox/claude-sandbox/broker"
 	"github.com/claude-sandbox/claude-sandbox/egress"
+	"github.com/claude-sandbox/claude-sandbox/internal/atomicfile"
+	"github.com/claude-sandbox/claude-sandbox/launch/vm/vmhost"
 	"github.com/claude-sandbox/claude-sandbox/nixgate"
+	"github.com/claude-sandbox/claude-sandbox/secrets"
 	"github.com/claude-sandbox/claude-sandbox/sessionlog"
 	"github.com/claude-sandbox/claude-sandbox/sshagent"
 	"github.com/claude-sandbox/claude-sandbox/supervisor/control"
@@ -35,6 +42,7 @@ func FromSpec(ctx context.Context, spec control.Spec, fds Inherited, log session
 		}
 	}
 
+	var vm *vmhost.VM
 	ctl, err := listener(fds, spec.ControlFD, "control")
 	if err != nil {
 		return nil, err
@@ -74,14 +82,36 @@ func FromSpec(ctx context.Context, spec control.Spec, fds Inherited, log session
 		keep = append(keep, outer, init)
 		ad.Watch()
 		s.Sandbox = ad
+	case spec.VM != nil:
+		v, err := vmhost.Start(ctx, *spec.VM, counter)
+		if err != nil {
+			return nil, err
+		}
+		vm = v
+		s.Sandbox = v
+		// Stopping a VM is a power-down: the guest's store disk must be
+		// left clean, and its services get their own grace.
+		s.StopGrace = 30 * time.Second
 	default:
 		return nil, errors.New("the spec says nothing about the sandbox process")
 	}
 
+	var intercept egress.Interceptor
+	if b := spec.Broker; b != nil && spec.Net != nil {
+		br, err := newBroker(*b, spec.RunAs, counter)
+		if err != nil {
+			return nil, err
+		}
+		intercept = br.Intercept
+	}
 	var proxy *netService
 	if n := spec.Net; n != nil {
-		if proxy, err = newNetService(*n, fds, counter); err != nil {
+		if proxy, err = newNetService(*n, fds, counter, intercept); err != nil {
 			return nil, err
+		}
+		if vm != nil {
+			// The guest's proxy connections arrive as agent streams.
+			proxy.lns = append(proxy.lns, vm.ProxyListener())
 		}
 		s.Services = append(s.Services, proxy)
 		s.Doors = map[string]func(*os.File) error{"net": proxy.addListener}
@@ -102,8 +132,10 @@ func FromSpec(ctx context.Context, spec control.Spec, fds Inherited, log session
 		s.Services = append(s.Services, svc)
 	}
 	if a := spec.SSHAgent; a != nil {
-		ln, err := listener(fds, a.ListenerFD, "ssh agent")
-		if err != nil {
+		var ln net.Listener
+		if vm != nil && a.ListenerFD == 0 {
+			ln = vm.SSHAgentListener()
+		} else if ln, err = listener(fds, a.ListenerFD, "ssh agent"); err != nil {
 			return nil, err
 		}
 		filter := sshagent.AllKeys()
@@ -115,6 +147,93 @@ func FromSpec(ctx context.Context, spec control.Spec, fds Inherited, log session
 		s.Services = append(s.Services, &sshagent.Server{Listener: ln, Upstream: a.Upstream, Filter: filter, Log: counter})
 	}
 	return s, nil
+}
+
+// newBroker makes the sandbox's CA (its key stays in this process), writes
+// the certificate files the sandbox trusts it by, and returns the broker
+// the proxy hands the bound hosts' tunnels to. The files are written
+// before the supervisor answers anyone: the first session starts after.
+func newBroker(spec control.BrokerSpec, runAs *control.RunAs, log sessionlog.Logger) (*broker.Broker, error) {
+	set, err := secrets.Unseal(spec.Secrets)
+	if err != nil {
+		return nil, err
+	}
+	var login *broker.ClaudeLogin
+	if l := spec.Login; l != nil {
+		if login, err = newLogin(*l, runAs); err != nil {
+			// The sandbox's copy stays empty: Claude Code there asks to log in.
+			log.Log(sessionlog.Entry{Service: "secret", Decision: sessionlog.Note, Target: broker.LoginSecretName,
+				Reason: "Claude Code's login is not handled: " + err.Error()})
+			login = nil
+		}
+	}
+	ca, err := broker.NewCA(broker.CAOptions{Hosts: broker.Hosts(set, login), Label: spec.Label})
+	if err != nil {
+		return nil, err
+	}
+	getenv := func(name string) string {
+		if name == "SSL_CERT_FILE" {
+			return spec.Roots
+		}
+		return ""
+	}
+	_, system, err := broker.SystemBundle(getenv)
+	if err != nil {
+		// The sandbox's clients then trust the CA alone: the bound hosts
+		// work, every other TLS host fails to verify, and the log says why.
+		log.Log(sessionlog.Entry{Service: "secret", Decision: sessionlog.Note, Reason: err.Error()})
+	}
+	if spec.TrustDir != "" {
+		files, err := ca.WriteTrust(spec.TrustDir, system)
+		if err != nil {
+			return nil, err
+		}
+		if spec.ChromiumDir != "" {
+			// Chromium reads no variable: its managed policy directory.
+			policy, err := os.ReadFile(files.ChromiumPolicy)
+			if err == nil {
+				err = atomicfile.Write(filepath.Join(spec.ChromiumDir, broker.ChromiumPolicyFile), policy, 0o644)
+			}
+			if err != nil {
+				return nil, err
+			}
+		}
+	}
+	var roots *x509.CertPool
+	if len(system) > 0 {
+		roots = x509.NewCertPool()
+		roots.AppendCertsFromPEM(system)
+	}
+	return broker.New(broker.Options{CA: ca, Secrets: set, Login: login, Log: log, Roots: roots})
+}
+
+// newLogin reads the host's Claude Code login and writes the sandbox's
+// copy, with placeholders, into the file bound over the credentials
+// inside: in place, since the bind holds that file's inode.
+func newLogin(spec control.LoginSpec, runAs *control.RunAs) (*broker.ClaudeLogin, error) {
+	login, err := broker.NewClaudeLogin(broker.LoginOptions{ConfigDir: spec.ConfigDir, APIHosts: spec.APIHosts, TokenHosts: spec.TokenHosts})
+	if err != nil {
+		return nil, err
+	}
+	data, err := login.SandboxCredentials()
+	if err != nil {
+		return nil, err
+	}
+	f, err := os.OpenFile(spec.SandboxFile, os.O_WRONLY|os.O_TRUNC|syscall.O_NOFOLLOW, 0)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	if _, err := f.Write(data); err != nil {
+		return nil, err
+	}
+	if runAs != nil {
+		// Claude Code inside, as this user, saves its refreshed copy there.
+		if err := f.Chown(runAs.UID, runAs.GID); err != nil {
+			return nil, err
+		}
+	}
+	return login, nil
 }
 
 // keep holds descriptors whose numbers are used raw for the process's life.
@@ -134,8 +253,10 @@ func listener(fds Inherited, fd int, what string) (net.Listener, error) {
 }
 
 // nixService is the Nix daemon gateway. It learns how the host daemon
-// builds before it answers anyone: connections wait in the listener's
-// queue meanwhile, never reach the daemon unjudged.
+// builds when the first client connects, not at start (most sandboxes
+// never use Nix, and the probe runs a nix process that would compete with
+// the sandbox's start for the CPU); that client and any later one wait in
+// the listener's queue meanwhile, never reach the daemon unjudged.
 type nixService struct {
 	spec  control.NixSpec
 	ln    net.Listener
@@ -146,11 +267,21 @@ type nixService struct {
 func (n *nixService) Name() string { return "nix" }
 
 func (n *nixService) Serve(ctx context.Context) error {
+	stop := context.AfterFunc(ctx, func() { _ = n.ln.Close() })
+	defer stop()
+	first, err := n.ln.Accept()
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil // the sandbox ended before anyone asked
+		}
+		return err
+	}
 	pctx, cancel := context.WithTimeout(ctx, time.Minute)
 	facts, err := nixgate.ProbeHost(pctx, nixgate.ProbeOptions{Socket: n.spec.Socket, ConfDir: n.spec.ConfDir})
 	cancel()
 	if ctx.Err() != nil {
-		return nil // the sandbox ended before anyone asked
+		first.Close()
+		return nil
 	}
 	if err != nil {
 		// Unknown counts as not sandboxed: builds are refused unless
@@ -165,7 +296,25 @@ func (n *nixService) Serve(ctx context.Context) error {
 		FetchPolicy:            n.fetch,
 		Logger:                 n.log,
 	})
-	return gw.Serve(ctx, n.ln)
+	return gw.Serve(ctx, &acceptedFirst{Listener: n.ln, first: first})
+}
+
+// acceptedFirst is a listener whose first connection was already taken.
+type acceptedFirst struct {
+	net.Listener
+	mu    sync.Mutex
+	first net.Conn
+}
+
+func (l *acceptedFirst) Accept() (net.Conn, error) {
+	l.mu.Lock()
+	c := l.first
+	l.first = nil
+	l.mu.Unlock()
+	if c != nil {
+		return c, nil
+	}
+	return l.Listener.Accept()
 }
 
 // netService is the egress proxy on its listeners: those the launcher
@@ -177,7 +326,7 @@ type netService struct {
 	lns    []net.Listener
 }
 
-func newNetService(spec control.NetSpec, fds Inherited, log sessionlog.Logger) (*netService, error) {
+func newNetService(spec control.NetSpec, fds Inherited, log sessionlog.Logger, intercept egress.Interceptor) (*netService, error) {
 	mode, err := egress.ParseMode(spec.Mode)
 	if err != nil {
 		return nil, err
@@ -212,7 +361,7 @@ func newNetService(spec control.NetSpec, fds Inherited, log sessionlog.Logger) (
 		}
 	}
 	policy := egress.NewPolicy(mode, allow, deny)
-	srv, err := egress.New(egress.Options{Policy: policy, Log: log, Upstream: up})
+	srv, err := egress.New(egress.Options{Policy: policy, Log: log, Upstream: up, Intercept: intercept})
 	if err != nil {
 		return nil, err
 	}

@@ -34,6 +34,23 @@ type Sandbox interface {
 	Stop(ctx context.Context, graceful bool, grace time.Duration) error
 }
 
+// Execer is a sandbox whose sessions run through the supervisor rather
+// than by entering its namespaces (a VM): Exec serves one session on its
+// launcher's connection (reply, then the session's frames) until it ends,
+// and says whether the launcher goes on with control messages (its leave).
+type Execer interface {
+	Exec(ctx context.Context, c *control.Conn) (leaving bool)
+	// Fault says why the sandbox never came up (nil: it did, or it is
+	// still coming up).
+	Fault() *control.Fault
+}
+
+// Describer is a sandbox that says a few words about its own state for
+// `ps` (a VM: its run state, accelerator, Nix store size).
+type Describer interface {
+	Status(ctx context.Context) string
+}
+
 // Service is one door the supervisor keeps for the sandbox.
 type Service interface {
 	Name() string
@@ -226,6 +243,34 @@ func (s *Supervisor) handle(c *control.Conn) {
 			return
 		}
 		s.holdSession(c, req.What)
+	case control.OpExec:
+		ex, ok := s.Sandbox.(Execer)
+		if !ok {
+			_ = c.Send(control.Reply{Reason: "this sandbox's sessions join it; they do not run through its supervisor"})
+			c.Close()
+			return
+		}
+		s.mu.Lock()
+		if s.ending {
+			s.mu.Unlock()
+			r := control.Reply{Ending: true, Reason: "the sandbox is ending"}
+			if f := ex.Fault(); f != nil {
+				// It ends because it never came up: the launcher says why.
+				r.Fault, r.Reason = f, f.Reason
+			}
+			_ = c.Send(r)
+			c.Close()
+			return
+		}
+		s.sessions++
+		s.joined = true
+		s.mu.Unlock()
+		if ex.Exec(context.Background(), c) {
+			s.holdSession(c, req.What)
+			return
+		}
+		s.sessionEnded()
+		c.Close()
 	case control.OpStop:
 		s.mu.Lock()
 		s.ending = true
@@ -357,6 +402,11 @@ func (s *Supervisor) status() *control.Status {
 	s.mu.Unlock()
 	if s.Counter != nil {
 		st.Services = s.Counter.Counts()
+	}
+	if d, ok := s.Sandbox.(Describer); ok {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		st.Detail = d.Status(ctx)
+		cancel()
 	}
 	return st
 }

@@ -1,24 +1,34 @@
 # The vm backend: a NixOS guest that QEMU boots straight from its kernel and
-# initrd (no disk, no boot loader), evaluated with nixos/lib/eval-config.nix
-# of the chosen nixpkgs, the --module files appended; and the manifest the
-# Go launcher (launch/vm*.go) starts QEMU from.
+# initrd (no boot loader), evaluated with nixos/lib/eval-config.nix of the
+# chosen nixpkgs, the --module files appended; and the manifest the Go
+# launcher (launch/vm) plans QEMU's command line from.
 #
 # The boot contract between the two sides:
 #   - kernel, initrd and the whole kernel command line are in the manifest;
 #   - every host directory reaches the guest as a 9p share whose mount tag
 #     the guest declares in fileSystems (so it is in the generated fstab and
 #     mounted in stage 1); the manifest lists the tags and what backs them;
-#   - the run's data (command, environment, user, terminal size) is in the
-#     read-only share "csb-meta", as NUL-separated files (launch/vm_meta.go);
-#   - the guest agent (./vm-agent.nix) runs the command on ttyS0 and frames
-#     it with markers carrying its exit status; ttyS1 serves `enter`;
-#   - the command's end powers the guest off.
+#   - the run's data (user, environment, what to protect) and the guest
+#     agent itself (the claude-sandbox binary) are in the read-only share
+#     "csb-meta"; a service starts the agent, which sets the guest up and
+#     serves sessions over the virtio-serial port org.claude-sandbox.agent
+#     (launch/vm/agent); the serial console is the boot log only;
+#   - the guest has no network card: it reaches the outside, when the run
+#     allows it, only through the host supervisor's proxy, which the agent
+#     offers on 127.0.0.1:3128;
+#   - the guest's Nix store is an overlay: the host's store (read-only, 9p)
+#     under an ext4 disk (/dev/vda, kept per project and made on the host,
+#     mkfs in the manifest), which also holds the guest's /nix/var; the
+#     sandbox's closure is registered in the guest's Nix database at boot
+#     (regInfo, as NixOS's qemu-vm.nix does), and the guest's own
+#     nix-daemon builds there: nothing reaches the host's daemon.
 #
 # We do not import nixos/modules/virtualisation/qemu-vm.nix: it is built for
 # its own run script (a disk image, its own shares, mkVMOverride of
-# fileSystems) and we start QEMU from Go. Its lesson is kept, though: the
-# mounts are declared in fileSystems here, and `mountCheck` below fails the
-# build when the generated fstab lacks one, for instance because a --module
+# fileSystems) and we start QEMU from Go. Its lessons are kept, though: the
+# store overlay and the registration follow its writableStore, the mounts
+# are declared in fileSystems here, and `mountCheck` below fails the build
+# when the generated fstab lacks one, for instance because a --module
 # imported qemu-vm.nix, whose fileSystems = mkVMOverride … drops them all.
 { pkgs, spec, extraPackages ? [ ], extraModules ? [ ], network ? true, evalConfig, ... }:
 let
@@ -30,16 +40,30 @@ let
 
   # tag: the 9p mount tag; source: what the launcher backs it with (see
   # manifest.VMShareSources); the store first, since everything runs from it.
+  # The host's store is the lower layer of the guest's (qemu-vm.nix mounts
+  # it at the same place for its writableStore). ~/.ssh is no share: its
+  # public parts travel in the metadata share, its private keys never.
   shares = [
-    { tag = "nix-store"; source = "store"; target = "/nix/store"; readOnly = true; }
+    { tag = "nix-store"; source = "store"; target = "/nix/.ro-store"; readOnly = true; }
     { tag = "csb-meta"; source = "meta"; target = "${mnt}/meta"; readOnly = true; }
     { tag = "csb-project"; source = "project"; target = "${mnt}/project"; readOnly = false; }
     { tag = "csb-claude"; source = "claude"; target = "${mnt}/claude"; readOnly = false; }
     { tag = "csb-state"; source = "state"; target = "${mnt}/state"; readOnly = false; }
-    { tag = "csb-ssh"; source = "ssh"; target = "${mnt}/ssh"; readOnly = true; }
     { tag = "csb-git"; source = "git"; target = "${mnt}/git"; readOnly = true; }
     { tag = "csb-gh"; source = "gh"; target = "${mnt}/gh"; readOnly = true; }
   ];
+
+  # The guest's writable Nix state: the upper layers of /nix/store and of
+  # /nix/var (its Nix database) on the project's store disk.
+  rwStore = "/nix/.rw-store";
+
+  # The agent: the claude-sandbox binary in the metadata share
+  # (launch/vm/agent.Path).
+  agentPath = "${mnt}/meta/claude-sandbox-agent";
+
+  # What the guest's Nix database is told at boot (qemu-vm.nix's regInfo):
+  # the closure of the system, whose packages are the sandbox's.
+  regInfo = pkgs.closureInfo { rootPaths = [ toplevel ]; };
 
   # 9p options as qemu-vm.nix uses them; msize is the largest the virtio
   # transport takes (125 pages), for fewer round trips on big reads. The
@@ -49,12 +73,13 @@ let
     ++ lib.optional (share.source == "store") "cache=loose"
     ++ lib.optional share.readOnly "ro";
 
-  agent = import ./vm-agent.nix { inherit pkgs mnt; };
-
   # The guest's display: when QEMU gives the guest a GPU (it does when the
-  # host has a display, launch/vm_qemu.go), Chromium runs full-screen in a
+  # host has a display, launch/vm/qemu.go), Chromium runs full-screen in a
   # cage Wayland kiosk, as the sandbox user, with a per-project profile on
-  # the state share. Without a GPU nothing of this starts.
+  # the state share. Without a GPU nothing of this starts. The sandbox
+  # user exists only once the agent made it from the metadata, so cage's
+  # User= is given then, by a runtime drop-in the agent writes
+  # (launch/vm/agent.KioskDropIn); cage-tty1 waits for that file.
   kioskDropIn = "/run/systemd/system/cage-tty1.service.d/claude-sandbox-user.conf";
   kiosk = pkgs.writeShellScript "claude-sandbox-kiosk" ''
     # Chromium refuses to run as root with its own sandbox; the guest is
@@ -62,31 +87,7 @@ let
     flags=()
     [ "$(${pkgs.coreutils}/bin/id -u)" = 0 ] && flags+=(--no-sandbox)
     exec ${pkgs.chromium}/bin/chromium --user-data-dir=${mnt}/state/chromium \
-      --ozone-platform=wayland --kiosk --no-first-run "''${flags[@]}" about:blank
-  '';
-  # The sandbox user exists only once the agent made it from the metadata
-  # (vm-agent.nix), so cage's User= is given then, by a runtime drop-in;
-  # cage-tty1 waits for that file (its ConditionPathExists below).
-  kioskUser = pkgs.writeShellScript "claude-sandbox-kiosk-user" ''
-    export PATH=${lib.makeBinPath [ pkgs.coreutils ]}:/run/current-system/sw/bin
-    declare -A run=()
-    while IFS= read -r -d "" kv; do run[''${kv%%=*}]=''${kv#*=}; done < ${mnt}/meta/run
-    uid=''${run[uid]:-}
-    case $uid in ""|*[!0-9]*) echo "claude-sandbox-kiosk: bad uid in the metadata" >&2; exit 1 ;; esac
-    # The uid, not the name: only digits reach the unit file.
-    found=
-    for _ in $(seq 600); do
-      while IFS=: read -r _x _x id _x; do
-        [ "$id" = "$uid" ] && found=1 && break
-      done < /etc/passwd
-      [ -n "$found" ] && break
-      sleep 0.1
-    done
-    [ -n "$found" ] || { echo "claude-sandbox-kiosk: no user $uid in the guest" >&2; exit 1; }
-    mkdir -p ${builtins.dirOf kioskDropIn}
-    printf '[Service]\nUser=%s\n' "$uid" > ${kioskDropIn}
-    systemctl daemon-reload
-    systemctl start --no-block cage-tty1.service
+      --ozone-platform=wayland --kiosk --no-first-run ${lib.optionalString network "--proxy-server=http://127.0.0.1:3128"} "''${flags[@]}" about:blank
   '';
 
   vmModule = { config, lib, ... }: {
@@ -96,9 +97,28 @@ let
 
     # nixos/modules/tasks/filesystems.nix and system/boot/stage-1.nix
     # (neededForBoot: mounted by stage 1, before anything else runs). The
-    # root is a fresh tmpfs each boot: nothing persists but the shares.
+    # root is a fresh tmpfs each boot: nothing persists but the shares and
+    # the store disk.
     fileSystems = {
       "/" = { device = "tmpfs"; fsType = "tmpfs"; options = [ "mode=0755" ]; };
+      # The store disk (the only one QEMU gives the guest), made on the
+      # host: NixOS's scripted stage 1 formats nothing (autoFormat is
+      # x-systemd.makefs, which only systemd honours).
+      ${rwStore} = { device = "/dev/vda"; fsType = "ext4"; neededForBoot = true; };
+      # nixos/modules/tasks/filesystems/overlayfs.nix; the layout of
+      # qemu-vm.nix's writableStore, its upper layer on the disk. Stage 1
+      # makes the upper and work directories.
+      "/nix/store" = {
+        overlay = { lowerdir = [ "/nix/.ro-store" ]; upperdir = "${rwStore}/store"; workdir = "${rwStore}/store-work"; };
+        neededForBoot = true;
+      };
+      # The guest's Nix database and profiles outlive the VM with the
+      # store they describe. An overlay rather than a bind: stage 1 makes
+      # its directories, which a bind would need to exist on a fresh disk.
+      "/nix/var" = {
+        overlay = { lowerdir = [ "${pkgs.emptyDirectory}" ]; upperdir = "${rwStore}/var"; workdir = "${rwStore}/var-work"; };
+        neededForBoot = true;
+      };
     } // lib.listToAttrs (map (share: {
       name = share.target;
       value = {
@@ -108,19 +128,56 @@ let
         neededForBoot = true;
       };
     }) shares);
+    # Stage 1 makes an overlay's directories 0700 (stage 2 fixes
+    # /nix/store's itself): Nix clients of every user need /nix/var.
+    # nixos/modules/system/boot/systemd/tmpfiles.nix; tmpfiles.d(5): d
+    # adjusts the mode of a directory that exists.
+    systemd.tmpfiles.rules = [ "d /nix/var 0755 root root - -" ];
+
+    # nixos/modules/virtualisation/qemu-vm.nix: register the closure in the
+    # guest's Nix database after boot; the registration's path comes on the
+    # kernel command line (a reference from the system itself would be a
+    # cycle). nixos/modules/system/boot/stage-2.nix runs these in bash.
+    # The database outlives the VM with the store: a registration loaded
+    # at an earlier boot (the same closure) is not loaded again, which
+    # takes seconds under emulation.
+    boot.postBootCommands = lib.mkIf config.nix.enable ''
+      if [[ "$(cat /proc/cmdline)" =~ regInfo=([^ ]*) ]]; then
+        reg=''${BASH_REMATCH[1]}
+        done=/nix/var/nix/claude-sandbox-registered
+        if [[ ! -e $done || "$(< $done)" != "$reg" ]]; then
+          ${config.nix.package.out}/bin/nix-store --load-db < "$reg" && echo "$reg" > $done
+        fi
+      fi
+    '';
+
+    # The guest's Nix reaches the network as everything in it does: through
+    # the proxy the agent offers (nixos/modules/config/networking.nix; the
+    # nix-daemon service takes networking.proxy.envVars). No proxy, no
+    # network: a --no-network guest's Nix has none either.
+    networking.proxy.default = lib.mkIf network "http://127.0.0.1:3128";
+
+    # <nixpkgs> in the guest (nix-shell -p, nix-build '<nixpkgs>' -A …) is
+    # the nixpkgs this guest was built from, for every process whatever
+    # its environment (nix.conf(5) nix-path; nixos/modules/config/nix.nix
+    # writes nix.settings there). A nixpkgs that is not in the store yet
+    # (a local checkout) is copied into it once, when the guest is built.
+    nix.settings.nix-path = [ "nixpkgs=${pkgs.path}" ];
 
     # nixos/modules/system/boot/kernel.nix. virtio_pci finds the devices,
-    # 9pnet_virtio and 9p mount the shares in stage 1; virtio_rng feeds the
-    # guest's entropy pool from the host.
-    # virtio_gpu, loaded in stage 1 as nixos/modules/profiles/qemu-guest.nix
-    # does: /dev/dri/card0 must exist when cage-tty1's condition is checked
-    # (below), and udev loading it later in stage 2 is too late for that.
-    boot.initrd.availableKernelModules = [ "virtio_pci" "virtio_net" "virtio_rng" "9p" "9pnet_virtio" ];
-    boot.initrd.kernelModules = [ "virtio_pci" "9pnet_virtio" "9p" "virtio_gpu" ];
+    # 9pnet_virtio and 9p mount the shares in stage 1, virtio_blk brings
+    # the store disk; virtio_console the agent's port, virtio_rng feeds the
+    # guest's entropy pool from the host (both as
+    # nixos/modules/profiles/qemu-guest.nix loads them). virtio_gpu too, in
+    # stage 1: /dev/dri/card0 must exist when cage-tty1's condition is
+    # checked (below), and udev loading it later in stage 2 is too late
+    # for that.
+    boot.initrd.availableKernelModules = [ "virtio_pci" "virtio_blk" "virtio_rng" "9p" "9pnet_virtio" ];
+    boot.initrd.kernelModules = [ "virtio_pci" "9pnet_virtio" "9p" "virtio_console" "virtio_gpu" ];
     boot.kernelModules = [ "virtio_rng" "virtiofs" ];
-    # Kernel messages reach the console while booting (the launcher takes
-    # the first one as proof that the guest runs, see launch/vm.go); the
-    # agent lowers the level before the command starts.
+    # Kernel messages reach the console while booting (the supervisor
+    # takes the first one as proof that the guest runs, see
+    # launch/vm/vmhost); the agent lowers the level once it is up.
     boot.consoleLogLevel = 7;
     boot.kernelParams = [
       "console=ttyS0,115200n8"
@@ -128,62 +185,41 @@ let
       # instead of waiting at a rescue prompt nobody sees.
       "panic=-1"
       "boot.panic_on_fail"
-      # systemd's status lines would land in the command's terminal.
       "systemd.show_status=error"
     ];
 
     # nixos/lib/systemd-lib.nix: a disabled unit is masked. The console is
-    # the command's terminal, not a login prompt (the getty generator would
-    # put one there).
+    # the boot log, not a login prompt (the getty generator would put one
+    # there).
     systemd.services."serial-getty@ttyS0".enable = false;
-    systemd.services."serial-getty@ttyS1".enable = false;
 
     # nixos/modules/system/boot/systemd.nix (unitConfig, serviceConfig) and
     # systemd.service(5), systemd.unit(5) for SuccessAction/FailureAction:
-    # the guest exists for this command, so its end is the guest's end.
-    systemd.services.claude-sandbox = {
-      description = "claude-sandbox command";
+    # the guest exists for its agent's sessions; the agent ends when QEMU's
+    # side of its port does, and the guest with it. On a power-down the
+    # agent stays (it ignores SIGTERM) until its sessions' commands have
+    # ended and it has reported how; TimeoutStopSec bounds that.
+    systemd.services.claude-sandbox-agent = {
+      description = "claude-sandbox guest agent";
       wantedBy = [ "multi-user.target" ];
-      # With the network, Claude Code's first request should not race DHCP
-      # (QEMU's answers at once); without, network-online is reached at once.
-      wants = [ "network-online.target" ];
-      after = [ "local-fs.target" "network-online.target" "systemd-user-sessions.service" ];
+      after = [ "local-fs.target" "nix-daemon.socket" ];
       unitConfig = {
         SuccessAction = "poweroff-force";
         FailureAction = "poweroff-force";
       };
       serviceConfig = {
         Type = "simple";
-        ExecStart = "${agent} run";
-        StandardInput = "tty-force";
-        StandardOutput = "tty";
-        StandardError = "tty";
-        TTYPath = "/dev/ttyS0";
-        TTYReset = true;
-      };
-    };
-    systemd.services.claude-sandbox-enter = {
-      description = "claude-sandbox second console";
-      wantedBy = [ "multi-user.target" ];
-      after = [ "claude-sandbox.service" ];
-      serviceConfig = {
-        Type = "simple";
-        ExecStart = "${agent} enter";
-        Restart = "always";
-        RestartSec = 0;
-        StandardInput = "tty-force";
-        StandardOutput = "tty";
-        StandardError = "tty";
-        TTYPath = "/dev/ttyS1";
-        TTYReset = true;
-        TTYVHangup = true;
+        ExecStart = agentPath;
+        StandardOutput = "journal+console";
+        StandardError = "journal+console";
+        TimeoutStopSec = 15;
       };
     };
 
     # nixos/modules/services/wayland/cage.nix: cage-tty1 runs `program` in
     # a Wayland session of `user` on tty1 (PAM, logind), wanted by
     # graphical.target, which the module makes the default target. user is
-    # replaced at run time (kioskUser above).
+    # replaced at run time (kioskDropIn above).
     services.cage = {
       enable = true;
       user = "nobody";
@@ -194,31 +230,18 @@ let
     };
     # systemd.unit(5): a list gives one condition per path, all must hold.
     # No GPU (QEMU ran with -display none), no kiosk; and not before the
-    # user is known. A failed condition skips the unit silently, unlike a
-    # failure, which would print on the console (the command's terminal).
+    # user is known. A failed condition skips the unit silently.
     systemd.services."cage-tty1".unitConfig.ConditionPathExists =
       lib.mkForce [ "/dev/tty1" "/dev/dri/card0" kioskDropIn ];
-    systemd.services.claude-sandbox-kiosk = {
-      description = "claude-sandbox: Chromium kiosk on the guest display";
-      wantedBy = [ "graphical.target" ];
-      after = [ "claude-sandbox.service" ];
-      unitConfig.ConditionPathExists = "/dev/dri/card0";
-      serviceConfig = {
-        Type = "oneshot";
-        ExecStart = "${kioskUser}";
-        StandardOutput = "journal";
-        StandardError = "journal";
-      };
-    };
     # Chromium's managed policy, where programs.chromium puts it
     # (nixos/modules/programs/chromium.nix); the bubblewrap backend binds
     # the same JSON (templates/bubblewrap.nix).
     environment.etc."chromium/policies/managed/claude-sandbox.json".text = builtins.toJSON spec.chromiumPolicy;
 
-    # nixos/modules/tasks/network-interfaces.nix. With the network, QEMU's
-    # user-mode NAT answers DHCP; without it the guest has no NIC at all.
+    # nixos/modules/tasks/network-interfaces.nix. No network card, so
+    # nothing to configure.
     networking.hostName = lib.mkDefault "claude-sandbox";
-    networking.useDHCP = network;
+    networking.useDHCP = false;
 
     # nixos/modules/config/system-path.nix. mkBefore: on a file collision
     # the first package wins, so a --with choice overrides the default set.
@@ -300,11 +323,11 @@ let
       initrd = "${config.system.build.initialRamdisk}/${config.system.boot.loader.initrdFile}";
       # As qemu-vm.nix builds -append: the configuration's parameters and
       # stage 2's entry point.
-      kernelParams = config.boot.kernelParams ++ [ "init=${toplevel}/init" ];
+      kernelParams = config.boot.kernelParams ++ [ "init=${toplevel}/init" "regInfo=${regInfo}/registration" ];
       inherit network shares;
       memoryMiB = 2048;
       cores = 2;
-      agent = "${agent}";
+      mkfs = "${pkgs.e2fsprogs}/bin/mkfs.ext4";
     } // lib.optionalAttrs (qemu != null) { inherit qemu; }
       // lib.optionalAttrs (virtiofsd != null) { inherit virtiofsd; };
   };

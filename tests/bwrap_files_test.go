@@ -60,9 +60,12 @@ for f in .aws/credentials .netrc .docker/config.json .bash_history .config/other
   cat "$f" 2>/dev/null && echo "READABLE $f"
 done
 grep -h . .gitconfig .config/git/ignore .config/gh/hosts.yml .ssh/config
-for f in .gitconfig .config/git/ignore .config/gh/hosts.yml .ssh/config .ssh/new; do
+for f in .gitconfig .config/git/ignore .config/gh/hosts.yml .ssh/config; do
   (echo x >> "$f") 2>/dev/null && echo "WRITABLE $f"
 done
+# ~/.ssh is the sandbox's own directory holding the visible files
+# read-only: what is written beside them stays in the sandbox.
+echo x > .ssh/new 2>/dev/null
 cat .claude.json; echo
 echo "whoami=$(id -un) uid=$(id -u) home=$(awk -F: -v u="$(id -u)" '$3 == u { print $6 }' /etc/passwd)"
 grep -c . /etc/passwd
@@ -89,6 +92,9 @@ echo '{"changed":"inside"}' > .claude.json.tmp && mv .claude.json.tmp .claude.js
 	if want := fmt.Sprintf("whoami=%s uid=%d home=%s", os.Getenv("USER"), os.Getuid(), home); os.Getuid() != 0 && !strings.Contains(r.stdout, want) {
 		t.Errorf("identity inside: want %q:\n%s", want, r.stdout)
 	}
+	if _, err := os.Stat(filepath.Join(home, ".ssh", "new")); err == nil {
+		t.Error("a file written in ~/.ssh inside reached the host")
+	}
 	if got, _ := os.ReadFile(filepath.Join(home, ".claude", "projects", "from-sandbox")); string(got) != "written-inside\n" {
 		t.Errorf("~/.claude/projects is not read-write: %q", got)
 	}
@@ -107,7 +113,7 @@ func TestBwrapReadOnlyMountsRefuseWrites(t *testing.T) {
 		"/nix/store/claude-sandbox-probe", b.OutPath + "/share/claude-sandbox/manifest.json",
 		"/etc/hosts", "/etc/chromium/policies/managed/probe.json",
 		"/lib64/ld-linux-x86-64.so.2", "/bin/sh",
-		home + "/.gitconfig", home + "/.ssh/probe", home + "/.config/git/probe", home + "/.config/gh/probe",
+		home + "/.gitconfig", home + "/.ssh/config", home + "/.config/git/probe", home + "/.config/gh/probe",
 	}
 	script := ""
 	for _, f := range targets {

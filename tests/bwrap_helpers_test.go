@@ -67,7 +67,7 @@ func (s *syncBuffer) String() string {
 }
 
 // startBackground starts claude-sandbox with args; the test's cleanup ends it.
-func startBackground(t *testing.T, o runOpts, args ...string) *background {
+func startBackground(t testing.TB, o runOpts, args ...string) *background {
 	t.Helper()
 	cmd := exec.Command(binary, args...)
 	cmd.Env = baseEnv(o)
@@ -99,7 +99,7 @@ func (bg *background) exited() bool {
 }
 
 // wait waits for the background sandbox to end on its own.
-func (bg *background) wait(t *testing.T, d time.Duration) int {
+func (bg *background) wait(t testing.TB, d time.Duration) int {
 	t.Helper()
 	select {
 	case <-bg.done:

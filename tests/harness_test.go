@@ -113,6 +113,9 @@ type runOpts struct {
 	// testenv.NixRoot's Command, to run with another store at /nix.
 	command func(ctx context.Context, name string, args ...string) *exec.Cmd
 	timeout time.Duration // default 10 minutes
+	// wrap runs claude-sandbox under this command (its argv prefix): a
+	// private mount namespace in which a host file is replaced, say.
+	wrap []string
 }
 
 // run starts claude-sandbox with a small, explicit environment: the host
@@ -144,7 +147,8 @@ func run(t testing.TB, o runOpts, args ...string) result {
 	if command == nil {
 		command = exec.CommandContext
 	}
-	cmd := command(ctx, binary, args...)
+	argv := append(append(append([]string{}, o.wrap...), binary), args...)
+	cmd := command(ctx, argv[0], argv[1:]...)
 	cmd.Env = env
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr

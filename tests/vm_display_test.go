@@ -128,6 +128,9 @@ func TestVMDisplayWindow(t *testing.T) {
 	if !strings.Contains(bg.out.String(), "card0-present") {
 		t.Errorf("no /dev/dri/card0 in the guest when its command started:\n%s", bg.out.String())
 	}
+	// The launch returns with its command's status; the VM powers down
+	// after its last session, in the background.
+	gone(t, p)
 	if left := qemuWindows(display); len(left) > 0 {
 		t.Errorf("QEMU windows left after the VM ended: %v", left)
 	}

@@ -56,7 +56,7 @@ func (a *app) newBuildCmd() *cobra.Command {
 			case secretKey != "":
 				return &usageError{msg: "--secret-key signs what --push copies", hint: "add --push URL"}
 			}
-			variants := []nixgen.Variant{{Backend: a.opts.Backend, Network: !a.opts.NoNetwork}}
+			variants := []nixgen.Variant{{Backend: a.opts.Backend, Network: a.networkOn()}}
 			if all {
 				if len(args) == 1 || cmd.Flags().Changed("backend") {
 					return &usageError{msg: "--all builds every backend", hint: "drop the backend, or drop --all"}

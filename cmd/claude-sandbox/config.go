@@ -43,6 +43,8 @@ var configFlags = map[string]configFlag{
 	"modules":                {name: "module"},
 	"nixpkgs":                {name: "nixpkgs"},
 	"sudo":                   {name: "sudo"},
+	"ssh-keys":               {name: "ssh-key"},
+	"claude-login":           {name: "claude-login"},
 }
 
 // configOptions is the app's share of configuration: the --no-config

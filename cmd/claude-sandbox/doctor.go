@@ -62,6 +62,15 @@ run.`,
 				KVMTimeout:           kvmTimeout,
 				Log:                  a.log,
 			}
+			gh := a.opts.Launch.GHToken
+			if st := a.cfg.state; st != nil && !gh {
+				if s, ok := st.user.Get("gh-token"); ok {
+					gh = s.Bool
+				}
+			}
+			if env.Secrets, err = a.secretBindings(gh); err != nil {
+				return err
+			}
 			report := doctor.Run(cmd.Context(), env)
 			if asJSON {
 				err = report.WriteJSON(a.stdout)

@@ -18,6 +18,7 @@ type launchFlags struct {
 	Protect     bool     // --protect (default): what the host runs by itself stays read-only
 	Unprotect   []string // --unprotect PATH: a protected path left writable
 	ProtectGit  bool     // --protect-git=false is --unprotect .git
+	ClaudeLogin string   // --claude-login (placeholder or real)
 	NoNixDaemon bool
 	NoDesktop   bool
 	// NixUnsandboxedBuilds: let builds through the Nix gateway although
@@ -38,7 +39,7 @@ func (a *app) runtimeFor(project string, mode launchMode) (*launch.Runtime, erro
 		Shell:      mode.shell,
 		ClaudeArgs: mode.claudeArgs,
 		Tmux:       l.Tmux && len(mode.command) == 0,
-		Network:    !a.opts.NoNetwork,
+		Network:    a.networkOn(),
 		ExtraEnv:   a.opts.Env,
 		GHToken:    l.GHToken,
 		Protect:    l.Protect,
@@ -48,6 +49,8 @@ func (a *app) runtimeFor(project string, mode launchMode) (*launch.Runtime, erro
 		Accel:      a.opts.Accel,
 		FS:         a.opts.FS,
 		NoDisplay:  a.opts.NoDisplay,
+
+		RealClaudeLogin: l.ClaudeLogin == launch.ClaudeLoginReal,
 
 		NixUnsandboxedBuilds: l.NixUnsandboxedBuilds,
 	}

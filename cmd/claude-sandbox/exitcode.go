@@ -11,6 +11,7 @@ import (
 	"github.com/claude-sandbox/claude-sandbox/config"
 	"github.com/claude-sandbox/claude-sandbox/launch"
 	"github.com/claude-sandbox/claude-sandbox/nixgen"
+	"github.com/claude-sandbox/claude-sandbox/secrets"
 )
 
 // Exit codes, one per kind of failure a user can act on. Once the sandbox
@@ -76,6 +77,8 @@ func exitCode(err error) int {
 		unprot    *launch.UnprotectError
 		protErr   *launch.ProtectionError
 		netMode   *launch.NetworkModeError
+		loginMode *launch.ClaudeLoginError
+		secretCfg *secrets.ConfigError
 		rule      *launch.RuleError
 		noSuper   *launch.SupervisorMissingError
 		pushURL   *closure.PushURLError
@@ -92,7 +95,8 @@ func exitCode(err error) int {
 		return exitConfig
 	case errors.As(err, &noSuper):
 		return exitSupervisor
-	case errors.As(err, &usage), errors.As(err, &pushURL), errors.As(err, &backend), errors.As(err, &envName), errors.As(err, &module), errors.As(err, &unsupport), errors.As(err, &netMode), errors.As(err, &unprot):
+	case errors.As(err, &usage), errors.As(err, &pushURL), errors.As(err, &backend), errors.As(err, &envName), errors.As(err, &module), errors.As(err, &unsupport), errors.As(err, &netMode), errors.As(err, &unprot),
+		errors.As(err, &loginMode):
 		return exitUsage
 	case errors.As(err, &invalid):
 		return exitInvalidPackage
@@ -114,7 +118,7 @@ func exitCode(err error) int {
 		return exitUserNamespaces
 	case errors.As(err, &untrusted):
 		return exitUntrusted
-	case errors.As(err, &cfgFile):
+	case errors.As(err, &cfgFile), errors.As(err, &secretCfg):
 		return exitConfig
 	case errors.As(err, &notRoot):
 		return exitNotRoot

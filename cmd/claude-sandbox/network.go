@@ -23,6 +23,14 @@ func (a *app) networkMode(changed func(string) bool) (string, error) {
 	return a.opts.Network, nil
 }
 
+// networkOn says whether the sandbox reaches the network at all (any mode
+// but none), which the vm backend builds into its guest: --network none
+// and --no-network build the same guest.
+func (a *app) networkOn() bool {
+	mode, err := a.networkMode(a.flagChanged)
+	return err != nil || mode != launch.NetNone
+}
+
 // egress decides the launch's network from its mode and rules. Each rule
 // says where it was written: a configuration file's line, or the flag.
 func (a *app) egress(mode string) (*launch.Egress, error) {

@@ -50,7 +50,9 @@ type globalOptions struct {
 	// MODE none), and the proxy's --allow and --deny rules.
 	Network      string
 	Allow, Deny  []string
-	WriteLearned bool // --write-learned: add what learn mode recorded to claude-sandbox.toml
+	WriteLearned bool
+	// SSHKeys are the agent's keys the sandbox may use (--ssh-key; nil: all).
+	SSHKeys []string // --write-learned: add what learn mode recorded to claude-sandbox.toml
 }
 
 // app carries what commands need from the outside world, so tests can
@@ -195,7 +197,9 @@ func (a *app) launchFlags() *pflag.FlagSet {
 	f.BoolVar(&a.opts.WriteLearned, "write-learned", false, "with --network learn: add the rules it learned to the project's claude-sandbox.toml (which then needs `claude-sandbox trust`)")
 	l := &a.opts.Launch
 	f.BoolVar(&l.New, "new", false, "start a separate sandbox even if one runs for the project (default: join it)")
-	f.BoolVar(&l.GHToken, "gh-token", false, "pass GH_TOKEN and GITHUB_TOKEN into the sandbox")
+	f.BoolVar(&l.GHToken, "gh-token", false, "give the sandbox GH_TOKEN and GITHUB_TOKEN as placeholders the proxy fills in for GitHub's hosts")
+	f.StringArrayVar(&a.opts.SSHKeys, "ssh-key", nil, "let the sandbox use this key of your SSH agent: its SHA256 fingerprint (ssh-add -l) or a glob over its comment (repeatable; default: every key)")
+	f.StringVar(&l.ClaudeLogin, "claude-login", launch.ClaudeLoginPlaceholder, "Claude Code's login (~/.claude/.credentials.json) inside: placeholder (a copy holding placeholders the proxy fills in) or real (the host's file as it is)")
 	f.AddFlagSet(a.protectFlags())
 	f.BoolVar(&l.NoNixDaemon, "no-nix-daemon", false, "no Nix daemon inside (no Nix builds or store additions from the sandbox)")
 	f.BoolVar(&l.NixUnsandboxedBuilds, "nix-unsandboxed-builds", false, "let the sandbox build through the host's Nix daemon although that daemon does not sandbox its builds (they run on the host as its build users)")

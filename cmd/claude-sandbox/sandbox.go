@@ -14,7 +14,7 @@ import (
 // builderAndRequest turns the global flags into a closure request. It runs
 // no Nix unless the nixpkgs choice is a flake reference never resolved before.
 func (a *app) builderAndRequest(ctx context.Context) (*closure.Builder, closure.Request, error) {
-	return a.builderAndRequestFor(ctx, a.opts.Backend, !a.opts.NoNetwork)
+	return a.builderAndRequestFor(ctx, a.opts.Backend, a.networkOn())
 }
 
 // builderAndRequestFor is builderAndRequest for another backend or network
@@ -94,6 +94,15 @@ func (a *app) launch(ctx context.Context, projectArg string, mode launchMode) er
 		return err
 	}
 	rt.Network = rt.Egress != nil
+	if cl := a.opts.Launch.ClaudeLogin; cl != launch.ClaudeLoginPlaceholder && cl != launch.ClaudeLoginReal {
+		return &launch.ClaudeLoginError{Value: cl}
+	}
+	if rt.Secrets, err = a.secretBindings(rt.GHToken); err != nil {
+		return err
+	}
+	if len(a.opts.SSHKeys) > 0 {
+		rt.SSHKeys = a.opts.SSHKeys
+	}
 	dirs, err := closure.DefaultDirs()
 	if err != nil {
 		return err
@@ -105,6 +114,7 @@ func (a *app) launch(ctx context.Context, projectArg string, mode launchMode) er
 		DryRun:   a.opts.DryRun,
 		CacheDir: dirs.Cache,
 		Say:      a.say,
+		Warn:     a.warn,
 		Log:      a.log,
 	}
 	// Before a build that could take minutes, not after.

@@ -9,6 +9,8 @@ import (
 	"github.com/claude-sandbox/claude-sandbox/launch/bubblewrap"
 	"github.com/claude-sandbox/claude-sandbox/launch/container"
 	"github.com/claude-sandbox/claude-sandbox/launch/vm"
+	"github.com/claude-sandbox/claude-sandbox/launch/vm/agent"
+	"github.com/claude-sandbox/claude-sandbox/launch/vm/vmhost"
 	"github.com/claude-sandbox/claude-sandbox/nixgen"
 )
 
@@ -59,6 +61,39 @@ func Helper(argv0 string) func(args []string) int {
 		return container.Init
 	case container.NspawnWrapperName:
 		return container.NspawnWrapper
+	case agent.Path:
+		return agent.Main
 	}
 	return nil
+}
+
+// ResetGuestStore throws away a project's guest Nix store (the vm
+// backend's, kept between runs) and says how large it was ("" when there
+// was none). Refused while a VM of the project runs.
+func ResetGuestStore(project string) (size string, err error) {
+	dir, err := launch.ProjectStatePath(project)
+	if err != nil {
+		return "", err
+	}
+	size = vm.StoreSize(dir)
+	if size == "" {
+		return "", nil
+	}
+	return size, vm.ResetStore(dir, project)
+}
+
+// GuestStores lists the guest Nix stores of this user's projects (the vm
+// backend's), largest first, as "project: size" lines for doctor.
+func GuestStores() ([]string, int64, error) {
+	stores, err := vm.GuestStores()
+	if err != nil {
+		return nil, 0, err
+	}
+	var lines []string
+	var total int64
+	for _, s := range stores {
+		lines = append(lines, s.Project+": "+vmhost.HumanSize(s.Bytes))
+		total += s.Bytes
+	}
+	return lines, total, nil
 }

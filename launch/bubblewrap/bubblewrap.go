@@ -33,6 +33,7 @@ func (Backend) Traits() launch.Traits {
 	return launch.Traits{
 		UserNamespaces: true,
 		Tmux:           true,
+		SecretBroker:   true,
 		Protects:       true,
 		Persistence:    "What persists after the sandbox ends: the project directory, Claude Code's transcripts, history and login in ~/.claude, ~/.local and /tmp (both kept per project). Everything else in the home directory is discarded.",
 	}
@@ -86,10 +87,18 @@ func (Backend) Plan(p *launch.Plan, m *manifest.Manifest, rt *launch.Runtime) er
 		launch.Mount{Kind: launch.Dir, Dest: launch.RuntimeDirInside(host.UID), Mode: 0o700},
 	)
 	mounts = append(mounts, fwd.Mounts...)
+	agent, agentEnv := launch.SSHAgentMounts(p, host.UID)
+	mounts = append(mounts, agent...)
+	login := launch.ClaudeLoginMounts(p, rt, home)
+	trust, secretEnv := launch.SecretMounts(p)
+	mounts = append(mounts, trust...)
 
 	realHome, err := os.UserHomeDir()
 	user, prepare, protected := launch.UserMounts(m, launch.UserFiles{Home: home, MayCreate: err == nil && filepath.Clean(realHome) == home}, rt)
 	mounts = append(mounts, user...)
+	mounts = append(mounts, login...)
+	mounts = launch.ChromiumTrustMounts(p, m, mounts)
+	mounts = launch.ApproveKeyPlaceholder(p, home, mounts)
 	state, dirs := launch.StateMounts(p.StateDir, home, nil)
 	mounts = append(mounts, state...)
 	prepare = append(prepare, dirs...)
@@ -102,7 +111,7 @@ func (Backend) Plan(p *launch.Plan, m *manifest.Manifest, rt *launch.Runtime) er
 	mounts = append(mounts, covers...)
 	prepare = append(prepare, dirs...)
 	p.Mounts, p.Prepare, p.Protected = mounts, prepare, append(protected, inProject...)
-	p.Env = launch.MergeEnv(env, fwd.Env, nixEnv, launch.ProxyEnv(rt.Egress), map[string]string{
+	p.Env = launch.MergeEnv(env, fwd.Env, nixEnv, agentEnv, secretEnv, launch.ProxyEnv(rt.Egress), map[string]string{
 		"PATH": strings.Join(append(append([]string{}, m.Path...), filepath.Join(home, ".local/bin")), ":"),
 	})
 	inv, err := render(p, m.Bwrap, keeperCommand(m))

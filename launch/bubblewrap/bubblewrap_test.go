@@ -91,6 +91,10 @@ func TestBubblewrapFullSandbox(t *testing.T) {
 	home := t.TempDir()
 	t.Setenv("HOME", home) // the user's own home: ~/.claude is made there
 	os.WriteFile(filepath.Join(home, ".claude.json"), []byte(`{"secret":"sk-login"}`), 0o600)
+	os.Mkdir(filepath.Join(home, ".ssh"), 0o700)
+	for _, f := range []string{"config", "known_hosts", "id_ed25519", "id_ed25519.pub", "id_rsa-work"} {
+		os.WriteFile(filepath.Join(home, ".ssh", f), []byte("x"), 0o600)
+	}
 	proj := t.TempDir()
 	state, err := launch.ProjectStatePath(proj)
 	if err != nil {
@@ -103,7 +107,10 @@ func TestBubblewrapFullSandbox(t *testing.T) {
 	for _, seq := range [][]string{
 		{"--bind", filepath.Join(state, "tmp"), "/tmp"},
 		{"--bind", filepath.Join(home, ".claude"), filepath.Join(home, ".claude")},
-		{"--ro-bind-try", filepath.Join(home, ".ssh"), filepath.Join(home, ".ssh")},
+		{"--perms", "0700", "--dir", filepath.Join(home, ".ssh")},
+		{"--ro-bind-try", filepath.Join(home, ".ssh/config"), filepath.Join(home, ".ssh/config")},
+		{"--ro-bind-try", filepath.Join(home, ".ssh/known_hosts"), filepath.Join(home, ".ssh/known_hosts")},
+		{"--ro-bind-try", filepath.Join(home, ".ssh/id_ed25519.pub"), filepath.Join(home, ".ssh/id_ed25519.pub")},
 		{"--ro-bind-try", filepath.Join(home, ".gitconfig"), filepath.Join(home, ".gitconfig")},
 		{"--bind", filepath.Join(state, "local"), filepath.Join(home, ".local")},
 		{"--bind", filepath.Join(state, "chromium"), filepath.Join(home, ".config/chromium")},
@@ -114,6 +121,14 @@ func TestBubblewrapFullSandbox(t *testing.T) {
 		if index(a, seq...) < 0 {
 			t.Errorf("missing %v in %v", seq, a)
 		}
+	}
+	for _, private := range []string{"id_ed25519", "id_rsa-work"} {
+		if slices.Contains(a, filepath.Join(home, ".ssh", private)) {
+			t.Errorf("a private key of ~/.ssh is bound: %s", private)
+		}
+	}
+	if slices.Contains(a, filepath.Join(home, ".ssh")) && index(a, "--dir", filepath.Join(home, ".ssh")) < 0 {
+		t.Error("~/.ssh is bound whole")
 	}
 	if index(a, "--bind", filepath.Join(state, "tmp"), "/tmp") > index(a, "--bind", proj, proj) {
 		t.Error("/tmp is bound after the project and would hide a project under /tmp")

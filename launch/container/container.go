@@ -44,7 +44,9 @@ type Backend struct{}
 
 func (Backend) Name() string { return Name }
 
-func (Backend) Traits() launch.Traits { return launch.Traits{NeedsRoot: true, Protects: true} }
+func (Backend) Traits() launch.Traits {
+	return launch.Traits{NeedsRoot: true, SecretBroker: true, Protects: true}
+}
 
 // Check: systemd-nspawn creates namespaces and mounts only root may.
 func (Backend) Check(rt *launch.Runtime) error {
@@ -164,8 +166,16 @@ func plan(p *launch.Plan, m *manifest.Manifest, rt *launch.Runtime, h host, u co
 	// The user's runtime directory, theirs to write in; the sockets go in it.
 	mounts = append(mounts, launch.Mount{Kind: launch.Dir, Dest: launch.RuntimeDirInside(u.UID), Mode: 0o700})
 	mounts = append(mounts, fwd.Mounts...)
+	agent, agentEnv := launch.SSHAgentMounts(p, u.UID)
+	mounts = append(mounts, agent...)
+	login := launch.ClaudeLoginMounts(p, rt, u.Home)
+	trust, secretEnv := launch.SecretMounts(p)
+	mounts = append(mounts, trust...)
 	user, prepare, protected := launch.UserMounts(m, launch.UserFiles{Home: u.Home, MayCreate: true, Owner: owner}, &inner)
 	mounts = append(mounts, user...)
+	mounts = append(mounts, login...)
+	mounts = launch.ChromiumTrustMounts(p, m, mounts)
+	mounts = launch.ApproveKeyPlaceholder(p, u.Home, mounts)
 	// The project's state: persistent /tmp, ~/.local, the browser profile
 	// and the tmux socket, made by root under root's state directory, then
 	// given to the user.
@@ -193,7 +203,7 @@ func plan(p *launch.Plan, m *manifest.Manifest, rt *launch.Runtime, h host, u co
 	}
 	mounts = append(mounts, launch.Mount{Kind: launch.ROBind, Source: h.Self, Dest: InitPath})
 	p.Mounts, p.Prepare, p.Protected = mounts, prepare, protected
-	p.Env = launch.MergeEnv(env, fwd.Env, nixEnv, launch.ProxyEnv(rt.Egress), map[string]string{
+	p.Env = launch.MergeEnv(env, fwd.Env, nixEnv, agentEnv, secretEnv, launch.ProxyEnv(rt.Egress), map[string]string{
 		"PATH": strings.Join(append(append([]string{}, m.Path...), filepath.Join(u.Home, ".local/bin")), ":"),
 	})
 	machine := MachineName(rt.Project, p.ID)

@@ -278,6 +278,10 @@ func copyFiles(s initSpec) {
 		if mode == 0 {
 			mode = 0o600
 		}
+		// A directory the system's /etc lacks (/etc/nix where the system
+		// configures no Nix) is made, root's; one the system links into
+		// the store stays the system's.
+		_ = os.MkdirAll(filepath.Dir(c.Dest), 0o755)
 		if err := os.WriteFile(c.Dest, data, mode); err == nil {
 			_ = os.Lchown(c.Dest, s.UID, s.GID)
 		}

@@ -1,46 +1,31 @@
 package vm
 
 import (
-	"bytes"
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
 	"os"
 	"path/filepath"
-	"sort"
-	"strconv"
 	"strings"
 
 	"github.com/claude-sandbox/claude-sandbox/internal/lazyregexp"
 	"github.com/claude-sandbox/claude-sandbox/launch"
+	"github.com/claude-sandbox/claude-sandbox/launch/vm/agent"
 	"github.com/claude-sandbox/claude-sandbox/manifest"
 )
 
-// The metadata share: how the host tells the guest what to run. It is a
-// directory of files, each a list of NUL-terminated strings, read by the
-// guest agent (templates/vm.nix) as data — no file here is ever sourced or
-// evaluated, so no user text becomes shell code in the guest either.
+// The metadata share: how the host tells the guest about the run. It is
+// a read-only 9p share of a directory in the run directory (0700, files
+// 0600, the calling user's: the environment carries ANTHROPIC_API_KEY,
+// which must never be readable by other host users and never appears on
+// QEMU's command line):
 //
-//	run    key=value pairs: nonce, user, uid, gid, home, project, shell, tty,
-//	       rows, cols, fs, vfsTag, has-<share>, claudeJson, gitconfig
-//	argv   the command, one argument an entry
-//	env    the command's environment, NAME=value entries
-//	claude.json, gitconfig   copies of the host files (never bound)
+//	run.json               the agent's configuration (agent.Config)
+//	claude-sandbox-agent   this binary, which the guest runs as its agent
+//	claude.json gitconfig  copies of the host files (never bound)
+//	ssh/                   copies of ~/.ssh's config, known_hosts and *.pub
 //
-// The directory is 0700 and the files 0600, owned by the calling user: the
-// environment carries ANTHROPIC_API_KEY, which must never be readable by
-// other host users (and never appears on QEMU's command line).
-
-// vmMeta is what the metadata share carries.
-type vmMeta struct {
-	Run  map[string]string
-	Argv []string
-	Env  []string
-	// Copies of host files, by name in the share.
-	Files map[string][]byte
-}
+// The guest reads it as data only: nothing in it is sourced or evaluated.
 
 // At most 31 bytes, checked apart: see manifest/vm.go's mountTag.
 var guestUserName = lazyregexp.New(`^[a-z_][a-z0-9_-]*$`)
@@ -59,75 +44,204 @@ func guestIdentity(rt *launch.Runtime) (user string, uid, gid int, home string) 
 	return user, os.Getuid(), os.Getgid(), home
 }
 
-// newNonce marks this run's console markers, so output that merely looks
-// like one (a file being cat'ed, the kernel log) is never taken for one.
-func newNonce() string {
-	b := make([]byte, 12)
-	_, _ = rand.Read(b)
-	return hex.EncodeToString(b)
-}
-
-// encodeNUL joins entries as NUL-terminated strings. An entry holding a NUL
-// cannot be represented (nor passed to execve): refused.
-func encodeNUL(entries []string) ([]byte, error) {
-	var b bytes.Buffer
-	for _, e := range entries {
-		if strings.IndexByte(e, 0) >= 0 {
-			return nil, fmt.Errorf("%q contains a NUL byte", e)
-		}
-		b.WriteString(e)
-		b.WriteByte(0)
+// guestProtection renders the core's protection mounts (host paths, as
+// every backend gets them) on the guest's paths: the project is at its
+// host path, the host's ~/.claude is the "claude" share, the home is the
+// guest user's. A mount the guest cannot render from its shares is an
+// error, never a protection silently dropped.
+func (p *vmPlan) guestProtection(mounts []launch.Mount) ([]agent.Protect, error) {
+	claude := p.Sources["claude"]
+	if !p.Present["claude"] {
+		claude = ""
 	}
-	return b.Bytes(), nil
-}
-
-func decodeNUL(data []byte) []string {
-	var out []string
-	for len(data) > 0 {
-		i := bytes.IndexByte(data, 0)
-		if i < 0 {
-			out = append(out, string(data))
-			break
+	hostClaude := filepath.Join(p.HostHome, ".claude")
+	under := func(path, dir string) (string, bool) {
+		if dir == "" {
+			return "", false
 		}
-		out = append(out, string(data[:i]))
-		data = data[i+1:]
+		rel, err := filepath.Rel(dir, path)
+		if err != nil || rel == ".." || strings.HasPrefix(rel, "../") {
+			return "", false
+		}
+		return rel, true
 	}
-	return out
+	// source maps a host path the guest reads from.
+	source := func(path string) (string, bool) {
+		if _, ok := under(path, p.Project); ok {
+			return path, true
+		}
+		for _, dir := range []string{hostClaude, claude} {
+			if rel, ok := under(path, dir); ok && claude != "" {
+				return filepath.Join(agent.Mnt, "claude", rel), true
+			}
+		}
+		return "", false
+	}
+	// dest maps a path inside: the project's and the guest's own places
+	// stay, the host home's become the guest user's.
+	dest := func(path string) string {
+		if _, ok := under(path, p.Project); ok {
+			return path
+		}
+		if rel, ok := under(path, p.HostHome); ok {
+			return filepath.Join(p.Home, rel)
+		}
+		return path
+	}
+	var out []agent.Protect
+	for _, m := range mounts {
+		g := agent.Protect{Path: dest(m.Dest), Mode: uint32(m.Mode.Perm())}
+		switch m.Kind {
+		case launch.ROBind, launch.Bind:
+			g.Kind = agent.ProtectReadOnly
+			if m.Kind == launch.Bind {
+				g.Kind = agent.ProtectBind
+			}
+			src, ok := source(m.Source)
+			if !ok {
+				return nil, launch.NewVMStartError("cannot protect "+m.Dest+" in the guest: "+m.Source+" is on no share", "")
+			}
+			if src != g.Path {
+				g.Source = src
+			}
+		case launch.Tmpfs:
+			g.Kind = agent.ProtectTmpfs
+		case launch.Dir:
+			g.Kind = agent.ProtectDir
+		case launch.Symlink:
+			g.Kind, g.Source = agent.ProtectSymlink, dest(m.Source)
+		default:
+			return nil, launch.NewVMStartError("cannot protect "+m.Dest+" in the guest: a "+m.Kind.String()+" mount", "")
+		}
+		out = append(out, g)
+	}
+	return out, nil
 }
 
-// write puts the metadata into dir (created 0700).
-func (m *vmMeta) write(dir string) error {
+// agentConfig is what the guest agent is told about the run.
+func (p *vmPlan) agentConfig(env []string) *agent.Config {
+	c := &agent.Config{
+		User: p.User, UID: p.UID, GID: p.GID, Home: p.Home, Project: p.Project,
+		Shell: p.Shell, UsrBinEnv: p.UsrBinEnv, FS: p.FS, VFSTag: p.VFSTag, Env: env,
+	}
+	covered := map[string]bool{}
+	for _, m := range p.guestProtect {
+		covered[m.Path] = true
+	}
+	for source, target := range map[string]string{"claude": ".claude", "git": ".config/git", "gh": ".config/gh"} {
+		// A share the protection renders itself (~/.claude as the core
+		// decides it) is not bound whole.
+		if p.Present[source] && !covered[filepath.Join(p.Home, target)] {
+			c.Binds = append(c.Binds, agent.Bind{Share: source, Target: filepath.Join(p.Home, target)})
+		}
+	}
+	// ~/.local persists per project, in the host's state directory.
+	c.Binds = append(c.Binds, agent.Bind{Share: "state/" + launch.StateLocal, Target: filepath.Join(p.Home, ".local")})
+	c.Copies = []agent.Copy{
+		{Name: "claude.json", Target: filepath.Join(p.Home, ".claude.json")},
+		{Name: "gitconfig", Target: filepath.Join(p.Home, ".gitconfig")},
+	}
+	c.Protect = p.guestProtect
+	if p.Network {
+		c.Proxy = ProxyAddr
+	}
+	if p.SSHAgent != "" {
+		c.SSHAgent = sshAgentInside(p.UID)
+	}
+	return c
+}
+
+// writeMeta fills the metadata directory: the agent's configuration, the
+// copies of host files, and the agent itself.
+func (p *vmPlan) writeMeta(env []string) error {
+	dir := filepath.Join(p.RunDir, vmMetaDir)
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return err
 	}
 	if err := os.Chmod(dir, 0o700); err != nil {
 		return err
 	}
-	keys := make([]string, 0, len(m.Run))
-	for k := range m.Run {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	var run []string
-	for _, k := range keys {
-		run = append(run, k+"="+m.Run[k])
-	}
-	files := map[string][]string{"run": run, "argv": m.Argv, "env": m.Env}
-	for name, entries := range files {
-		data, err := encodeNUL(entries)
+	c := p.agentConfig(env)
+	for _, cp := range []struct{ name, host string }{{"claude.json", ".claude.json"}, {"gitconfig", ".gitconfig"}} {
+		data, ok, err := copyIfPresent(filepath.Join(p.HostHome, cp.host))
 		if err != nil {
-			return fmt.Errorf("metadata %s: %w", name, err)
-		}
-		if err := writePrivate(filepath.Join(dir, name), data); err != nil {
 			return err
 		}
-	}
-	for name, data := range m.Files {
-		if err := writePrivate(filepath.Join(dir, name), data); err != nil {
-			return err
+		if ok {
+			if err := writePrivate(filepath.Join(dir, cp.name), data); err != nil {
+				return err
+			}
 		}
 	}
-	return nil
+	ok, err := copySSH(filepath.Join(p.HostHome, ".ssh"), filepath.Join(dir, agent.SSHDir))
+	if err != nil {
+		return err
+	}
+	c.SSH = ok
+	if err := agent.WriteConfig(dir, c); err != nil {
+		return err
+	}
+	return placeAgent(filepath.Join(dir, agent.Binary))
+}
+
+// copySSH copies what the guest may see of ~/.ssh: config, known_hosts
+// and public keys. Private keys stay on the host; git over SSH signs
+// through the filtered agent.
+func copySSH(from, to string) (bool, error) {
+	entries, err := os.ReadDir(from)
+	if errors.Is(err, os.ErrNotExist) {
+		return false, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	if err := os.Mkdir(to, 0o700); err != nil {
+		return false, err
+	}
+	for _, e := range entries {
+		name := e.Name()
+		if name != "config" && name != "known_hosts" && !strings.HasSuffix(name, ".pub") {
+			continue
+		}
+		data, ok, err := copyIfPresent(filepath.Join(from, name))
+		if err != nil || !ok {
+			continue
+		}
+		if err := writePrivate(filepath.Join(to, name), data); err != nil {
+			return false, err
+		}
+	}
+	return true, nil
+}
+
+// placeAgent puts this binary where the guest runs it: a hard link when
+// it can (same file system, no copy), else a copy. The binary is static
+// (the container's init is the same binary, for the same reason).
+func placeAgent(dst string) error {
+	self, err := os.Executable()
+	if err != nil {
+		return err
+	}
+	if real, err := filepath.EvalSymlinks(self); err == nil {
+		self = real
+	}
+	if err := os.Link(self, dst); err == nil {
+		return nil
+	}
+	in, err := os.Open(self)
+	if err != nil {
+		return err
+	}
+	defer in.Close()
+	out, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o500)
+	if err != nil {
+		return err
+	}
+	if _, err := io.Copy(out, in); err != nil {
+		out.Close()
+		return err
+	}
+	return out.Close()
 }
 
 func writePrivate(path string, data []byte) error {
@@ -140,20 +254,6 @@ func writePrivate(path string, data []byte) error {
 		return err
 	}
 	return f.Close()
-}
-
-// readRun reads the run file of a metadata directory (enter needs the nonce).
-func readRun(dir string) (map[string]string, error) {
-	data, err := os.ReadFile(filepath.Join(dir, "run"))
-	if err != nil {
-		return nil, err
-	}
-	run := map[string]string{}
-	for _, kv := range decodeNUL(data) {
-		k, v, _ := strings.Cut(kv, "=")
-		run[k] = v
-	}
-	return run, nil
 }
 
 // maxCopied bounds a host file copied into the guest (~/.claude.json grows
@@ -207,5 +307,3 @@ func guestEnv(m *manifest.Manifest, rt *launch.Runtime, home, user string) ([]st
 	}
 	return out, nil
 }
-
-func boolString(b bool) string { return strconv.FormatBool(b) }

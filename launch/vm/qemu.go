@@ -12,22 +12,32 @@ import (
 	"time"
 
 	"github.com/claude-sandbox/claude-sandbox/launch"
+	"github.com/claude-sandbox/claude-sandbox/launch/vm/agent"
+	"github.com/claude-sandbox/claude-sandbox/launch/vm/vmhost"
 	"github.com/claude-sandbox/claude-sandbox/manifest"
 )
 
-// File names inside a VM's run directory (<state>/vm/<id>/). QEMU runs with
+// File names inside a VM's run directory (launch.RunDir). QEMU runs with
 // the run directory as its working directory and is given these relative
 // names, so socket paths stay short whatever the state directory's length.
 const (
-	vmMetaDir     = "meta"
-	vmEmptyDir    = "empty"
-	vmQMPSock     = "qmp.sock"
-	vmConsoleSock = "console.sock"
-	vmVirtiofsd   = "virtiofsd.sock"
-	vmBootLog     = "boot.log"
-	vmQEMULog     = "qemu.log"
-	vmLock        = "lock"
+	vmMetaDir  = "meta"
+	vmEmptyDir = "empty"
+	// A second VM of a project (--new) gets a store of its own for its
+	// life: the project's is the first one's.
+	vmTempStore = "nix-store.img"
 )
+
+// Guest-side addresses of the supervisor's doors.
+const (
+	// ProxyAddr is where the egress proxy is offered inside the guest:
+	// where every backend's sandbox finds it (launch.ProxyEnv).
+	ProxyAddr = "127.0.0.1:3128"
+)
+
+// storeMiB is the guest Nix store disk's size: sparse, so this is a
+// ceiling, not what it takes.
+const storeMiB = 64 << 10
 
 // vmPlan is a decided VM start (the launch plan's Detail): the QEMU
 // command line and what the host side must prepare for it.
@@ -48,15 +58,54 @@ type vmPlan struct {
 	Display  vmDisplay
 	Warning  string // one line for the user: the window that could not be opened
 
+	// The guest's Nix store disk: the project's (StoreLock held while a
+	// VM uses it), or a temporary one in the run directory.
+	Store     string
+	StoreLock string
+	Mkfs      string
+
+	// The supervisor's doors inside: the egress proxy (Network; Egress
+	// its mode and rules, the launch's own), the host's SSH agent,
+	// filtered (SSHAgent is the host's socket).
+	Network  bool
+	Egress   *launch.Egress
+	SSHAgent string
+
+	// Protected are mounts inside the shared directories the guest makes
+	// read-only (or mount points), Prepare what the host must have first.
+	Protected []launch.Mount
+	Prepare   []launch.HostDir
+	// ProtectedList is what is protected, for the launch's plan (--dry-run,
+	// the session notice).
+	ProtectedList []launch.Protected
+	// guestProtect is Protected on the guest's paths, for the agent.
+	guestProtect []agent.Protect
+
 	// Who the command runs as in the guest, and what the metadata share
 	// carries beside the command and its environment.
-	Project  string
-	HostHome string // where the host's ~/.claude.json and ~/.gitconfig are copied from
-	Shell    string
-	User     string
-	UID, GID int
-	Home     string
+	Project   string
+	HostHome  string // where the host's ~/.claude.json, ~/.gitconfig and ~/.ssh are copied from
+	Shell     string
+	UsrBinEnv string
+	User      string
+	UID, GID  int
+	Home      string
 }
+
+// extraEnv is what the guest's doors add to the sandbox's environment.
+func (p *vmPlan) extraEnv() map[string]string {
+	env := map[string]string{}
+	for k, v := range launch.ProxyEnv(p.Egress) {
+		env[k] = v
+	}
+	if p.SSHAgent != "" {
+		env["SSH_AUTH_SOCK"] = sshAgentInside(p.UID)
+	}
+	return env
+}
+
+// sshAgentInside is where the filtered SSH agent is offered in the guest.
+func sshAgentInside(uid int) string { return launch.RuntimeDirInside(uid) + "/ssh-agent" }
 
 // vmDisplay is how the guest is shown: UI is QEMU's -display backend ("gtk"
 // or "sdl") with a virtio GPU, or "" for no window at all. Env is what QEMU
@@ -164,8 +213,6 @@ func hostShares(m *manifest.Manifest, rt *launch.Runtime, stateDir, runDir strin
 			p, ok = dirIf(filepath.Join(rt.Home, ".claude"))
 		case "state":
 			p = filepath.Join(stateDir, launch.StateGuest)
-		case "ssh":
-			p, ok = dirIf(filepath.Join(rt.Home, ".ssh"))
 		case "git":
 			p, ok = dirIf(filepath.Join(rt.Home, ".config", "git"))
 		case "gh":
@@ -177,8 +224,8 @@ func hostShares(m *manifest.Manifest, rt *launch.Runtime, stateDir, runDir strin
 }
 
 // qemuArgs builds QEMU's command line. Nothing secret is on it: the
-// command, its environment and the API key travel in the metadata share.
-func qemuArgs(m *manifest.Manifest, p *vmPlan, network bool) []string {
+// sandbox's environment and the API key travel in the metadata share.
+func qemuArgs(m *manifest.Manifest, p *vmPlan) []string {
 	vm := m.VM
 	machine, cpu := launch.HostArch().Machine+",accel=tcg", "max"
 	if p.Accel == launch.AccelKVM {
@@ -194,27 +241,25 @@ func qemuArgs(m *manifest.Manifest, p *vmPlan, network bool) []string {
 		"-no-reboot",
 		"-kernel", vm.Kernel, "-initrd", vm.Initrd,
 		"-append", strings.Join(vm.KernelParams, " "),
-		// ttyS0: the guest console and the command's terminal, relayed by
-		// the supervisor through QEMU's stdin and stdout.
+		// ttyS0: the boot log, kept by the supervisor.
 		"-chardev", "stdio,id=console,signal=off", "-serial", "chardev:console",
-		// ttyS1: the second console, for `enter`.
-		"-chardev", "socket,id=enter,path=" + vmConsoleSock + ",server=on,wait=off", "-serial", "chardev:enter",
-		"-chardev", "socket,id=qmp,path=" + vmQMPSock + ",server=on,wait=off", "-mon", "chardev=qmp,mode=control",
+		"-chardev", "socket,id=qmp,path=" + vmhost.QMPSocket + ",server=on,wait=off", "-mon", "chardev=qmp,mode=control",
+		// The guest agent's one port: sessions, the proxy and the SSH
+		// agent, multiplexed.
+		"-device", "virtio-serial-pci,id=vser",
+		"-chardev", "socket,id=agent,path=" + vmhost.AgentSocket + ",server=on,wait=off",
+		"-device", "virtserialport,bus=vser.0,chardev=agent,name=" + agent.PortName,
 		"-device", "virtio-rng-pci",
+		// No network card, whatever the network mode: the guest reaches
+		// the outside only through the supervisor's proxy, over the port.
+		"-nic", "none",
 	}
 	if p.Display.UI != "" {
 		// A window for the guest's own display (Chromium's kiosk in the
-		// NixOS guest); the serial consoles stay where they are.
+		// NixOS guest); the serial console stays where it is.
 		a = append(a, "-display", p.Display.UI, "-device", "virtio-vga")
 	} else {
 		a = append(a, "-display", "none")
-	}
-	if network {
-		// User-mode NAT: the guest reaches what the host reaches, and
-		// nothing on the host's networks can reach the guest.
-		a = append(a, "-nic", "user,model=virtio-net-pci")
-	} else {
-		a = append(a, "-nic", "none")
 	}
 	for i, s := range p.Shares {
 		id := "fs" + strconv.Itoa(i)
@@ -224,12 +269,16 @@ func qemuArgs(m *manifest.Manifest, p *vmPlan, network bool) []string {
 		}
 		a = append(a, "-fsdev", fsdev, "-device", "virtio-9p-pci,fsdev="+id+",mount_tag="+s.Tag)
 	}
+	// The guest's Nix store (the first and only disk: /dev/vda inside).
+	a = append(a,
+		"-drive", "file="+qemuOpt(p.Store)+",format=raw,if=none,id=nixstore,cache=writeback,discard=unmap,werror=report",
+		"-device", "virtio-blk-pci,drive=nixstore,serial=nix-store")
 	if p.FS == launch.FSVirtiofs {
 		// vhost-user needs the guest's memory shared with virtiofsd.
 		a = append(a,
 			"-object", "memory-backend-memfd,id=mem,size="+strconv.Itoa(vm.MemoryMiB)+"M,share=on",
 			"-numa", "node,memdev=mem",
-			"-chardev", "socket,id=vfs,path="+vmVirtiofsd,
+			"-chardev", "socket,id=vfs,path="+vmhost.Virtiofsd,
 			"-device", "vhost-user-fs-pci,chardev=vfs,tag="+p.VFSTag)
 	}
 	return a
@@ -246,6 +295,9 @@ func planVMRun(m *manifest.Manifest, rt *launch.Runtime, id string) (*vmPlan, er
 		return nil, launch.NewVMStartError(
 			fmt.Sprintf("this guest was built with network=%t, the run asks for network=%t", m.VM.Network, rt.Network),
 			"the vm backend builds the network into the guest: rebuild with the same --no-network setting")
+	}
+	if m.VM.Mkfs == "" {
+		return nil, launch.NewVMStartError("this guest has no writable Nix store (its closure names no mkfs.ext4)", "rebuild it with this version of claude-sandbox (--rebuild)")
 	}
 	fs := rt.FS
 	if fs == "" {
@@ -269,11 +321,34 @@ func planVMRun(m *manifest.Manifest, rt *launch.Runtime, id string) (*vmPlan, er
 		}
 	}
 	p := &vmPlan{
-		ID: id, StateDir: stateDir, RunDir: filepath.Join(stateDir, launch.StateVM, id),
+		ID: id, StateDir: stateDir, RunDir: launch.RunDir(stateDir, id),
 		QEMU: qemu, Accel: accel, AutoKVM: auto && accel == launch.AccelKVM, FS: fs,
 		Project: rt.Project, HostHome: rt.Home, Shell: m.Shell,
 	}
 	p.User, p.UID, p.GID, p.Home = guestIdentity(rt)
+	p.UsrBinEnv = m.UsrBinEnv
+	p.Network, p.Egress = rt.Egress != nil, rt.Egress
+	if sock, ok := rt.Getenv("SSH_AUTH_SOCK"); ok && filepath.IsAbs(sock) {
+		if st, err := os.Stat(sock); err == nil && st.Mode()&os.ModeSocket != 0 {
+			p.SSHAgent = sock
+		}
+	}
+	p.Mkfs = m.VM.Mkfs
+	p.Store, p.StoreLock = StoreImage(stateDir), filepath.Join(stateDir, launch.StateGuest, storeLockName)
+	if otherVMRuns(stateDir) {
+		p.Store, p.StoreLock = vmTempStore, ""
+	}
+	// The protection is the core's, as every backend gets it: ~/.claude
+	// (ClaudeHome) and the project's protected paths, rendered by the
+	// guest agent on its shares (guestProtection).
+	realHome, herr := os.UserHomeDir()
+	claude, claudeDirs, claudeList := launch.ClaudeHome(launch.UserFiles{Home: rt.Home, MayCreate: herr == nil && filepath.Clean(realHome) == rt.Home}, rt)
+	covers, dirs, inProject, err := launch.ProjectProtection(rt.Project, rt, nil)
+	if err != nil {
+		return nil, err
+	}
+	p.Protected, p.Prepare = append(claude, covers...), append(claudeDirs, dirs...)
+	p.ProtectedList = append(claudeList, inProject...)
 	if fs == launch.FSVirtiofs {
 		if p.Virtiofs, err = launch.FindVirtiofsd(m); err != nil {
 			return nil, err
@@ -282,6 +357,15 @@ func planVMRun(m *manifest.Manifest, rt *launch.Runtime, id string) (*vmPlan, er
 		p.VFSTag = share.Tag + "-vfs"
 	}
 	p.Sources, p.Present = hostShares(m, rt, stateDir, p.RunDir)
+	if hostClaude := filepath.Join(rt.Home, ".claude"); !p.Present["claude"] && planned(p.Prepare, hostClaude) {
+		// Made on the host at the start (ClaudeHome): shared from then.
+		if _, ok := p.Sources["claude"]; ok {
+			p.Sources["claude"], p.Present["claude"] = hostClaude, true
+		}
+	}
+	if p.guestProtect, err = p.guestProtection(p.Protected); err != nil {
+		return nil, err
+	}
 	for _, s := range m.VM.Shares {
 		kind := launch.Bind
 		if s.ReadOnly {
@@ -290,6 +374,28 @@ func planVMRun(m *manifest.Manifest, rt *launch.Runtime, id string) (*vmPlan, er
 		p.Shares = append(p.Shares, launch.Mount{Kind: kind, Source: p.Sources[s.Source], Dest: s.Target, Tag: s.Tag})
 	}
 	p.Display, p.Warning = chooseDisplay(launch.OSHost(rt), rt, qemu)
-	p.Args = qemuArgs(m, p, rt.Network)
+	p.Args = qemuArgs(m, p)
 	return p, nil
+}
+
+// planned says whether the plan has the host make dir at the start.
+func planned(prepare []launch.HostDir, dir string) bool {
+	for _, d := range prepare {
+		if d.Path == dir && !d.File {
+			return true
+		}
+	}
+	return false
+}
+
+// otherVMRuns says whether a VM of the project runs already (a --new
+// launch, or one with other settings): its Nix store is that VM's.
+func otherVMRuns(stateDir string) bool {
+	recs, _ := launch.Running(stateDir)
+	for _, r := range recs {
+		if r.Backend == Name {
+			return true
+		}
+	}
+	return false
 }

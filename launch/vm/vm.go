@@ -1,66 +1,61 @@
 // Package vm is the QEMU backend: a NixOS guest booted straight from the
-// closure's kernel and initrd and supervised by this process. It renders
-// the launch core's typed plan into QEMU's command line (the project and
-// the user's directories as 9p or virtiofs shares the guest's fstab
-// declares), relays the guest's consoles, and stops and describes running
-// VMs over QMP. What crosses into the guest is the core's decision.
+// closure's kernel and initrd. The launcher renders the launch core's
+// typed plan into QEMU's command line (the project and the user's
+// directories as 9p or virtiofs shares the guest's fstab declares, the
+// agent's virtio-serial port, the guest's Nix store disk, no network
+// card), writes the run's metadata share, and hands the VM to a
+// supervisor (claude-sandbox-supervisor, package vmhost), which owns QEMU
+// for the VM's life. Every session, the first included, runs through that
+// supervisor: the launcher relays its terminal to a session of the guest
+// agent (package agent) and exits with its command's status. What crosses
+// into the guest is the core's decision.
 package vm
 
 import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"os"
-	"os/exec"
 	"path/filepath"
-	"strconv"
+	"sort"
 	"strings"
-	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
 
 	"github.com/claude-sandbox/claude-sandbox/internal/proc"
 	"github.com/claude-sandbox/claude-sandbox/launch"
+	"github.com/claude-sandbox/claude-sandbox/launch/vm/vmhost"
 	"github.com/claude-sandbox/claude-sandbox/manifest"
-)
-
-// The vm backend: a NixOS guest (templates/vm.nix) booted by QEMU straight
-// from the closure's kernel and initrd, supervised by this process. Host
-// directories reach the guest as 9p (or virtiofs) shares its fstab declares;
-// the command, its environment and its terminal size reach it through a
-// read-only metadata share; its output comes back on the serial console,
-// framed by the guest agent's markers, and the status in the end marker.
-
-var (
-	// bootWatchdog: how long a KVM guest may stay silent before it is
-	// declared stuck. A working KVM guest prints its first kernel line in
-	// well under a second.
-	bootWatchdog = 20 * time.Second
-	// afterExit: how long the guest may take to power off once the command
-	// has reported its status, before QEMU is told to quit.
-	afterExit = 10 * time.Second
-	// stopGrace: how long a graceful power-down may take before QEMU is
-	// killed (`stop`, or a signal to the supervisor).
-	stopGrace = 30 * time.Second
+	"github.com/claude-sandbox/claude-sandbox/supervisor/control"
 )
 
 // Name is the backend's name.
 const Name = "vm"
+
+// stopGrace: how long a graceful power-down may take before QEMU is
+// told to quit (`stop`).
+var stopGrace = 30 * time.Second
 
 // Backend is the QEMU backend.
 type Backend struct{}
 
 func (Backend) Name() string { return Name }
 
-func (Backend) Traits() launch.Traits { return launch.Traits{NetworkInClosure: true} }
+func (Backend) Traits() launch.Traits {
+	return launch.Traits{
+		NetworkInClosure:          true,
+		SessionsThroughSupervisor: true,
+		Protects:                  true,
+		Persistence:               "What persists after the VM ends: the project directory, ~/.claude, ~/.local (kept per project) and the guest's Nix store (nix-build, nix profile: kept per project). Everything else in the guest is discarded.",
+	}
+}
 
 // Check: nothing to check before a build; the accelerator is chosen when
 // the start is planned.
 func (Backend) Check(*launch.Runtime) error { return nil }
 
-// Plan decides the guest's shares, the command's environment and QEMU's
+// Plan decides the guest's shares, the sandbox's environment and QEMU's
 // command line.
 func (Backend) Plan(p *launch.Plan, m *manifest.Manifest, rt *launch.Runtime) error {
 	vp, err := planVMRun(m, rt, p.ID)
@@ -71,7 +66,13 @@ func (Backend) Plan(p *launch.Plan, m *manifest.Manifest, rt *launch.Runtime) er
 	if err != nil {
 		return err
 	}
-	p.Env, p.Mounts, p.Detail = env, vp.Shares, vp
+	env = launch.MergeEnv(env, vp.extraEnv())
+	p.Env, p.Mounts, p.Detail = env, append(vp.Shares, vp.Protected...), vp
+	p.Protected = vp.ProtectedList
+	// The guest builds with a Nix daemon of its own, on its own store: the
+	// host's daemon (and the gateway to it) is not for it.
+	p.NixGateway, p.NixUpstream = "", ""
+	p.Prepare = append(p.Prepare, vp.Prepare...)
 	p.Invocation = &launch.Invocation{Path: vp.QEMU, Args: vp.Args, Env: append(qemuEnv(), vp.Display.Env...)}
 	return nil
 }
@@ -80,323 +81,100 @@ func (Backend) Plan(p *launch.Plan, m *manifest.Manifest, rt *launch.Runtime) er
 // and the sandbox's (API key included) goes through the metadata share.
 func qemuEnv() []string { return []string{"PATH=/usr/bin:/bin", "LC_ALL=C"} }
 
-// Start boots the VM and supervises it until it powers off; the result is
-// the guest command's status (an *launch.ExitStatusError when not zero).
+// Start hands the planned VM to a new supervisor and runs the launch's
+// command as the VM's first session; the result is that command's status.
+// The VM lives on while other sessions do.
 func (Backend) Start(ctx context.Context, p *launch.Plan, rec *launch.Record) error {
 	vp := p.Detail.(*vmPlan)
 	if vp.Warning != "" {
 		fmt.Fprintln(os.Stderr, "claude-sandbox: warning: "+vp.Warning)
 	}
-	sv := &vmSupervisor{plan: vp, command: p.Command, env: p.Env, rec: rec, term: openTerminal(os.Stdin, os.Stdout), stderr: os.Stderr}
-	return sv.run(ctx)
-}
-
-// vmSupervisor runs one VM from start to power-off.
-type vmSupervisor struct {
-	plan    *vmPlan
-	command []string // the guest command and its environment (the metadata share)
-	env     []string
-	rec     *launch.Record // registered by the launch; updated to name QEMU once it runs
-	term    *terminal
-	stderr  *os.File
-
-	nonce      string
-	lock       *os.File
-	cmd        *exec.Cmd
-	exited     chan error // QEMU's Wait result
-	qemuIn     *os.File   // QEMU's stdin: the console's input
-	consoleOut *os.File   // QEMU's stdout: the console's output
-	bootLog    *os.File
-	vfsd       *exec.Cmd
-	waitQMP    func() error // waitForQMP; tests without a real QEMU replace it
-}
-
-func (sv *vmSupervisor) run(ctx context.Context) (err error) {
-	p := sv.plan
 	sweepRunDirs(p.StateDir)
-	if err := sv.prepare(); err != nil {
-		sv.cleanup()
-		return err
-	}
-	defer sv.cleanup()
-	if p.FS == launch.FSVirtiofs {
-		if err := sv.startVirtiofsd(ctx); err != nil {
-			return err
-		}
-	}
-	if err := sv.startQEMU(); err != nil {
-		return err
-	}
-	// Registered only once QEMU listens on QMP: `stop` and `ps` from other
-	// processes rely on the socket being there.
-	if sv.waitQMP == nil {
-		sv.waitQMP = sv.waitForQMP
-	}
-	if err := sv.waitQMP(); err != nil {
-		return err
-	}
-	// The entry the launcher registered: from now on it names QEMU, whose
-	// life is the VM's, and its two sockets.
-	rec := sv.rec
-	rec.PID = sv.cmd.Process.Pid
-	rec.PIDStart, _ = proc.StartTime(rec.PID)
-	rec.Console, rec.QMP = filepath.Join(p.RunDir, vmConsoleSock), filepath.Join(p.RunDir, vmQMPSock)
-	if err := launch.Register(p.StateDir, rec); err != nil {
-		sv.kill()
-		return &launch.VMStartError{Reason: "registering the VM: " + err.Error()}
-	}
-	defer launch.Unregister(p.StateDir, rec.ID)
-	return sv.supervise(ctx)
-}
-
-// waitForQMP waits for QEMU to create its QMP socket (during its set-up,
-// before the guest runs), or to fail.
-func (sv *vmSupervisor) waitForQMP() error {
-	sock := filepath.Join(sv.plan.RunDir, vmQMPSock)
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		if st, err := os.Stat(sock); err == nil && st.Mode()&os.ModeSocket != 0 {
-			return nil
-		}
-		select {
-		case err := <-sv.exited:
-			sv.exited <- err
-			return nil // the supervisor reports how QEMU ended
-		case <-time.After(10 * time.Millisecond):
-		}
-		if time.Now().After(deadline) {
-			sv.kill()
-			return &launch.VMStartError{Reason: "QEMU did not open its QMP socket within 30s: " + lastLines(filepath.Join(sv.plan.RunDir, vmQEMULog), 1)}
-		}
-	}
-}
-
-// prepare creates the run directory and the metadata share.
-func (sv *vmSupervisor) prepare() error {
-	p := sv.plan
-	for _, d := range []string{filepath.Dir(p.RunDir), p.RunDir, filepath.Join(p.RunDir, vmEmptyDir), filepath.Join(p.StateDir, launch.StateGuest)} {
-		if err := os.Mkdir(d, 0o700); err != nil && !errors.Is(err, os.ErrExist) {
-			return &launch.VMStartError{Reason: err.Error()}
-		}
-	}
-	lock, err := os.OpenFile(filepath.Join(p.RunDir, vmLock), os.O_RDWR|os.O_CREATE, 0o600)
-	if err != nil {
-		return &launch.VMStartError{Reason: err.Error()}
-	}
-	if err := unix.Flock(int(lock.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
-		lock.Close()
-		return &launch.VMStartError{Reason: "run directory " + p.RunDir + " is in use"}
-	}
-	sv.lock = lock
-
-	sv.nonce = newNonce()
-	t := sv.term
-	meta := &vmMeta{
-		Run: map[string]string{
-			"nonce": sv.nonce, "user": p.User, "uid": strconv.Itoa(p.UID), "gid": strconv.Itoa(p.GID),
-			"home": p.Home, "project": p.Project, "shell": p.Shell,
-			"tty": boolString(t.isTTY), "outTty": boolString(t.outTTY),
-			"rows": strconv.Itoa(t.rows), "cols": strconv.Itoa(t.cols),
-			"fs": p.FS, "vfsTag": p.VFSTag,
-		},
-		Argv:  sv.command,
-		Env:   sv.env,
-		Files: map[string][]byte{},
-	}
-	for source, ok := range p.Present {
-		meta.Run["has-"+source] = boolString(ok)
-	}
-	for name, host := range map[string]string{"claude.json": ".claude.json", "gitconfig": ".gitconfig"} {
-		data, ok, err := copyIfPresent(filepath.Join(p.HostHome, host))
-		if err != nil {
-			return &launch.VMStartError{Reason: err.Error()}
-		}
-		if ok {
-			meta.Files[name] = data
-		}
-	}
-	if err := meta.write(filepath.Join(p.RunDir, vmMetaDir)); err != nil {
-		return &launch.VMStartError{Reason: "writing the metadata share: " + err.Error()}
-	}
-	return nil
-}
-
-func (sv *vmSupervisor) startVirtiofsd(ctx context.Context) error {
-	p := sv.plan
-	cmd := exec.Command(p.Virtiofs, "--socket-path="+vmVirtiofsd, "-o", "source="+p.Project, "-o", "cache=auto")
-	cmd.Dir = p.RunDir
-	cmd.Env = qemuEnv()
-	log, err := os.OpenFile(filepath.Join(p.RunDir, "virtiofsd.log"), os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
-	if err != nil {
-		return &launch.VMStartError{Reason: err.Error()}
-	}
-	defer log.Close()
-	cmd.Stdout, cmd.Stderr = log, log
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGTERM}
-	if err := cmd.Start(); err != nil {
-		return launch.NewVMStartError("starting virtiofsd: "+err.Error(), "use --fs 9p")
-	}
-	sv.vfsd = cmd
-	done := make(chan error, 1)
-	go func() { done <- cmd.Wait() }()
-	sock := filepath.Join(p.RunDir, vmVirtiofsd)
-	deadline := time.After(10 * time.Second)
-	for {
-		if _, err := os.Stat(sock); err == nil {
-			return nil
-		}
-		select {
-		case err := <-done:
-			msg := strings.TrimSpace(lastLines(filepath.Join(p.RunDir, "virtiofsd.log"), 1))
-			if msg == "" && err != nil {
-				msg = err.Error()
-			}
-			return launch.NewVMStartError("virtiofsd failed: "+msg, "virtiofsd usually needs root; use --fs 9p")
-		case <-deadline:
-			return launch.NewVMStartError("virtiofsd did not create its socket within 10s", "use --fs 9p")
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(20 * time.Millisecond):
-		}
-	}
-}
-
-func (sv *vmSupervisor) startQEMU() error {
-	p := sv.plan
-	inR, inW, err := os.Pipe()
+	supLog, err := startSupervised(ctx, vp, p, rec)
 	if err != nil {
 		return err
 	}
-	outR, outW, err := os.Pipe()
-	if err != nil {
-		inR.Close()
-		inW.Close()
-		return err
-	}
-	qlog, err := os.OpenFile(filepath.Join(p.RunDir, vmQEMULog), os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
-	if err != nil {
-		return &launch.VMStartError{Reason: err.Error()}
-	}
-	defer qlog.Close()
-	sv.bootLog, err = os.OpenFile(filepath.Join(p.RunDir, vmBootLog), os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
-	if err != nil {
-		return &launch.VMStartError{Reason: err.Error()}
-	}
-	cmd := &exec.Cmd{Path: p.QEMU, Args: p.Args, Env: append(qemuEnv(), p.Display.Env...), Dir: p.RunDir, Stdin: inR, Stdout: outW, Stderr: qlog}
-	// Its own process group: a Ctrl-C on a terminal that is not in raw mode
-	// reaches only this supervisor, which then powers the guest down
-	// cleanly; and QEMU dies with its supervisor rather than lingering
-	// without a console.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGTERM}
-	err = cmd.Start()
-	inR.Close()
-	outW.Close()
-	if err != nil {
-		inW.Close()
-		outR.Close()
-		return &launch.VMStartError{Reason: "starting " + p.QEMU + ": " + err.Error()}
-	}
-	sv.cmd, sv.qemuIn = cmd, inW
-	sv.exited = make(chan error, 1)
-	go func() { sv.exited <- cmd.Wait() }()
-	sv.consoleOut = outR
-	return nil
+	defer supLog.Close()
+	return runSession(ctx, rec, &session{argv: p.Command, what: sessionName(p.Command), supLog: supLog, accel: vp.Accel, first: true, beforeLeave: p.BeforeLeave})
 }
 
-// cleanup removes everything of this run from the host: sockets, metadata
-// (the API key) and logs. A failed boot's log is kept beside the run
-// directories for the error's hint.
-func (sv *vmSupervisor) cleanup() {
-	if sv.cmd != nil && sv.cmd.ProcessState == nil {
-		sv.kill()
-	}
-	if sv.vfsd != nil && sv.vfsd.Process != nil {
-		_ = sv.vfsd.Process.Kill()
-	}
-	if sv.qemuIn != nil {
-		sv.qemuIn.Close()
-	}
-	if sv.bootLog != nil {
-		sv.bootLog.Close()
-	}
-	if sv.plan.RunDir != "" {
-		_ = os.RemoveAll(sv.plan.RunDir)
-	}
-	if sv.lock != nil {
-		sv.lock.Close()
-	}
+// Enter runs argv as a new session of a running VM, through its
+// supervisor (SessionsThroughSupervisor: s holds only the record).
+func (Backend) Enter(ctx context.Context, s *launch.Session, _ *launch.Runtime, argv []string) error {
+	return runSession(ctx, s.Record, &session{argv: argv, what: sessionName(argv)})
 }
 
-// kill ends QEMU at once and waits for it.
-func (sv *vmSupervisor) kill() {
-	if sv.cmd == nil || sv.cmd.Process == nil {
-		return
+// Stop asks the VM's supervisor to power the guest down (the power
+// button, then quit, then kill); a supervisor that does not answer is
+// ended itself, and QEMU dies with it.
+func (Backend) Stop(ctx context.Context, rec *launch.Record) error {
+	sock := controlSocket(rec)
+	ctx2, cancel := context.WithTimeout(ctx, stopGrace+20*time.Second)
+	reply, err := control.Once(ctx2, sock, control.Request{Op: control.OpStop, PID: os.Getpid()})
+	cancel()
+	if err == nil && reply.OK {
+		return nil
 	}
-	_ = sv.cmd.Process.Kill()
-	if sv.exited != nil {
-		select {
-		case err := <-sv.exited:
-			sv.exited <- err // keep it for whoever reads next
-		case <-time.After(5 * time.Second):
-		}
+	sv, oerr := rec.Open()
+	if errors.Is(oerr, proc.ErrExited) {
+		return nil
 	}
+	if oerr != nil {
+		return oerr
+	}
+	defer sv.Close()
+	_ = sv.Signal(unix.SIGTERM)
+	if sv.Wait(ctx, stopGrace+10*time.Second) {
+		return nil
+	}
+	_ = sv.Signal(unix.SIGKILL)
+	if sv.Wait(ctx, 5*time.Second) {
+		return nil
+	}
+	return fmt.Errorf("the VM's supervisor (pid %d) did not end", rec.PID)
 }
 
-// powerdown asks the guest to shut down over QMP and waits up to grace for
-// QEMU to exit; then quits QEMU, then kills it.
-func (sv *vmSupervisor) powerdown(grace time.Duration) {
-	qmpPath := filepath.Join(sv.plan.RunDir, vmQMPSock)
-	ctx := context.Background()
-	if c, err := dialQMP(ctx, qmpPath); err == nil {
-		_ = c.Powerdown(ctx)
-		c.Close()
-		select {
-		case err := <-sv.exited:
-			sv.exited <- err
-			return
-		case <-time.After(grace):
-		}
+// Status is the guest's run state, accelerator and Nix store size, as
+// its supervisor reports them.
+func (Backend) Status(ctx context.Context, rec *launch.Record) string {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	reply, err := control.Once(ctx, controlSocket(rec), control.Request{Op: control.OpStatus})
+	if err != nil || !reply.OK || reply.Status == nil {
+		return "no answer from its supervisor"
 	}
-	sv.quit()
+	if reply.Status.Detail == "" {
+		return "starting"
+	}
+	return reply.Status.Detail
 }
 
-// quit tells QEMU to exit now (no guest shutdown), killing it if QMP fails.
-func (sv *vmSupervisor) quit() {
-	ctx := context.Background()
-	if c, err := dialQMP(ctx, filepath.Join(sv.plan.RunDir, vmQMPSock)); err == nil {
-		_ = c.Quit(ctx)
-		c.Close()
-		select {
-		case err := <-sv.exited:
-			sv.exited <- err
-			return
-		case <-time.After(3 * time.Second):
-		}
+// controlSocket is a VM's control socket: recorded once the supervisor
+// runs, and known from the record's id before (a launch joining a VM that
+// is still starting finds it there).
+func controlSocket(rec *launch.Record) string {
+	if rec.Control != "" {
+		return rec.Control
 	}
-	sv.kill()
-}
-
-// lastLines returns up to n last non-empty lines of a (small) log file.
-func lastLines(path string, n int) string {
-	data, err := os.ReadFile(path)
+	dir, err := launch.ProjectStatePath(rec.Project)
 	if err != nil {
 		return ""
 	}
-	lines := strings.Split(strings.TrimRight(string(data), "\n"), "\n")
-	var out []string
-	for i := len(lines) - 1; i >= 0 && len(out) < n; i-- {
-		if l := strings.TrimSpace(lines[i]); l != "" {
-			out = append([]string{l}, out...)
-		}
-	}
-	return strings.Join(out, "\n")
+	return filepath.Join(launch.RunDir(dir, rec.ID), control.SocketName)
 }
 
-// sweepRunDirs removes run directories of VMs that are gone: a supervisor
-// holds its run directory's lock for its whole life, and the kernel drops
-// it when the process dies however it dies, so a directory whose lock can
-// be taken (and that no live record names) is a leftover — its sockets
-// must not make the next launch trip.
+// sessionName names a session for the session log.
+func sessionName(argv []string) string {
+	if len(argv) == 0 {
+		return "session"
+	}
+	return "exec: " + filepath.Base(argv[0])
+}
+
+// sweepRunDirs removes run directories of VMs that are gone: a
+// supervisor removes its own when it ends, however the VM ended; a
+// directory no live record names is a leftover of a killed one — its
+// sockets must not make the next launch trip.
 func sweepRunDirs(stateDir string) {
 	live := map[string]bool{}
 	if recs, err := launch.Running(stateDir); err == nil {
@@ -404,7 +182,7 @@ func sweepRunDirs(stateDir string) {
 			live[r.ID] = true
 		}
 	}
-	root := filepath.Join(stateDir, launch.StateVM)
+	root := filepath.Join(stateDir, launch.StateRun)
 	entries, err := os.ReadDir(root)
 	if err != nil {
 		return
@@ -413,84 +191,96 @@ func sweepRunDirs(stateDir string) {
 		if !e.IsDir() || live[e.Name()] {
 			continue
 		}
-		dir := filepath.Join(root, e.Name())
-		f, err := os.OpenFile(filepath.Join(dir, vmLock), os.O_RDWR, 0)
-		if err != nil {
-			// No lock yet: maybe a run being set up this instant. Old ones go.
-			if info, err := e.Info(); err == nil && time.Since(info.ModTime()) > time.Minute {
-				_ = os.RemoveAll(dir)
-			}
-			continue
+		// Maybe a run being set up this instant (registered a moment
+		// later): only old ones go.
+		if info, err := e.Info(); err == nil && time.Since(info.ModTime()) > time.Minute {
+			_ = os.RemoveAll(filepath.Join(root, e.Name()))
 		}
-		if unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB) == nil {
-			_ = os.RemoveAll(dir)
-		}
-		f.Close()
 	}
 }
 
-// vmRunDir is the run directory of a recorded VM.
-func vmRunDir(rec *launch.Record) (string, error) {
-	if rec.Console == "" {
-		return "", errors.New("no console socket recorded for this VM")
-	}
-	return filepath.Dir(rec.Console), nil
+// StoreImage is the project's guest Nix store disk.
+func StoreImage(stateDir string) string {
+	return filepath.Join(stateDir, launch.StateGuest, storeImageName)
 }
 
-// Stop presses the VM's power button over QMP, then quits QEMU, then
-// ends the process (through a pidfd: a recycled pid is never signalled).
-func (Backend) Stop(ctx context.Context, rec *launch.Record) error {
-	qemu, err := rec.Open()
-	if errors.Is(err, proc.ErrExited) {
-		return nil
+const (
+	storeImageName = "nix-store.img"
+	storeLockName  = "nix-store.lock"
+)
+
+// StoreSize says how much of the host's disk a project's guest Nix store
+// takes ("" when it has none).
+func StoreSize(stateDir string) string {
+	n, err := vmhost.StoreSize(StoreImage(stateDir))
+	if err != nil {
+		return ""
+	}
+	return vmhost.HumanSize(n)
+}
+
+// ResetStore deletes a project's guest Nix store: the next VM starts
+// with an empty one (the sandbox's own closure is still there, from the
+// host). Refused while a VM of the project runs.
+func ResetStore(stateDir, project string) error {
+	lock, err := os.OpenFile(filepath.Join(stateDir, launch.StateGuest, storeLockName), os.O_RDWR|os.O_CREATE, 0o600)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil // no guest state at all
 	}
 	if err != nil {
 		return err
 	}
-	defer qemu.Close()
-	if c, err := dialQMP(ctx, rec.QMP); err == nil {
-		err := c.Powerdown(ctx)
-		c.Close()
-		if err == nil && qemu.Wait(ctx, stopGrace) {
-			return nil
-		}
-		if c, err := dialQMP(ctx, rec.QMP); err == nil {
-			_ = c.Quit(ctx)
-			c.Close()
-			if qemu.Wait(ctx, 3*time.Second) {
-				return nil
-			}
-		}
+	defer lock.Close()
+	if unix.Flock(int(lock.Fd()), unix.LOCK_EX|unix.LOCK_NB) != nil {
+		return &StoreBusyError{Project: project}
 	}
-	// No answer on QMP: end the process itself.
-	_ = qemu.Signal(unix.SIGTERM)
-	if qemu.Wait(ctx, 3*time.Second) {
+	err = os.Remove(StoreImage(stateDir))
+	if errors.Is(err, os.ErrNotExist) {
 		return nil
 	}
-	_ = qemu.Signal(unix.SIGKILL)
-	if !qemu.Wait(ctx, 3*time.Second) {
-		return fmt.Errorf("QEMU (pid %d) did not exit", rec.PID)
-	}
-	return nil
+	return err
 }
 
-// Status is QEMU's run state and accelerator, asked over QMP.
-func (Backend) Status(ctx context.Context, rec *launch.Record) string {
-	st, err := status(ctx, rec)
+// StoreBusyError: the store is in use by a running VM.
+type StoreBusyError struct{ Project string }
+
+func (e *StoreBusyError) Error() string {
+	return "the guest's Nix store of " + e.Project + " is in use by a running VM"
+}
+func (e *StoreBusyError) Hint() string {
+	return "stop it first: claude-sandbox stop --reset-store PROJECT"
+}
+
+// GuestStore is one project's guest Nix store, for doctor.
+type GuestStore struct {
+	Project string
+	Bytes   int64
+}
+
+// GuestStores lists the guest Nix stores of this user's projects (their
+// space on the host), largest first.
+func GuestStores() ([]GuestStore, error) {
+	root, err := launch.StateRoot()
 	if err != nil {
-		return "no answer on QMP"
+		return nil, err
 	}
-	return st
-}
-
-// vmStatusLine writes a transient status line on a terminal.
-func vmStatusLine(w io.Writer, isTTY bool, msg string) {
-	if !isTTY {
-		return
+	imgs, err := filepath.Glob(filepath.Join(root, "projects", "*", launch.StateGuest, storeImageName))
+	if err != nil {
+		return nil, err
 	}
-	if msg == "" {
-		fmt.Fprint(w, "\r\x1b[K")
-		return
+	var out []GuestStore
+	for _, img := range imgs {
+		n, err := vmhost.StoreSize(img)
+		if err != nil {
+			continue
+		}
+		state := filepath.Dir(filepath.Dir(img))
+		project := filepath.Base(state)
+		if data, err := os.ReadFile(filepath.Join(state, "path")); err == nil {
+			project = strings.TrimSuffix(string(data), "\n")
+		}
+		out = append(out, GuestStore{Project: project, Bytes: n})
 	}
-	fmt.Fprint(w, "\r\x1b[K"+msg)
+	sort.Slice(out, func(i, j int) bool { return out[i].Bytes > out[j].Bytes })
+	return out, nil
 }

@@ -1,10 +1,8 @@
 package vm
 
 import (
-	"context"
 	"encoding/json"
 	"errors"
-	"net"
 	"os"
 	"path/filepath"
 	"slices"
@@ -12,10 +10,9 @@ import (
 	"testing"
 	"time"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/claude-sandbox/claude-sandbox/launch"
 	"github.com/claude-sandbox/claude-sandbox/launch/internal/launchtest"
+	"github.com/claude-sandbox/claude-sandbox/launch/vm/agent"
 	"github.com/claude-sandbox/claude-sandbox/manifest"
 )
 
@@ -33,13 +30,13 @@ func vmManifest(network bool) *manifest.Manifest {
 		KernelParams: []string{"console=ttyS0", "init=" + s + "nixos-system/init"},
 		Network:      network,
 		Shares: []manifest.VMShare{
-			{Tag: "nix-store", Source: "store", Target: "/nix/store", ReadOnly: true},
+			{Tag: "nix-store", Source: "store", Target: "/nix/.ro-store", ReadOnly: true},
 			{Tag: "csb-meta", Source: "meta", Target: "/mnt/claude-sandbox/meta", ReadOnly: true},
 			{Tag: "csb-project", Source: "project", Target: "/mnt/claude-sandbox/project"},
-			{Tag: "csb-ssh", Source: "ssh", Target: "/mnt/claude-sandbox/ssh", ReadOnly: true},
+			{Tag: "csb-git", Source: "git", Target: "/mnt/claude-sandbox/git", ReadOnly: true},
 		},
 		QEMU:      s + "qemu/bin/qemu-system-x86_64",
-		MemoryMiB: 1024, Cores: 1, Agent: s + "agent",
+		MemoryMiB: 1024, Cores: 1, Mkfs: s + "e2fsprogs/bin/mkfs.ext4",
 	}
 	return m
 }
@@ -51,14 +48,22 @@ func vmRuntime(t *testing.T, network bool) *launch.Runtime {
 	if err := os.Mkdir(project, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	return &launch.Runtime{
+	rt := &launch.Runtime{
 		Project: project, Home: home, User: "u", Network: network, Accel: launch.AccelTCG,
 		Command:   []string{"echo", "hi"},
 		LookupEnv: env(map[string]string{"ANTHROPIC_API_KEY": "sk-secret-123", "TERM": "xterm"}),
 	}
+	if network {
+		rt.Egress = &launch.Egress{Mode: launch.NetAllowlist}
+	}
+	return rt
 }
 
-func TestQEMUArgsNetworkSharesAndNoSecrets(t *testing.T) {
+// TestQEMUArgsPortStoreSharesAndNoSecrets: whatever the network mode the
+// guest has no network card; the agent's virtio-serial port, the project's
+// store disk and the shares are there, read-only where they must be;
+// nothing secret is on the command line.
+func TestQEMUArgsPortStoreSharesAndNoSecrets(t *testing.T) {
 	for _, network := range []bool{true, false} {
 		m, rt := vmManifest(network), vmRuntime(t, network)
 		p, err := planVMRun(m, rt, "0123456789ab")
@@ -69,11 +74,16 @@ func TestQEMUArgsNetworkSharesAndNoSecrets(t *testing.T) {
 		if p.Args[0] != m.VM.QEMU {
 			t.Errorf("QEMU = %q, want the manifest's", p.Args[0])
 		}
-		switch {
-		case network && !strings.Contains(args, "-nic user,model=virtio-net-pci"):
-			t.Errorf("network on, no user-mode NIC: %s", args)
-		case !network && index(p.Args, "-nic", "none") < 0:
-			t.Errorf("--no-network must give no NIC at all: %s", args)
+		if index(p.Args, "-nic", "none") < 0 || strings.Contains(args, "-nic user") || strings.Contains(args, "-netdev") {
+			t.Errorf("network=%t: the guest must have no network card: %s", network, args)
+		}
+		if !strings.Contains(args, "virtserialport,bus=vser.0,chardev=agent,name=org.claude-sandbox.agent") ||
+			!strings.Contains(args, "socket,id=agent,path=agent.sock,server=on,wait=off") {
+			t.Errorf("no agent port: %s", args)
+		}
+		store := StoreImage(p.StateDir)
+		if p.Store != store || !strings.Contains(args, "file="+strings.ReplaceAll(store, ",", ",,")+",format=raw,if=none,id=nixstore") {
+			t.Errorf("the store disk is not the project's %s: %s", store, args)
 		}
 		if strings.Contains(args, "sk-secret-123") || strings.Contains(args, "ANTHROPIC_API_KEY") {
 			t.Errorf("the API key is on QEMU's command line: %s", args)
@@ -82,10 +92,13 @@ func TestQEMUArgsNetworkSharesAndNoSecrets(t *testing.T) {
 		if !strings.Contains(args, "path="+strings.ReplaceAll(rt.Project, ",", ",,")+",security_model=none") {
 			t.Errorf("project share missing or unescaped: %s", args)
 		}
-		for _, want := range []string{"mount_tag=nix-store", "mount_tag=csb-meta", "mount_tag=csb-project", "mount_tag=csb-ssh"} {
+		for _, want := range []string{"mount_tag=nix-store", "mount_tag=csb-meta", "mount_tag=csb-project", "mount_tag=csb-git"} {
 			if !strings.Contains(args, want) {
 				t.Errorf("%s missing: %s", want, args)
 			}
+		}
+		if strings.Contains(args, ".ssh") {
+			t.Errorf("~/.ssh is shared: %s", args)
 		}
 		// Read-only shares are read-only in QEMU, not only in the guest's fstab.
 		for i, a := range p.Args {
@@ -96,12 +109,18 @@ func TestQEMUArgsNetworkSharesAndNoSecrets(t *testing.T) {
 				t.Errorf("project share is read-only: %s", p.Args[i+1])
 			}
 		}
-		// A missing ~/.ssh is an empty stand-in, never something else of the host's.
-		if p.Present["ssh"] || p.Sources["ssh"] != filepath.Join(p.RunDir, vmEmptyDir) {
-			t.Errorf("absent ~/.ssh shared as %q", p.Sources["ssh"])
+		// A missing ~/.config/git is an empty stand-in, never something else of the host's.
+		if p.Present["git"] || p.Sources["git"] != filepath.Join(p.RunDir, vmEmptyDir) {
+			t.Errorf("absent ~/.config/git shared as %q", p.Sources["git"])
 		}
 		if i := index(p.Args, "-append"); i < 0 || p.Args[i+1] != strings.Join(m.VM.KernelParams, " ") {
 			t.Errorf("kernel command line is not the manifest's: %v", p.Args)
+		}
+		// The proxy is offered exactly when the network is on.
+		env := p.extraEnv()
+		if (env["HTTPS_PROXY"] == "http://"+ProxyAddr) != network || (env["ALL_PROXY"] == "socks5h://"+ProxyAddr) != network ||
+			env["NO_PROXY"] != launch.ProxyEnv(rt.Egress)["NO_PROXY"] {
+			t.Errorf("network=%t: proxy variables %v, want every backend's (launch.ProxyEnv)", network, env)
 		}
 	}
 }
@@ -122,6 +141,11 @@ func TestPlanVMRefusesMismatchesAndBadFlags(t *testing.T) {
 	if _, err := planVMRun(m, rt, "0123456789ab"); !errors.As(err, &opt) {
 		t.Errorf("--accel hvf: err = %v", err)
 	}
+	rt.Accel = launch.AccelTCG
+	m.VM.Mkfs = ""
+	if _, err := planVMRun(m, rt, "0123456789ab"); !errors.As(err, &start) {
+		t.Errorf("a guest without a writable store: err = %v", err)
+	}
 }
 
 func TestChooseAccelKVMNotUsable(t *testing.T) {
@@ -141,34 +165,51 @@ func TestChooseAccelKVMNotUsable(t *testing.T) {
 	}
 }
 
-func TestMetadataIsPrivateAndNULSeparated(t *testing.T) {
-	dir := filepath.Join(t.TempDir(), "meta")
-	argv := []string{"sh", "-c", "echo 'a b'\n$HOME; `x`"}
-	m := &vmMeta{Run: map[string]string{"nonce": "n", "home": "/home/u"}, Argv: argv, Env: []string{"ANTHROPIC_API_KEY=k=v"},
-		Files: map[string][]byte{"gitconfig": []byte("[user]\n")}}
-	if err := m.write(dir); err != nil {
+// TestMetadataIsPrivateAndKeepsKeysOut: the metadata share is the
+// calling user's alone (it carries the API key), the agent's configuration
+// round-trips, and of ~/.ssh only config, known_hosts and public keys are
+// copied.
+func TestMetadataIsPrivateAndKeepsKeysOut(t *testing.T) {
+	m, rt := vmManifest(true), vmRuntime(t, true)
+	for name, text := range map[string]string{"config": "Host x\n", "known_hosts": "x ssh-ed25519 AAAA\n", "id_ed25519.pub": "ssh-ed25519 AAAA\n", "id_ed25519": "PRIVATE\n", "id_rsa": "PRIVATE\n"} {
+		os.MkdirAll(filepath.Join(rt.Home, ".ssh"), 0o700)
+		os.WriteFile(filepath.Join(rt.Home, ".ssh", name), []byte(text), 0o600)
+	}
+	os.WriteFile(filepath.Join(rt.Home, ".gitconfig"), []byte("[user]\n"), 0o644)
+	p, err := planVMRun(m, rt, "0123456789ab")
+	if err != nil {
 		t.Fatal(err)
 	}
-	st, _ := os.Stat(dir)
-	if st.Mode().Perm() != 0o700 {
+	os.MkdirAll(p.RunDir, 0o700)
+	env := []string{"ANTHROPIC_API_KEY=k=v", "PATH=/bin"}
+	if err := p.writeMeta(env); err != nil {
+		t.Fatal(err)
+	}
+	dir := filepath.Join(p.RunDir, vmMetaDir)
+	if st, _ := os.Stat(dir); st.Mode().Perm() != 0o700 {
 		t.Errorf("metadata dir mode %o, want 700", st.Mode().Perm())
 	}
-	for _, name := range []string{"run", "argv", "env", "gitconfig"} {
+	for _, name := range []string{agent.ConfigFile, "gitconfig", "ssh/config"} {
 		st, err := os.Stat(filepath.Join(dir, name))
 		if err != nil || st.Mode().Perm() != 0o600 {
-			t.Errorf("%s: %v, mode %o, want 600", name, err, st.Mode().Perm())
+			t.Errorf("%s: %v, mode %v, want 600", name, err, st)
 		}
 	}
-	data, _ := os.ReadFile(filepath.Join(dir, "argv"))
-	if got := decodeNUL(data); !slices.Equal(got, argv) {
-		t.Errorf("argv round trip: %q", got)
+	ssh, _ := os.ReadDir(filepath.Join(dir, agent.SSHDir))
+	var names []string
+	for _, e := range ssh {
+		names = append(names, e.Name())
 	}
-	run, err := readRun(dir)
-	if err != nil || run["nonce"] != "n" || run["home"] != "/home/u" {
-		t.Errorf("readRun = %v, %v", run, err)
+	if !slices.Equal(names, []string{"config", "id_ed25519.pub", "known_hosts"}) {
+		t.Errorf("~/.ssh in the guest: %v, want config, known_hosts and the public key only", names)
 	}
-	if _, err := encodeNUL([]string{"a\x00b"}); err == nil {
-		t.Error("an argument with a NUL was accepted")
+	if st, err := os.Stat(filepath.Join(dir, agent.Binary)); err != nil || st.Mode()&0o100 == 0 {
+		t.Errorf("the agent is not in the share: %v", err)
+	}
+	var c agent.Config
+	data, _ := os.ReadFile(filepath.Join(dir, agent.ConfigFile))
+	if err := json.Unmarshal(data, &c); err != nil || !slices.Equal(c.Env, env) || c.Proxy != ProxyAddr || !c.SSH || c.Project != rt.Project {
+		t.Errorf("run.json = %+v, %v", c, err)
 	}
 }
 
@@ -204,211 +245,22 @@ func TestGuestEnvIsTheAllowlist(t *testing.T) {
 	}
 }
 
-// fakeQMP serves QMP on a Unix socket the way QEMU does, or (silent) accepts
-// and never answers, as a wedged QEMU would.
-func fakeQMP(t *testing.T, path string, silent bool) <-chan string {
-	t.Helper()
-	l, err := net.Listen("unix", path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { l.Close() })
-	cmds := make(chan string, 16)
-	go func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			go func(c net.Conn) {
-				defer c.Close()
-				if silent {
-					time.Sleep(time.Minute)
-					return
-				}
-				c.Write([]byte(`{"QMP": {"version": {"qemu": {"micro": 0, "minor": 2, "major": 7}, "package": ""}, "capabilities": []}}` + "\n"))
-				// QMP is a stream of JSON values, not lines: go-qemu sends
-				// commands without a newline.
-				dec := json.NewDecoder(c)
-				for {
-					var cmd struct{ Execute string }
-					if dec.Decode(&cmd) != nil {
-						return
-					}
-					cmds <- cmd.Execute
-					switch cmd.Execute {
-					case "query-status":
-						c.Write([]byte(`{"return": {"running": true, "singlestep": false, "status": "running"}}` + "\n"))
-					case "query-kvm":
-						c.Write([]byte(`{"return": {"enabled": false, "present": true}}` + "\n"))
-					default:
-						c.Write([]byte(`{"return": {}}` + "\n"))
-					}
-				}
-			}(c)
-		}
-	}()
-	return cmds
-}
-
-func TestQMPStatusAndPowerdown(t *testing.T) {
-	dir := t.TempDir()
-	sock := filepath.Join(dir, "qmp.sock")
-	cmds := fakeQMP(t, sock, false)
-	if st := (Backend{}).Status(context.Background(), &launch.Record{QMP: sock}); st != "running, tcg" {
-		t.Fatalf("Status = %q", st)
-	}
-	c, err := dialQMP(context.Background(), sock)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	if err := c.Powerdown(context.Background()); err != nil {
-		t.Fatal(err)
-	}
-	var seen []string
-	for len(cmds) > 0 {
-		seen = append(seen, <-cmds)
-	}
-	if !slices.Contains(seen, "system_powerdown") {
-		t.Errorf("QMP commands sent: %v", seen)
-	}
-}
-
-func TestQMPWedgedQEMUDoesNotHang(t *testing.T) {
-	old := qmpTimeout
-	qmpTimeout = 300 * time.Millisecond
-	defer func() { qmpTimeout = old }()
-	sock := filepath.Join(t.TempDir(), "qmp.sock")
-	fakeQMP(t, sock, true)
-	start := time.Now()
-	if _, err := dialQMP(context.Background(), sock); err == nil {
-		t.Fatal("a silent QMP socket was taken for QEMU")
-	}
-	if d := time.Since(start); d > 3*time.Second {
-		t.Errorf("gave up after %s, want about %s", d, qmpTimeout)
-	}
-}
-
-func TestSweepRunDirsKeepsLiveAndLockedOnes(t *testing.T) {
+func TestSweepRunDirsKeepsLiveAndNewOnes(t *testing.T) {
 	state := t.TempDir()
-	mk := func(id string) string {
-		d := filepath.Join(state, "vm", id)
+	mk := func(id string, age time.Duration) string {
+		d := launch.RunDir(state, id)
 		os.MkdirAll(d, 0o700)
-		os.WriteFile(filepath.Join(d, vmLock), nil, 0o600)
-		os.WriteFile(filepath.Join(d, vmQMPSock), nil, 0o600)
+		old := time.Now().Add(-age)
+		os.Chtimes(d, old, old)
 		return d
 	}
-	dead, locked := mk("dead"), mk("locked")
-	f, _ := os.OpenFile(filepath.Join(locked, vmLock), os.O_RDWR, 0)
-	defer f.Close()
-	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX); err != nil {
-		t.Fatal(err)
-	}
+	dead, fresh := mk("dead", time.Hour), mk("fresh", 0)
 	sweepRunDirs(state)
 	if _, err := os.Stat(dead); !os.IsNotExist(err) {
 		t.Error("the run directory of a dead VM survived the sweep")
 	}
-	if _, err := os.Stat(locked); err != nil {
-		t.Error("the run directory of a live supervisor was swept")
-	}
-}
-
-// fakeQEMU is a stand-in for qemu-system-*: a script that plays a guest on
-// the console (its stdout), reading the nonce from the metadata share.
-func fakeQEMU(t *testing.T, script string) string {
-	t.Helper()
-	p := filepath.Join(t.TempDir(), "qemu")
-	body := "#!/bin/sh\nnonce=$(tr '\\000' '\\n' < meta/run | sed -n 's/^nonce=//p')\n" +
-		"mark() { printf '\\033_claude-sandbox:%s:%s\\033\\\\' \"$nonce\" \"$1\"; }\n" + script + "\n"
-	if err := os.WriteFile(p, []byte(body), 0o755); err != nil {
-		t.Fatal(err)
-	}
-	return p
-}
-
-type superviseResult struct {
-	err    error
-	stdout string
-	stderr string
-}
-
-func superviseFake(t *testing.T, accel, script string) superviseResult {
-	t.Helper()
-	m, rt := vmManifest(false), vmRuntime(t, false)
-	p, err := planVMRun(m, rt, "0123456789ab")
-	if err != nil {
-		t.Fatal(err)
-	}
-	p.QEMU = fakeQEMU(t, script)
-	p.Args = []string{p.QEMU}
-	p.Accel = accel
-	inR, inW, _ := os.Pipe()
-	inW.Close()
-	out, _ := os.CreateTemp(t.TempDir(), "out")
-	errf, _ := os.CreateTemp(t.TempDir(), "err")
-	env, err := guestEnv(m, rt, p.Home, p.User)
-	if err != nil {
-		t.Fatal(err)
-	}
-	// What the launch prepares before a start.
-	if err := launch.EnsureProjectStateDir(p.StateDir, rt.Project); err != nil {
-		t.Fatal(err)
-	}
-	rec := &launch.Record{ID: p.ID, Project: rt.Project, Backend: Name}
-	sv := &vmSupervisor{plan: p, command: rt.Command, env: env, rec: rec, term: openTerminal(inR, out), stderr: errf, waitQMP: func() error { return nil }}
-	err = sv.run(context.Background())
-	o, _ := os.ReadFile(out.Name())
-	e, _ := os.ReadFile(errf.Name())
-	if _, serr := os.Stat(p.RunDir); !os.IsNotExist(serr) {
-		t.Errorf("run directory %s left behind", p.RunDir)
-	}
-	return superviseResult{err, string(o), string(e)}
-}
-
-func TestSupervisorRelaysBetweenMarkersAndPassesTheStatus(t *testing.T) {
-	r := superviseFake(t, launch.AccelTCG, `printf '[    0.000000] Linux version\nboot noise\n'; mark up; printf 'payload output\n'; mark exit=7; printf 'reboot: Power down\n'`)
-	var st *launch.ExitStatusError
-	if !errors.As(r.err, &st) || st.Code != 7 {
-		t.Fatalf("err = %v, want exit status 7", r.err)
-	}
-	if r.stdout != "payload output\n" {
-		t.Errorf("stdout = %q: boot and shutdown noise must not reach it", r.stdout)
-	}
-	r = superviseFake(t, launch.AccelTCG, `mark up; echo ok; mark exit=0`)
-	if r.err != nil || r.stdout != "ok\n" {
-		t.Errorf("exit 0: err = %v, stdout %q", r.err, r.stdout)
-	}
-}
-
-func TestSupervisorBootFailureSaysWhy(t *testing.T) {
-	r := superviseFake(t, launch.AccelTCG, `echo 'stage 1: cannot mount csb-meta'; exit 0`)
-	var start *launch.VMStartError
-	if !errors.As(r.err, &start) || !strings.Contains(r.err.Error(), "cannot mount csb-meta") || start.Log == "" {
-		t.Fatalf("err = %v, want the guest's last line and a boot log", r.err)
-	}
-}
-
-func TestSupervisorStuckKVMGuest(t *testing.T) {
-	old := bootWatchdog
-	bootWatchdog = 500 * time.Millisecond
-	defer func() { bootWatchdog = old }()
-	r := superviseFake(t, launch.AccelKVM, `printf 'SeaBIOS\nBooting from ROM..\n'; sleep 30`)
-	var noKVM *launch.NoKVMError
-	if !errors.As(r.err, &noKVM) || !strings.Contains(noKVM.Hint(), "--accel tcg") {
-		t.Fatalf("err = %v, want no-KVM with a hint to use --accel tcg", r.err)
-	}
-	r = superviseFake(t, launch.AccelKVM, `echo 'qemu-system-x86_64: error: failed to set MSR 0x10a to 0x69' >&2; exit 134`)
-	if !errors.As(r.err, &noKVM) {
-		t.Fatalf("QEMU's KVM error: err = %v", r.err)
-	}
-}
-
-func TestSupervisorKilledQEMU(t *testing.T) {
-	r := superviseFake(t, launch.AccelTCG, `mark up; echo started; kill -9 $$`)
-	var st *launch.ExitStatusError
-	if !errors.As(r.err, &st) || st.Code != 137 || !strings.Contains(r.stderr, "killed") {
-		t.Fatalf("err = %v, stderr %q; want status 137 and a notice", r.err, r.stderr)
+	if _, err := os.Stat(fresh); err != nil {
+		t.Error("the run directory of a VM being set up was swept")
 	}
 }
 
@@ -424,7 +276,62 @@ func TestPlanWritesNothing(t *testing.T) {
 	if entries, err := os.ReadDir(stateHome); err != nil || len(entries) != 0 {
 		t.Errorf("planning wrote into the state home: %v %v", entries, err)
 	}
-	if p.Invocation.Path != m.VM.QEMU || len(p.Mounts) != len(m.VM.Shares) || p.Mounts[0].Tag != "nix-store" {
+	// The shares, then the protection (here ~/.claude of the guest's own:
+	// the host has none and the launch may not make one).
+	if p.Invocation.Path != m.VM.QEMU || len(p.Mounts) < len(m.VM.Shares) || p.Mounts[0].Tag != "nix-store" {
 		t.Errorf("plan: %s, mounts %+v", p.Invocation.Path, p.Mounts)
+	}
+	if p.NixGateway != "" {
+		t.Errorf("the guest was planned the host daemon's gateway (%s): it has a daemon of its own", p.NixGateway)
+	}
+}
+
+// TestGuestProtectionRendersTheCoresMounts: the core's protection mounts
+// (host paths, whatever decides them) reach the agent on the guest's
+// paths: the project's as they are, the host's ~/.claude through its
+// share, the home as the guest user's; a mount of ~/.claude itself
+// replaces the share's plain bind; a source on no share is an error, not
+// a protection dropped.
+func TestGuestProtectionRendersTheCoresMounts(t *testing.T) {
+	m, rt := vmManifest(true), vmRuntime(t, true)
+	m.VM.Shares = append(m.VM.Shares, manifest.VMShare{Tag: "csb-claude", Source: "claude", Target: "/mnt/claude-sandbox/claude"})
+	claude := filepath.Join(rt.Home, ".claude")
+	os.MkdirAll(filepath.Join(claude, "projects"), 0o700)
+	p, err := planVMRun(m, rt, "0123456789ab")
+	if err != nil {
+		t.Fatal(err)
+	}
+	pr := rt.Project
+	got, err := p.guestProtection([]launch.Mount{
+		{Kind: launch.Bind, Source: pr + "/.git", Dest: pr + "/.git"},
+		{Kind: launch.ROBind, Source: pr + "/.vscode", Dest: pr + "/.vscode"},
+		{Kind: launch.Tmpfs, Dest: pr + "/.envrc", Mode: 0o555},
+		{Kind: launch.Dir, Dest: claude, Mode: 0o700},
+		{Kind: launch.Bind, Source: claude + "/projects", Dest: claude + "/projects"},
+		{Kind: launch.Symlink, Source: claude + "/projects", Dest: claude + "/p"},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	home := p.Home
+	want := []agent.Protect{
+		{Kind: agent.ProtectBind, Path: pr + "/.git"},
+		{Kind: agent.ProtectReadOnly, Path: pr + "/.vscode"},
+		{Kind: agent.ProtectTmpfs, Path: pr + "/.envrc", Mode: 0o555},
+		{Kind: agent.ProtectDir, Path: home + "/.claude", Mode: 0o700},
+		{Kind: agent.ProtectBind, Source: agent.Mnt + "/claude/projects", Path: home + "/.claude/projects"},
+		{Kind: agent.ProtectSymlink, Source: home + "/.claude/projects", Path: home + "/.claude/p"},
+	}
+	if !slices.Equal(got, want) {
+		t.Errorf("guest protection:\n got %+v\nwant %+v", got, want)
+	}
+	p.guestProtect = got
+	for _, b := range p.agentConfig(nil).Binds {
+		if b.Share == "claude" {
+			t.Errorf("~/.claude is bound whole although the protection renders it: %+v", b)
+		}
+	}
+	if _, err := p.guestProtection([]launch.Mount{{Kind: launch.ROBind, Source: "/etc/hosts", Dest: pr + "/x"}}); err == nil {
+		t.Error("a source on no share was accepted")
 	}
 }

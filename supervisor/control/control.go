@@ -31,6 +31,11 @@ const (
 	OpJoin   = "join"   // register a session; the reply says where to join
 	OpStop   = "stop"   // end the sandbox (its sessions are asked to end first)
 	OpStatus = "status" // report sessions and decision counts
+	// OpExec registers a session that runs through the supervisor (a VM's:
+	// the sandbox is not a namespace a launcher can enter). Once the reply
+	// says OK the connection carries the session's frames
+	// (internal/execstream), the request first, relayed to the guest.
+	OpExec = "exec"
 	// OpDoor hands the supervisor a listening socket made inside the
 	// sandbox (its descriptor travels with the message) for a service.
 	OpDoor = "door"
@@ -67,6 +72,23 @@ type Reply struct {
 	Status      *Status `json:"status,omitempty"`
 	// Learned are the rules learn mode recorded (OpLearned).
 	Learned []string `json:"learned,omitempty"`
+	// Fault says why a sandbox could not start, for the launcher's error
+	// (and exit code).
+	Fault *Fault `json:"fault,omitempty"`
+}
+
+// Fault kinds.
+const (
+	FaultStart = "start" // the sandbox did not come up
+	FaultNoKVM = "nokvm" // KVM was chosen and does not work here
+)
+
+// Fault is a start failure the launcher reports as its own error.
+type Fault struct {
+	Kind   string `json:"kind"`
+	Reason string `json:"reason"`
+	Log    string `json:"log,omitempty"`  // a kept boot log
+	Auto   bool   `json:"auto,omitempty"` // KVM was chosen by --accel auto
 }
 
 // Status is what `ps` shows of a running sandbox.
@@ -76,6 +98,9 @@ type Status struct {
 	Started  time.Time `json:"started"`
 	// Services counts each service's decisions since the sandbox started.
 	Services map[string]Counts `json:"services,omitempty"`
+	// Detail is the sandbox's own state in a few words (a VM's run state,
+	// accelerator and Nix store size).
+	Detail string `json:"detail,omitempty"`
 }
 
 // Counts are a service's decisions.
@@ -134,6 +159,25 @@ func (c *Conn) File() (*os.File, error) {
 		return nil, errors.New("control: not a Unix socket")
 	}
 	return uc.File()
+}
+
+// Stream is the connection as a byte stream once the request and reply
+// are done (an exec session's frames): reads start with whatever the
+// line reader already holds.
+func (c *Conn) Stream() io.ReadWriter {
+	return struct {
+		io.Reader
+		io.Writer
+	}{c.r, c.c}
+}
+
+// CloseWrite ends the writing direction only (a session's input is over,
+// its output still comes).
+func (c *Conn) CloseWrite() error {
+	if cw, ok := c.c.(interface{ CloseWrite() error }); ok {
+		return cw.CloseWrite()
+	}
+	return nil
 }
 
 // Send writes one message.

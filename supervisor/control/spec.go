@@ -1,5 +1,7 @@
 package control
 
+import "github.com/claude-sandbox/claude-sandbox/secrets"
+
 // Spec is what a launcher hands a new supervisor, as JSON on its standard
 // input (a pipe: never the command line or the environment, since it may
 // carry secret values). Descriptors are numbered as the supervisor
@@ -25,6 +27,7 @@ type Spec struct {
 
 	// Exactly one of these says how the sandbox process came to be.
 	Adopted *AdoptedSpec `json:"adopted,omitempty"`
+	VM      *VMSpec      `json:"vm,omitempty"`
 
 	// Placeholders are the empty directories that hold missing protected
 	// names for the sandbox (package placeholder): each descriptor carries
@@ -37,6 +40,43 @@ type Spec struct {
 	Nix      *NixSpec      `json:"nix,omitempty"`
 	Net      *NetSpec      `json:"net,omitempty"`
 	SSHAgent *SSHAgentSpec `json:"sshAgent,omitempty"`
+	Broker   *BrokerSpec   `json:"broker,omitempty"`
+}
+
+// BrokerSpec configures the credential broker: the egress proxy
+// terminates TLS for the hosts these secrets are bound to (with a CA the
+// supervisor makes, whose key never leaves it) and puts the real values
+// in place of the placeholders the sandbox holds. Net must be set too.
+type BrokerSpec struct {
+	// Secrets carry real values: this spec travels on a pipe only.
+	Secrets []secrets.Sealed `json:"secrets"`
+	// TrustDir is a host directory, bound read-only into the sandbox,
+	// where the supervisor writes the CA's certificate (broker.WriteTrust's
+	// files) before it answers the first session.
+	TrustDir string `json:"trustDir"`
+	// ChromiumDir is the host directory bound at Chromium's managed
+	// policy directory, where the supervisor adds the CA's policy
+	// ("": none).
+	ChromiumDir string `json:"chromiumDir,omitempty"`
+	// Roots is a PEM bundle of the CAs real hosts are verified against
+	// ("": the host's system roots): the launcher's SSL_CERT_FILE.
+	Roots string `json:"roots,omitempty"`
+	// Label names the sandbox in the CA's subject.
+	Label string `json:"label,omitempty"`
+	// Login keeps Claude Code's OAuth login outside (nil: not handled).
+	Login *LoginSpec `json:"login,omitempty"`
+}
+
+// LoginSpec: the sandbox gets a copy of Claude Code's credentials file
+// holding placeholders, written by the supervisor into SandboxFile (bound
+// over ~/.claude/.credentials.json inside, so written in place); the
+// proxy puts the host's tokens into requests to APIHosts and performs
+// refreshes at TokenHosts with the host's file.
+type LoginSpec struct {
+	ConfigDir   string   `json:"configDir"` // the host's ~/.claude
+	SandboxFile string   `json:"sandboxFile"`
+	APIHosts    []string `json:"apiHosts,omitempty"`   // nil: api.anthropic.com
+	TokenHosts  []string `json:"tokenHosts,omitempty"` // nil: Claude Code's token hosts
 }
 
 // AdoptedSpec hands over a sandbox process the launcher started itself.
@@ -99,4 +139,27 @@ type RunAs struct {
 	UID    int   `json:"uid"`
 	GID    int   `json:"gid"`
 	Groups []int `json:"groups,omitempty"`
+}
+
+// VMSpec has the supervisor start and own a QEMU guest: what to run is the
+// launcher's decision (its plan), the supervisor only runs it. Socket and
+// file names are relative to RunDir, QEMU's working directory.
+type VMSpec struct {
+	QEMU      []string `json:"qemu"`                // argv, [0] the binary
+	Env       []string `json:"env"`                 // QEMU's whole environment
+	RunDir    string   `json:"runDir"`              // QEMU's working directory
+	Virtiofsd []string `json:"virtiofsd,omitempty"` // argv of virtiofsd, when the project goes over virtiofs
+	// Accel is "kvm" or "tcg"; a KVM guest silent for a while is stuck.
+	Accel   string `json:"accel"`
+	AutoKVM bool   `json:"autoKvm,omitempty"`
+	// The guest's Nix store overlay: an ext4 image QEMU gives the guest.
+	// Store is its path; a missing one is created with StoreMiB and Mkfs
+	// (mkfs.ext4). StoreLock, when set, is held for the VM's life: a
+	// store another VM of the project still uses is waited for.
+	Store     string `json:"store"`
+	StoreMiB  int    `json:"storeMiB"`
+	StoreLock string `json:"storeLock,omitempty"`
+	Mkfs      string `json:"mkfs"`
+	// KeepBootLog is where a failed boot's console log is kept.
+	KeepBootLog string `json:"keepBootLog"`
 }

@@ -1,4 +1,4 @@
-package vm
+package vmhost
 
 import (
 	"context"
@@ -12,7 +12,6 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/claude-sandbox/claude-sandbox/internal/sockpath"
-	"github.com/claude-sandbox/claude-sandbox/launch"
 )
 
 // QMP access to a running VM. go-qemu's Monitor.Run and its greeting read
@@ -110,25 +109,4 @@ func (c *qmpConn) Quit(ctx context.Context) error {
 func isClosedConn(err error) bool {
 	return errors.Is(err, unix.ECONNRESET) || errors.Is(err, unix.EPIPE) || errors.Is(err, os.ErrClosed) ||
 		err.Error() == "unexpected end of JSON input"
-}
-
-// status asks a running VM for its state over its QMP socket, for `ps`.
-func status(ctx context.Context, rec *launch.Record) (string, error) {
-	if rec.QMP == "" {
-		return "", errors.New("no QMP socket recorded")
-	}
-	c, err := dialQMP(ctx, rec.QMP)
-	if err != nil {
-		return "", err
-	}
-	defer c.Close()
-	state, kvm, err := c.Status(ctx)
-	if err != nil {
-		return "", err
-	}
-	accel := "tcg"
-	if kvm {
-		accel = "kvm"
-	}
-	return state + ", " + accel, nil
 }
