@@ -197,12 +197,23 @@ func (v *VM) startQEMU() error {
 		return startFault("starting " + a[0] + ": " + err.Error())
 	}
 	v.cmd = cmd
+	consoleRead := make(chan struct{})
+	go func() {
+		v.console(outR)
+		close(consoleRead)
+	}()
 	go func() {
 		v.waitErr = cmd.Wait()
+		// What QEMU printed last is what a boot fault quotes: let the
+		// console reach the end of its output first (boundedly: a child
+		// of QEMU's could hold the pipe open).
+		select {
+		case <-consoleRead:
+		case <-time.After(2 * time.Second):
+		}
 		close(v.exited)
 		v.bootEnded()
 	}()
-	go v.console(outR)
 	if v.spec.Accel == "kvm" {
 		go v.watchdog()
 	}
