@@ -285,10 +285,10 @@ func SSHAgentMounts(p *Plan, uid int) ([]Mount, map[string]string) {
 	return []Mount{{Kind: Bind, Source: p.SSHAgent, Dest: inside}}, map[string]string{"SSH_AUTH_SOCK": inside}
 }
 
-// sshVisible says whether a file of ~/.ssh is one a sandbox may read:
+// SSHVisible says whether a file of ~/.ssh is one a sandbox may read:
 // the client's configuration, the known hosts and public keys; never a
 // private key (whatever its name) or anything else.
-func sshVisible(name string) bool {
+func SSHVisible(name string) bool {
 	return name == "config" || name == "known_hosts" || strings.HasSuffix(name, ".pub")
 }
 
@@ -302,7 +302,7 @@ func sshMounts(dir string, owner *Owner) []Mount {
 	}
 	mounts := []Mount{{Kind: Dir, Dest: dir, Mode: 0o700}}
 	for _, e := range entries {
-		if !sshVisible(e.Name()) {
+		if !SSHVisible(e.Name()) {
 			continue
 		}
 		path := filepath.Join(dir, e.Name())

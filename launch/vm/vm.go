@@ -25,6 +25,7 @@ import (
 
 	"github.com/claude-sandbox/claude-sandbox/internal/proc"
 	"github.com/claude-sandbox/claude-sandbox/launch"
+	"github.com/claude-sandbox/claude-sandbox/launch/vm/agent"
 	"github.com/claude-sandbox/claude-sandbox/launch/vm/vmhost"
 	"github.com/claude-sandbox/claude-sandbox/manifest"
 	"github.com/claude-sandbox/claude-sandbox/supervisor/control"
@@ -66,7 +67,7 @@ func (Backend) Plan(p *launch.Plan, m *manifest.Manifest, rt *launch.Runtime) er
 	if err != nil {
 		return err
 	}
-	env = launch.MergeEnv(env, vp.extraEnv())
+	env = launch.MergeEnv(env, vp.extraEnv(), vp.planSecrets(p, rt))
 	p.Env, p.Mounts, p.Detail = env, append(vp.Shares, vp.Protected...), vp
 	p.Protected = vp.ProtectedList
 	// The guest builds with a Nix daemon of its own, on its own store: the
@@ -75,6 +76,39 @@ func (Backend) Plan(p *launch.Plan, m *manifest.Manifest, rt *launch.Runtime) er
 	p.Prepare = append(p.Prepare, vp.Prepare...)
 	p.Invocation = &launch.Invocation{Path: vp.QEMU, Args: vp.Args, Env: append(qemuEnv(), vp.Display.Env...)}
 	return nil
+}
+
+// planSecrets places what the core's plan made of the launch's secrets
+// (nothing unless SecretBroker is among the traits): the supervisor
+// writes the trust files and Claude Code's login with placeholders into
+// the metadata share, which is all of the run directory the guest sees,
+// and the guest agent binds them where every backend has them. It
+// returns the variables the sandbox gets: the placeholders and the trust
+// variables.
+func (vp *vmPlan) planSecrets(p *launch.Plan, rt *launch.Runtime) map[string]string {
+	meta := filepath.Join(vp.RunDir, vmMetaDir)
+	login := launch.ClaudeLoginMounts(p, rt, rt.Home)
+	if p.TrustDir != "" {
+		p.TrustDir, p.ChromiumPolicies = filepath.Join(meta, agent.TrustDir), filepath.Join(meta, agent.ChromiumDir)
+		vp.Trust = true
+	}
+	if len(login) > 0 {
+		p.ClaudeLogin = filepath.Join(meta, agent.LoginFile)
+		rel, err := filepath.Rel(rt.Home, login[0].Dest)
+		if err == nil && !strings.HasPrefix(rel, "..") {
+			vp.Login = []string{filepath.Join(vp.Home, rel)}
+			if vp.Present["claude"] && vp.Sources["claude"] == filepath.Dir(login[0].Dest) {
+				vp.Login = append(vp.Login, filepath.Join(agent.Mnt, "claude", filepath.Base(login[0].Dest)))
+			}
+		}
+	}
+	claudeJSON := filepath.Join(rt.Home, ".claude.json")
+	if m := launch.ApproveKeyPlaceholder(p, rt.Home, []launch.Mount{{Kind: launch.File, Source: claudeJSON, Dest: claudeJSON}}); m[0].Data != nil {
+		vp.ClaudeJSON = m[0].Data
+	}
+	vp.secretServices = func(s *control.Spec) { launch.SecretServices(s, p, rt) }
+	_, env := launch.SecretMounts(p)
+	return env
 }
 
 // qemuEnv is QEMU's whole environment: it needs nothing from the user's,
