@@ -47,6 +47,7 @@ func (Backend) Traits() launch.Traits {
 	return launch.Traits{
 		NetworkInClosure:          true,
 		SessionsThroughSupervisor: true,
+		SecretBroker:              true,
 		Protects:                  true,
 		Persistence:               "What persists after the VM ends: the project directory, ~/.claude, ~/.local (kept per project) and the guest's Nix store (nix-build, nix profile: kept per project). Everything else in the guest is discarded.",
 	}
@@ -96,8 +97,11 @@ func (vp *vmPlan) planSecrets(p *launch.Plan, rt *launch.Runtime) map[string]str
 		p.ClaudeLogin = filepath.Join(meta, agent.LoginFile)
 		rel, err := filepath.Rel(rt.Home, login[0].Dest)
 		if err == nil && !strings.HasPrefix(rel, "..") {
-			vp.Login = []string{filepath.Join(vp.Home, rel)}
-			if vp.Present["claude"] && vp.Sources["claude"] == filepath.Dir(login[0].Dest) {
+			// The home's file, the core's read-only view of the host's
+			// ~/.claude, and the share it comes from: the agent skips those
+			// the guest does not have.
+			vp.Login = []string{filepath.Join(vp.Home, rel), filepath.Join(launch.ClaudeHostView, filepath.Base(login[0].Dest))}
+			if dir, err := filepath.EvalSymlinks(filepath.Dir(login[0].Dest)); err == nil && vp.Present["claude"] && vp.Sources["claude"] == dir {
 				vp.Login = append(vp.Login, filepath.Join(agent.Mnt, "claude", filepath.Base(login[0].Dest)))
 			}
 		}
