@@ -139,7 +139,7 @@ const claudeLoginFile = "claude-credentials.json"
 // supervisor, which puts the host's tokens into requests to the API host
 // and performs refreshes with the host's file). --claude-login real keeps
 // the host's file visible instead. Call it before SecretMounts: a login
-// alone needs the CA too.
+// alone needs the CA too. The first mount is the home's file.
 func ClaudeLoginMounts(p *Plan, rt *Runtime, home string) []Mount {
 	if !p.brokered || rt.RealClaudeLogin {
 		return nil
@@ -155,7 +155,13 @@ func ClaudeLoginMounts(p *Plan, rt *Runtime, home string) []Mount {
 		p.TrustDir = filepath.Join(p.RunDir, trustDirName)
 		p.ChromiumPolicies = filepath.Join(p.RunDir, chromiumDirName)
 	}
-	return []Mount{{Kind: Bind, Source: p.ClaudeLogin, Dest: cred}}
+	mounts := []Mount{{Kind: Bind, Source: p.ClaudeLogin, Dest: cred}}
+	if !rt.unprotected("~/.claude") {
+		// The host's ~/.claude is also visible whole, read-only, at
+		// ClaudeHostView (ClaudeHome): its credentials file too.
+		mounts = append(mounts, Mount{Kind: ROBind, Source: p.ClaudeLogin, Dest: filepath.Join(ClaudeHostView, ".credentials.json")})
+	}
+	return mounts
 }
 
 // hasLogin says whether a credentials file holds an OAuth login (read at
