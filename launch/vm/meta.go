@@ -16,9 +16,9 @@ import (
 
 // The metadata share: how the host tells the guest about the run. It is
 // a read-only 9p share of a directory in the run directory (0700, files
-// 0600, the calling user's: the environment carries ANTHROPIC_API_KEY,
-// which must never be readable by other host users and never appears on
-// QEMU's command line):
+// 0600, the calling user's: what the guest is told of the user — its
+// secrets as placeholders only, the real values staying with the
+// supervisor — is not for other host users, nor for QEMU's command line):
 //
 //	run.json               the agent's configuration (agent.Config)
 //	claude-sandbox-agent   this binary, which the guest runs as its agent

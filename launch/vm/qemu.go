@@ -237,7 +237,7 @@ func hostShares(m *manifest.Manifest, rt *launch.Runtime, stateDir, runDir strin
 }
 
 // qemuArgs builds QEMU's command line. Nothing secret is on it: the
-// sandbox's environment and the API key travel in the metadata share.
+// sandbox's environment travels in the metadata share.
 func qemuArgs(m *manifest.Manifest, p *vmPlan) []string {
 	vm := m.VM
 	machine, cpu := launch.HostArch().Machine+",accel=tcg", "max"

@@ -116,7 +116,7 @@ func (vp *vmPlan) planSecrets(p *launch.Plan, rt *launch.Runtime) map[string]str
 }
 
 // qemuEnv is QEMU's whole environment: it needs nothing from the user's,
-// and the sandbox's (API key included) goes through the metadata share.
+// and the sandbox's goes through the metadata share.
 func qemuEnv() []string { return []string{"PATH=/usr/bin:/bin", "LC_ALL=C"} }
 
 // Start hands the planned VM to a new supervisor and runs the launch's

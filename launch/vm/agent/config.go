@@ -62,7 +62,7 @@ const (
 )
 
 // Config is what the launcher tells the agent about this run (run.json in
-// the metadata share, 0600: the environment carries the API key).
+// the metadata share, 0600: the user's environment, secrets as placeholders).
 type Config struct {
 	User    string `json:"user"`
 	UID     int    `json:"uid"`
