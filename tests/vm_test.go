@@ -383,7 +383,13 @@ func hostAgent(t *testing.T, home string) (sock, fingerprint string) {
 // connection to the host fails), which lets an allowed destination
 // through and refuses another by name; the SSH agent is the supervisor's
 // filter; nix-build builds in the guest's own store with the guest's own
-// daemon; Claude Code runs; the environment is the allowlist. And from
+// daemon; Claude Code runs; the environment is the allowlist. Secrets
+// stay outside: the API key and a secret bound to a TLS server on the
+// host's loopback are placeholders inside, the bound server receives the
+// real value and another allowed one the placeholder unchanged, no real
+// value is in any environment or file the guest can read (Claude Code's
+// login included: a placeholder copy), the CA is trusted by the
+// variables and Chromium's policy. And from
 // the host: the API key is neither on a command line nor readable by
 // others, the build is not in the host's store, no Nix gateway served the
 // guest; the command's exit status comes back, and the guest's Nix store,
