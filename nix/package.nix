@@ -26,7 +26,7 @@ buildGo126Module {
   # go.mod, and `go build` would start ignoring the module cache. When
   # go.sum changes, `go test ./tests -run TestFlakeVendorHash -update`
   # recomputes this line (and the test fails until it is current).
-  vendorHash = "sha256-smWQbKQSC3XLzoTxFtQbnVc9Q2cznB9VJJyBrED5HFY=";
+  vendorHash = "sha256-wApcs6qN8N4MIx0oFfHhWNGkSStCOKQ+L2dkNKMhI/4=";
 
   # Static, as tests/harness_test.go builds it: no dynamic loader on every
   # launch, and no glibc reference from outside the store.
