@@ -22,6 +22,11 @@ const (
 	EventProgress   EventKind = "progress"    // derivations done / expected
 	EventFetch      EventKind = "fetch"       // a path is being substituted
 	EventDone       EventKind = "done"        // the closure is realised
+
+	EventPushStart EventKind = "push-start" // closures go to a binary cache: where, how compressed, signed or not
+	EventPushPlan  EventKind = "push-plan"  // how many of their paths the cache lacks
+	EventPushPath  EventKind = "push-path"  // one path is in the cache
+	EventPushDone  EventKind = "push-done"  // every path is
 )
 
 // Event is one progress event of a build.
@@ -40,6 +45,16 @@ type Event struct {
 	Running   uint64    `json:"running,omitempty"`
 	Failed    uint64    `json:"failed,omitempty"`
 	OutPath   string    `json:"outPath,omitempty"`
+
+	// Pushing: NAR bytes (of the closures at push-start, pushed so far
+	// after), and the cache.
+	Bytes              uint64  `json:"bytes,omitempty"`
+	Seconds            float64 `json:"seconds,omitempty"`
+	To                 string  `json:"to,omitempty"`
+	Compression        string  `json:"compression,omitempty"`
+	CompressionFromURL bool    `json:"compressionFromURL,omitempty"`
+	PublicKey          string  `json:"publicKey,omitempty"`
+	Warning            string  `json:"warning,omitempty"`
 }
 
 // DrvName is a derivation's name without its hash and .drv suffix.

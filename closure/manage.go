@@ -33,51 +33,12 @@ func (b *Builder) Verify(ctx context.Context, c *Closure) (bool, error) {
 
 // ClosureSize sums the NAR sizes of everything outPath needs at run time.
 func (b *Builder) ClosureSize(ctx context.Context, outPath string) (uint64, error) {
-	client, err := b.dialDaemon(ctx, nil)
-	if errors.Is(err, errNoDaemonClient) {
-		return b.closureSizeCLI(ctx, outPath)
-	}
-	if err != nil {
-		return 0, err
-	}
-	defer client.Close()
-	seen := map[string]bool{outPath: true}
-	queue := []string{outPath}
+	sizes, err := b.closureSizes(ctx, outPath)
 	var total uint64
-	for len(queue) > 0 {
-		p := queue[0]
-		queue = queue[1:]
-		info, err := client.QueryPathInfo(ctx, p)
-		if err != nil {
-			return 0, err
-		}
-		total += info.NarSize
-		for _, ref := range info.References {
-			if !seen[ref] {
-				seen[ref] = true
-				queue = append(queue, ref)
-			}
-		}
-	}
-	return total, nil
-}
-
-func (b *Builder) closureSizeCLI(ctx context.Context, outPath string) (uint64, error) {
-	req, err := b.runner().run(ctx, "nix-store", "--query", "--requisites", outPath)
-	if err != nil {
-		return 0, err
-	}
-	paths := strings.Fields(req.stdout)
-	sizes, err := b.runner().run(ctx, "nix-store", append([]string{"--query", "--size"}, paths...)...)
-	if err != nil {
-		return 0, err
-	}
-	var total uint64
-	for _, s := range strings.Fields(sizes.stdout) {
-		n, _ := strconv.ParseUint(s, 10, 64)
+	for _, n := range sizes {
 		total += n
 	}
-	return total, nil
+	return total, err
 }
 
 // Remove drops a cache entry, its GC root and its generated expression.
@@ -128,18 +89,6 @@ func (b *Builder) Prune(olderThan time.Duration, keep int) ([]ListedEntry, error
 		}
 	}
 	return removed, nil
-}
-
-// Push copies closures to a binary cache with `nix copy` (the daemon
-// protocol has no upload of a whole closure to another store).
-func (b *Builder) Push(ctx context.Context, to string, outPaths ...string) error {
-	args := append([]string{"--extra-experimental-features", "nix-command", "copy", "--to", to}, outPaths...)
-	_, err := b.runner().run(ctx, "nix", args...)
-	var be *BuildError
-	if errors.As(err, &be) {
-		be.Stage = "push"
-	}
-	return err
 }
 
 // ParseAge reads durations like 30d, 12h, 90m.

@@ -45,6 +45,8 @@ type Renderer struct {
 	// Nix killed is planned again when it is retried, and counted once.
 	built   map[string]bool
 	current map[string]string // drv name → phase
+	toPush  uint64            // paths the cache lacks (push-plan)
+	inPush  uint64            // paths in the pushed closures (push-start)
 }
 
 // New returns a renderer writing to w.
@@ -119,6 +121,28 @@ func (r *Renderer) Handle(ev closure.Event) {
 		r.describe()
 	case closure.EventFetch:
 		r.line("fetching " + ev.Name)
+	case closure.EventPushStart:
+		r.inPush = ev.Expected
+		r.line(fmt.Sprintf("pushing %d path%s (%s) to %s%s", ev.Expected, plural(int(ev.Expected)), mib(ev.Bytes), ev.To, compressionNote(ev)))
+		switch {
+		case ev.PublicKey != "":
+			name, _, _ := strings.Cut(ev.PublicKey, ":")
+			r.line(fmt.Sprintf("signing with key %s; consumers trust it with: extra-trusted-public-keys = %s", name, ev.PublicKey))
+		case ev.Warning != "":
+			r.line("warning: " + ev.Warning)
+		}
+	case closure.EventPushPlan:
+		r.toPush = ev.Expected
+		switch {
+		case ev.Expected == 0:
+			r.line("the cache has every path already")
+		case ev.Expected < r.inPush:
+			r.line(fmt.Sprintf("the cache has %d of them already", r.inPush-ev.Expected))
+		}
+	case closure.EventPushPath:
+		r.line(fmt.Sprintf("pushed %s (%d/%d, %s)", ev.Name, ev.Done, r.toPush, mib(ev.Bytes)))
+	case closure.EventPushDone:
+		r.line(fmt.Sprintf("pushed %d path%s (%s) to %s in %.1f s", ev.Done, plural(int(ev.Done)), mib(ev.Bytes), ev.To, ev.Seconds))
 	case closure.EventDone:
 		r.stopBars()
 		if r.done > 0 {
@@ -205,6 +229,18 @@ func planSummary(ev closure.Event) string {
 		return "nothing to build: every path is in the store"
 	}
 	return strings.Join(parts, "; ")
+}
+
+func mib(n uint64) string { return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20)) }
+
+func compressionNote(ev closure.Event) string {
+	switch {
+	case ev.Compression == "":
+		return "" // a Nix store, not a binary cache: nothing is compressed
+	case ev.CompressionFromURL:
+		return fmt.Sprintf(", compressed with %s (the URL's choice)", ev.Compression)
+	}
+	return fmt.Sprintf(", compressed with %s (compression= in the URL chooses another)", ev.Compression)
 }
 
 func plural(n int) string {

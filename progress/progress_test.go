@@ -71,6 +71,41 @@ func TestJSONIsOneEventPerLine(t *testing.T) {
 	}
 }
 
+func TestPushLines(t *testing.T) {
+	const to = "file:///srv/cache"
+	for _, tc := range []struct {
+		start closure.Event
+		want  string
+	}{
+		{closure.Event{Kind: closure.EventPushStart, To: to, Expected: 3, Bytes: 3 << 20, Compression: "zstd", PublicKey: "team-1:AAAA"},
+			"pushing 3 paths (3.0 MiB) to file:///srv/cache, compressed with zstd (compression= in the URL chooses another)\n" +
+				"signing with key team-1; consumers trust it with: extra-trusted-public-keys = team-1:AAAA\n"},
+		{closure.Event{Kind: closure.EventPushStart, To: to, Expected: 3, Bytes: 3 << 20, Compression: "xz", CompressionFromURL: true, Warning: "pushing unsigned paths"},
+			"pushing 3 paths (3.0 MiB) to file:///srv/cache, compressed with xz (the URL's choice)\n" +
+				"warning: pushing unsigned paths\n"},
+	} {
+		var out bytes.Buffer
+		r := New(&out, Plain, false)
+		for _, ev := range []closure.Event{
+			tc.start,
+			{Kind: closure.EventPushPlan, Expected: 2, To: to},
+			{Kind: closure.EventPushPath, Name: "alpha-1.0", Done: 1, Bytes: 1 << 20},
+			{Kind: closure.EventPushPath, Name: "beta", Done: 2, Bytes: 2 << 20},
+			{Kind: closure.EventPushDone, To: to, Done: 2, Bytes: 2 << 20, Seconds: 1.25},
+		} {
+			r.Handle(ev)
+		}
+		want := tc.want + `the cache has 1 of them already
+pushed alpha-1.0 (1/2, 1.0 MiB)
+pushed beta (2/2, 2.0 MiB)
+pushed 2 paths (2.0 MiB) to file:///srv/cache in 1.2 s
+`
+		if out.String() != want {
+			t.Errorf("got:\n%s\nwant:\n%s", out.String(), want)
+		}
+	}
+}
+
 // A builder Nix killed is retried: the retry's plan lists it again, and the
 // summary counts each derivation once.
 func TestRetriedBuildIsCountedOnce(t *testing.T) {

@@ -137,25 +137,36 @@ func TestRealiseWithoutDaemonUsesTheCLI(t *testing.T) {
 }
 
 // A pushed cache holds the whole closure: every path has a .narinfo whose
-// NAR hash is the one the local store records.
+// NAR hash is the one the local store records, compressed with zstd unless
+// the URL chooses; an unsigned push says consumers will not trust it.
 func TestPushToABinaryCache(t *testing.T) {
 	requireSandboxHost(t)
 	testenv.RequireProgram(t, "nix")
 	cache := t.TempDir()
 	o := runOpts{dirs: freshDirs(t)}
-	// Uncompressed: xz over a 600 MiB closure would take minutes.
-	r := run(t, o, "build", "--json", "--push", "file://"+cache+"?compression=none")
+	r := run(t, o, "build", "--json", "--push", "file://"+cache)
 	if r.code != 0 {
 		t.Fatalf("build --push: %s", r)
 	}
-	var b struct {
-		OutPath     string `json:"outPath"`
-		ClosureSize uint64 `json:"closureSize"`
+	var summary struct {
+		Closures []struct {
+			OutPath     string `json:"outPath"`
+			ClosureSize uint64 `json:"closureSize"`
+		} `json:"closures"`
+		Push struct {
+			Compression string  `json:"compression"`
+			Signed      bool    `json:"signed"`
+			Closures    int     `json:"closures"`
+			Paths       int     `json:"paths"`
+			Pushed      int     `json:"pushed"`
+			Bytes       uint64  `json:"bytes"`
+			Seconds     float64 `json:"seconds"`
+		} `json:"push"`
 	}
-	json.Unmarshal([]byte(r.stdout), &b)
-	if b.ClosureSize == 0 {
-		t.Errorf("no closure size in %s", r.stdout)
+	if err := json.Unmarshal([]byte(r.stdout), &summary); err != nil || len(summary.Closures) != 1 {
+		t.Fatalf("build --json --push printed %q: %v", r.stdout, err)
 	}
+	b, p := summary.Closures[0], summary.Push
 	req, err := exec.Command("nix-store", "--query", "--requisites", b.OutPath).Output()
 	if err != nil {
 		t.Fatal(err)
@@ -163,6 +174,14 @@ func TestPushToABinaryCache(t *testing.T) {
 	paths := strings.Fields(string(req))
 	if len(paths) < 10 {
 		t.Fatalf("closure of %d paths: suspiciously small", len(paths))
+	}
+	if p.Compression != "zstd" || p.Signed || p.Closures != 1 || p.Paths != len(paths) || p.Pushed != len(paths) || p.Bytes != b.ClosureSize || p.Seconds <= 0 {
+		t.Errorf("push summary %+v; want zstd, unsigned, 1 closure, %d paths all pushed, %d bytes", p, len(paths), b.ClosureSize)
+	}
+	for _, want := range []string{"compressed with zstd", "warning: pushing unsigned paths", "--secret-key", fmt.Sprintf("pushed %d paths", len(paths))} {
+		if !strings.Contains(r.stderr, want) {
+			t.Errorf("build --push says nothing of %q:\n%s", want, r.stderr)
+		}
 	}
 	for _, p := range paths {
 		hashPart := strings.SplitN(filepath.Base(p), "-", 2)[0]
@@ -181,12 +200,34 @@ func TestPushToABinaryCache(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if ni.StorePath != p || ni.NarHash.String() != strings.TrimSpace(string(local)) {
-			t.Errorf("%s: narinfo says %s %s, the store says %s", p, ni.StorePath, ni.NarHash, local)
+		if ni.StorePath != p || ni.NarHash.String() != strings.TrimSpace(string(local)) || ni.Compression != "zstd" || len(ni.Signatures) != 0 {
+			t.Errorf("%s: narinfo says %s %s, compression %q, signatures %v; the store says %s", p, ni.StorePath, ni.NarHash, ni.Compression, ni.Signatures, local)
 		}
 	}
-	if bad := run(t, o, "build", "--push", "/not/a/url"); bad.code != 64 {
-		t.Errorf("--push without a URL scheme: %s", bad)
+
+	// Again: the cache has everything, nothing is sent.
+	again := run(t, o, "build", "--push", "file://"+cache)
+	if again.code != 0 || !strings.Contains(again.stderr, "the cache has every path already") {
+		t.Errorf("a second push to the same cache: %s", again)
+	}
+	// The URL's choice wins, and is named as such.
+	other := t.TempDir()
+	none := run(t, o, "build", "--push", "file://"+other+"?compression=none")
+	if none.code != 0 || !strings.Contains(none.stderr, "compressed with none (the URL's choice)") {
+		t.Errorf("build --push ...?compression=none: %s", none)
+	}
+	if nars, _ := filepath.Glob(filepath.Join(other, "nar", "*.nar")); len(nars) != len(paths) {
+		t.Errorf("compression=none left %d uncompressed NARs, want %d", len(nars), len(paths))
+	}
+
+	for _, bad := range [][]string{
+		{"--push", "/not/a/url"},
+		{"--push", "file://" + other, "--secret-key", filepath.Join(other, "no-such-key")},
+		{"--secret-key", filepath.Join(other, "no-such-key")},
+	} {
+		if r := run(t, o, append([]string{"build"}, bad...)...); r.code != 64 {
+			t.Errorf("build %v: %s, want exit 64", bad, r)
+		}
 	}
 }
 

@@ -109,6 +109,10 @@ type runOpts struct {
 	env   []string // added to (or replacing) the base environment
 	stdin string
 	path  string // PATH; default the test's PATH
+	// command makes the process (default exec.CommandContext), e.g. a
+	// testenv.NixRoot's Command, to run with another store at /nix.
+	command func(ctx context.Context, name string, args ...string) *exec.Cmd
+	timeout time.Duration // default 10 minutes
 	// wrap runs claude-sandbox under this command (its argv prefix): a
 	// private mount namespace in which a host file is replaced, say.
 	wrap []string
@@ -134,10 +138,17 @@ func run(t testing.TB, o runOpts, args ...string) result {
 		"XDG_CONFIG_HOME=" + filepath.Join(workDir, "no-config"),
 	}
 	env = append(env, o.env...)
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	if o.timeout == 0 {
+		o.timeout = 10 * time.Minute
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), o.timeout)
 	defer cancel()
+	command := o.command
+	if command == nil {
+		command = exec.CommandContext
+	}
 	argv := append(append(append([]string{}, o.wrap...), binary), args...)
-	cmd := exec.CommandContext(ctx, argv[0], argv[1:]...)
+	cmd := command(ctx, argv[0], argv[1:]...)
 	cmd.Env = env
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr

@@ -5,10 +5,13 @@
 #
 #   tests/nix-root.sh ensure                 install the second Nix (cached; rebuilt when absent
 #                                            or when its recipe below changed); prints its version
-#   tests/nix-root.sh start [STORE] [--fresh] [--conf LINE]...
+#   tests/nix-root.sh start [STORE] [--fresh] [--this-nix] [--conf LINE]...
 #                                            start STORE's daemon (default store: main), creating
 #                                            the store if absent (--fresh: empty it first); LINEs
-#                                            are added to its nix.conf; prints the daemon's socket
+#                                            are added to its nix.conf; prints the daemon's socket.
+#                                            --this-nix: a new store for the Nix the caller runs
+#                                            (the host's, or the second Nix inside `run`), not for
+#                                            the second Nix
 #   tests/nix-root.sh run [STORE] -- CMD...  run CMD where /nix is STORE and Nix is the second Nix
 #   tests/nix-root.sh socket [STORE]         the daemon's socket, as the host sees it
 #   tests/nix-root.sh stop [STORE]           stop STORE's daemon
@@ -132,21 +135,26 @@ in_namespace() {
   shift
   [ -d "$s/nix" ] || die "no store $(basename "$s") (tests/nix-root.sh start $(basename "$s"))"
   mkdir -p /nix /etc/nix
-  exec unshare --mount --propagation private -- env NIXROOT_STORE="$s" NIXROOT_BIN="$base/bin" bash -c '
+  local bin=$base/bin
+  [ -e "$s/this-nix" ] && bin=
+  exec unshare --mount --propagation private -- env NIXROOT_STORE="$s" NIXROOT_BIN="$bin" bash -c '
     set -e
     mount --bind "$NIXROOT_STORE/nix" /nix
     mount --bind "$NIXROOT_STORE/etc-nix" /etc/nix
-    if [ -e /usr/bin/nix ]; then mount --bind "$NIXROOT_BIN/nix" /usr/bin/nix; fi
-    export PATH="$NIXROOT_BIN:$PATH"
+    if [ -n "$NIXROOT_BIN" ]; then
+      if [ -e /usr/bin/nix ]; then mount --bind "$NIXROOT_BIN/nix" /usr/bin/nix; fi
+      export PATH="$NIXROOT_BIN:$PATH"
+    fi
     unset NIXROOT_STORE NIXROOT_BIN
     exec "$@"' nix-root "$@"
 }
 
 start() {
-  local name=main fresh=false conf=()
+  local name=main fresh=false this_nix=false conf=()
   while [ $# -gt 0 ]; do
     case $1 in
     --fresh) fresh=true ;;
+    --this-nix) this_nix=true ;;
     --conf) conf+=("$2"); shift ;;
     -*) die "start: unknown option $1" ;;
     *) name=$1 ;;
@@ -157,9 +165,14 @@ start() {
   local sock
   sock=$(socket "$name")
   [ ${#sock} -lt 108 ] || die "store name $name too long: its socket path $sock passes the 107 bytes a Unix socket address holds"
-  ensure
   local s
   s=$(store_dir "$name")
+  if $this_nix; then
+    $fresh || die "start: --this-nix makes a new store: add --fresh"
+    command -v nix-daemon >/dev/null || die "start --this-nix: no nix-daemon on PATH"
+  else
+    ensure
+  fi
   if $fresh; then stop "$name"; rm -rf --one-file-system "$s"; fi
   if [ -n "$(daemon_pid "$name")" ]; then
     [ ${#conf[@]} = 0 ] || die "store $name's daemon already runs; stop it to change its configuration"
@@ -173,6 +186,7 @@ start() {
   install -d -m 755 "$s/nix" "$s/etc-nix" "$s/nix/var/nix/gcroots" "$s/nix/var/nix/profiles"
   install -d -m 770 -g nix-users "$s/nix/var/nix/daemon-socket"
   install -d -m 1777 "$s/nix/var/nix/gcroots/per-user" "$s/nix/var/nix/profiles/per-user"
+  if $this_nix; then touch "$s/this-nix"; fi
   {
     echo "# tests/nix-root.sh: store $name of the second Nix"
     # No build users: the host's daemon runs its builders as nixbld1..N,
@@ -219,7 +233,7 @@ run)
   [ "${1:-}" = "--" ] && shift
   [ $# -gt 0 ] || die "run: no command"
   valid_name "$name"
-  installed || die "not installed (tests/nix-root.sh ensure)"
+  [ -e "$(store_dir "$name")/this-nix" ] || installed || die "not installed (tests/nix-root.sh ensure)"
   in_namespace "$name" "$@" ;;
 socket) name=${1:-main}; valid_name "$name"; [ -n "$(daemon_pid "$name")" ] || die "store $name's daemon is not running"; socket "$name" ;;
 stop) name=${1:-main}; valid_name "$name"; stop "$name" ;;

@@ -3,10 +3,10 @@ package main
 import (
 	"encoding/json"
 	"fmt"
-	"strings"
 
 	"github.com/spf13/cobra"
 
+	"github.com/claude-sandbox/claude-sandbox/closure"
 	"github.com/claude-sandbox/claude-sandbox/nixgen"
 )
 
@@ -20,15 +20,22 @@ type buildResult struct {
 	ClosureSize uint64 `json:"closureSize,omitempty"`
 }
 
+// pushSummary is build --push --json's output: what was built, then what
+// the push did.
+type pushSummary struct {
+	Closures []buildResult      `json:"closures"`
+	Push     closure.PushResult `json:"push"`
+}
+
 func (a *app) newBuildCmd() *cobra.Command {
 	var asJSON, printExpr, all bool
-	var push string
+	var push, secretKey string
 	cmd := &cobra.Command{
 		Use:   "build [BACKEND]",
 		Short: "Build (or find in the cache) the sandbox closure and print its store path",
 		Example: `  claude-sandbox build --with python3
   claude-sandbox build vm --json
-  claude-sandbox build --all --push file:///srv/nix-cache`,
+  claude-sandbox build --all --push file:///srv/nix-cache --secret-key cache-key.sec`,
 		Args: cobra.MaximumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if len(args) == 1 {
@@ -37,8 +44,17 @@ func (a *app) newBuildCmd() *cobra.Command {
 				}
 				a.opts.Backend = args[0]
 			}
-			if push != "" && !strings.Contains(push, "://") {
-				return &usageError{msg: fmt.Sprintf("--push %q: not a store URL", push), hint: "e.g. file:///srv/nix-cache or s3://bucket"}
+			var target closure.PushTarget
+			switch {
+			case push != "":
+				// Checked before anything is built: a bad key must not cost a build.
+				t, err := closure.NewPushTarget(push, secretKey)
+				if err != nil {
+					return err
+				}
+				target = t
+			case secretKey != "":
+				return &usageError{msg: "--secret-key signs what --push copies", hint: "add --push URL"}
 			}
 			variants := []nixgen.Variant{{Backend: a.opts.Backend, Network: a.networkOn()}}
 			if all {
@@ -78,8 +94,13 @@ func (a *app) newBuildCmd() *cobra.Command {
 				if err != nil {
 					return err
 				}
-				if err := b.Push(cmd.Context(), push, outPaths...); err != nil {
+				pushed, err := b.Push(cmd.Context(), target, outPaths...)
+				a.closeProgress()
+				if err != nil {
 					return err
+				}
+				if asJSON {
+					return json.NewEncoder(a.stdout).Encode(pushSummary{Closures: results, Push: pushed})
 				}
 			}
 			switch {
@@ -94,10 +115,11 @@ func (a *app) newBuildCmd() *cobra.Command {
 			return nil
 		},
 	}
-	cmd.Flags().BoolVar(&asJSON, "json", false, "print {key, outPath, drvPath, cached, closureSize} as JSON")
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print {key, outPath, drvPath, cached, closureSize} as JSON; with --push, {closures: [those], push: {paths, bytes, seconds, …}}")
 	cmd.Flags().BoolVar(&printExpr, "print-expr", false, "print the generated Nix expression instead of building it")
 	cmd.Flags().BoolVar(&all, "all", false, "build every backend and network variant (the original's six packages)")
-	cmd.Flags().StringVar(&push, "push", "", "copy the built closures to this binary cache (a nix copy --to URL)")
+	cmd.Flags().StringVar(&push, "push", "", "copy the built closures to this binary cache in one nix copy (zstd unless the URL says compression=)")
+	cmd.Flags().StringVar(&secretKey, "secret-key", "", "sign what --push copies with this Nix secret key file (the URL's secret-key= parameter)")
 	cmd.Flags().AddFlagSet(a.buildFlags())
 	return cmd
 }

@@ -81,6 +81,7 @@ func exitCode(err error) int {
 		secretCfg *secrets.ConfigError
 		rule      *launch.RuleError
 		noSuper   *launch.SupervisorMissingError
+		pushURL   *closure.PushURLError
 	)
 	switch {
 	case err == nil:
@@ -94,7 +95,7 @@ func exitCode(err error) int {
 		return exitConfig
 	case errors.As(err, &noSuper):
 		return exitSupervisor
-	case errors.As(err, &usage), errors.As(err, &backend), errors.As(err, &envName), errors.As(err, &module), errors.As(err, &unsupport), errors.As(err, &netMode), errors.As(err, &unprot),
+	case errors.As(err, &usage), errors.As(err, &pushURL), errors.As(err, &backend), errors.As(err, &envName), errors.As(err, &module), errors.As(err, &unsupport), errors.As(err, &netMode), errors.As(err, &unprot),
 		errors.As(err, &loginMode):
 		return exitUsage
 	case errors.As(err, &invalid):

@@ -39,6 +39,10 @@ type NixRootOptions struct {
 	// Conf lines are added to a new store's nix.conf (for example
 	// "substituters = file:///tmp/cache", "require-sigs = false").
 	Conf []string
+	// ThisNix makes the new store one of the Nix this process runs (the
+	// host's; the second Nix in the suite's second pass) instead of the
+	// second Nix's: a test then runs against each Nix in its own pass.
+	ThisNix bool
 }
 
 // StartNixRoot returns a running store of the second Nix. It needs root
@@ -53,12 +57,12 @@ func StartNixRoot(t testing.TB, o NixRootOptions) *NixRoot {
 	// Not installed: under CI, start installs it (or waits for tests/run.sh,
 	// which installs it while the first pass runs); elsewhere that is a
 	// download of minutes the developer asks for.
-	if _, err := runScript(script, "version"); err != nil && !InCI() {
+	if _, err := runScript(script, "version"); err != nil && !InCI() && !o.ThisNix {
 		t.Skipf("skipped: the second Nix is not installed (sudo tests/nix-root.sh ensure): %v", err)
 	}
 	fresh := o.Store == ""
-	if !fresh && len(o.Conf) > 0 {
-		t.Fatalf("StartNixRoot: Conf is for a new store; store %q keeps its own", o.Store)
+	if !fresh && (len(o.Conf) > 0 || o.ThisNix) {
+		t.Fatalf("StartNixRoot: Conf and ThisNix are for a new store; store %q keeps its own", o.Store)
 	}
 	if fresh {
 		// Short: the daemon's socket path must fit in 108 bytes.
@@ -67,6 +71,9 @@ func StartNixRoot(t testing.TB, o NixRootOptions) *NixRoot {
 	args := []string{"start", o.Store}
 	if fresh {
 		args = append(args, "--fresh")
+		if o.ThisNix {
+			args = append(args, "--this-nix")
+		}
 		for _, l := range o.Conf {
 			args = append(args, "--conf", l)
 		}
@@ -82,17 +89,25 @@ func StartNixRoot(t testing.TB, o NixRootOptions) *NixRoot {
 			}
 		})
 	}
-	version, err := runScript(script, "version")
-	if err != nil {
+	r := &NixRoot{
+		Store:  o.Store,
+		Dir:    strings.TrimSuffix(socket, "/var/nix/daemon-socket/socket"),
+		Socket: socket,
+		script: script,
+	}
+	if o.ThisNix {
+		out, err := r.Command(context.Background(), "nix-store", "--version").Output()
+		fields := strings.Fields(string(out))
+		if err != nil || len(fields) == 0 {
+			t.Fatalf("nix-store --version in store %s: %v", o.Store, err)
+		}
+		r.Version = fields[len(fields)-1]
+		return r
+	}
+	if r.Version, err = runScript(script, "version"); err != nil {
 		t.Fatalf("tests/nix-root.sh version: %v", err)
 	}
-	return &NixRoot{
-		Store:   o.Store,
-		Dir:     strings.TrimSuffix(socket, "/var/nix/daemon-socket/socket"),
-		Socket:  socket,
-		Version: version,
-		script:  script,
-	}
+	return r
 }
 
 var freshStores atomic.Int64
