@@ -139,7 +139,7 @@ const claudeLoginFile = "claude-credentials.json"
 // supervisor, which puts the host's tokens into requests to the API host
 // and performs refreshes with the host's file). --claude-login real keeps
 // the host's file visible instead. Call it before SecretMounts: a login
-// alone needs the CA too.
+// alone needs the CA too. The first mount is the home's file.
 func ClaudeLoginMounts(p *Plan, rt *Runtime, home string) []Mount {
 	if !p.brokered || rt.RealClaudeLogin {
 		return nil
@@ -155,7 +155,13 @@ func ClaudeLoginMounts(p *Plan, rt *Runtime, home string) []Mount {
 		p.TrustDir = filepath.Join(p.RunDir, trustDirName)
 		p.ChromiumPolicies = filepath.Join(p.RunDir, chromiumDirName)
 	}
-	return []Mount{{Kind: Bind, Source: p.ClaudeLogin, Dest: cred}}
+	mounts := []Mount{{Kind: Bind, Source: p.ClaudeLogin, Dest: cred}}
+	if !rt.unprotected("~/.claude") {
+		// The host's ~/.claude is also visible whole, read-only, at
+		// ClaudeHostView (ClaudeHome): its credentials file too.
+		mounts = append(mounts, Mount{Kind: ROBind, Source: p.ClaudeLogin, Dest: filepath.Join(ClaudeHostView, ".credentials.json")})
+	}
+	return mounts
 }
 
 // hasLogin says whether a credentials file holds an OAuth login (read at
@@ -285,10 +291,10 @@ func SSHAgentMounts(p *Plan, uid int) ([]Mount, map[string]string) {
 	return []Mount{{Kind: Bind, Source: p.SSHAgent, Dest: inside}}, map[string]string{"SSH_AUTH_SOCK": inside}
 }
 
-// sshVisible says whether a file of ~/.ssh is one a sandbox may read:
+// SSHVisible says whether a file of ~/.ssh is one a sandbox may read:
 // the client's configuration, the known hosts and public keys; never a
 // private key (whatever its name) or anything else.
-func sshVisible(name string) bool {
+func SSHVisible(name string) bool {
 	return name == "config" || name == "known_hosts" || strings.HasSuffix(name, ".pub")
 }
 
@@ -302,7 +308,7 @@ func sshMounts(dir string, owner *Owner) []Mount {
 	}
 	mounts := []Mount{{Kind: Dir, Dest: dir, Mode: 0o700}}
 	for _, e := range entries {
-		if !sshVisible(e.Name()) {
+		if !SSHVisible(e.Name()) {
 			continue
 		}
 		path := filepath.Join(dir, e.Name())

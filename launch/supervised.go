@@ -260,14 +260,6 @@ func spawnSupervisor(p *Plan, rt *Runtime, rec *Record, doors *Doors, s *Started
 		// Its listener comes later: a socket on the sandbox's own loopback,
 		// made once the sandbox is up (OpenProxyDoor).
 		spec.Net = &control.NetSpec{Mode: e.Mode, Allow: e.Allow, Deny: e.Deny, Upstream: e.Upstream, NoProxy: e.NoProxy}
-		if sealed := p.Secrets.Seal(); len(sealed) > 0 || p.ClaudeLogin != "" {
-			roots, _ := rt.lookupEnv("SSL_CERT_FILE")
-			spec.Broker = &control.BrokerSpec{Secrets: sealed, TrustDir: p.TrustDir, ChromiumDir: p.ChromiumPolicies,
-				Roots: roots, Label: filepath.Base(p.Project)}
-			if p.ClaudeLogin != "" {
-				spec.Broker.Login = &control.LoginSpec{ConfigDir: p.ClaudeConfigDir, SandboxFile: p.ClaudeLogin, APIHosts: loginAPIHosts(rt)}
-			}
-		}
 	}
 	if doors.SSH != nil {
 		sshFile, err := doors.SSH.File()
@@ -276,8 +268,9 @@ func spawnSupervisor(p *Plan, rt *Runtime, rec *Record, doors *Doors, s *Started
 			return 0, nil, err
 		}
 		defer sshFile.Close()
-		spec.SSHAgent = &control.SSHAgentSpec{ListenerFD: add(sshFile), Upstream: p.SSHUpstream, Keys: rt.SSHKeys}
+		spec.SSHAgent = &control.SSHAgentSpec{ListenerFD: add(sshFile), Upstream: p.SSHUpstream}
 	}
+	SecretServices(&spec, p, rt)
 	specData, err := json.Marshal(spec)
 	if err != nil {
 		ours.Close()
@@ -319,6 +312,28 @@ func spawnSupervisor(p *Plan, rt *Runtime, rec *Record, doors *Doors, s *Started
 		return 0, nil, err
 	}
 	return cmd.Process.Pid, control.NewConn(c), nil
+}
+
+// SecretServices fills in what a supervisor's spec needs of the launch's
+// secrets, for every backend that spawns one (the VM's own spawn
+// included): the broker, with the sealed secrets, the trust files'
+// places and Claude Code's login, for a spec with a network (spec.Net
+// set first); the keys its filtering SSH agent (spec.SSHAgent set first)
+// may use.
+func SecretServices(spec *control.Spec, p *Plan, rt *Runtime) {
+	if spec.Net != nil {
+		if sealed := p.Secrets.Seal(); len(sealed) > 0 || p.ClaudeLogin != "" {
+			roots, _ := rt.lookupEnv("SSL_CERT_FILE")
+			spec.Broker = &control.BrokerSpec{Secrets: sealed, TrustDir: p.TrustDir, ChromiumDir: p.ChromiumPolicies,
+				Roots: roots, Label: filepath.Base(p.Project)}
+			if p.ClaudeLogin != "" {
+				spec.Broker.Login = &control.LoginSpec{ConfigDir: p.ClaudeConfigDir, SandboxFile: p.ClaudeLogin, APIHosts: loginAPIHosts(rt)}
+			}
+		}
+	}
+	if spec.SSHAgent != nil {
+		spec.SSHAgent.Keys = rt.SSHKeys
+	}
 }
 
 // openProxyDoor makes the proxy's socket on the sandbox's own loopback

@@ -61,6 +61,16 @@ func FromSpec(ctx context.Context, spec control.Spec, fds Inherited, log session
 		s.First = control.NewConn(c)
 	}
 
+	// The broker's trust files (and the login's copy) are written before
+	// the sandbox starts: a VM's guest reads them as it boots.
+	var intercept egress.Interceptor
+	if b := spec.Broker; b != nil && spec.Net != nil {
+		br, err := newBroker(*b, spec.RunAs, counter)
+		if err != nil {
+			return nil, err
+		}
+		intercept = br.Intercept
+	}
 	switch {
 	case spec.Adopted != nil:
 		a := spec.Adopted
@@ -96,14 +106,6 @@ func FromSpec(ctx context.Context, spec control.Spec, fds Inherited, log session
 		return nil, errors.New("the spec says nothing about the sandbox process")
 	}
 
-	var intercept egress.Interceptor
-	if b := spec.Broker; b != nil && spec.Net != nil {
-		br, err := newBroker(*b, spec.RunAs, counter)
-		if err != nil {
-			return nil, err
-		}
-		intercept = br.Intercept
-	}
 	var proxy *netService
 	if n := spec.Net; n != nil {
 		if proxy, err = newNetService(*n, fds, counter, intercept); err != nil {

@@ -329,10 +329,10 @@ func TestClaudeCodeLoginStaysOutside(t *testing.T) {
 	if r := run(t, o, "trust", p); r.code != 0 {
 		t.Fatalf("trust: %s", r)
 	}
-	r := in(t, o, p, `echo "CREDS-HITS=$(grep -c REAL ~/.claude/.credentials.json)"; grep -q sk-ant-oat01- ~/.claude/.credentials.json && echo HAS-PLACEHOLDER
+	r := in(t, o, p, `echo "CREDS-HITS=$(grep -c REAL ~/.claude/.credentials.json)"; echo "VIEW-HITS=$(grep -rsl REAL /run/claude-sandbox | wc -l)"; grep -q sk-ant-oat01- ~/.claude/.credentials.json && echo HAS-PLACEHOLDER
 claude --version && claude -p ping --max-turns 1`,
 		"--env", "ANTHROPIC_BASE_URL", "--env", "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "--env", "DISABLE_AUTOUPDATER")
-	if r.code != 0 || !strings.Contains(r.stdout, "CREDS-HITS=0") || !strings.Contains(r.stdout, "HAS-PLACEHOLDER") || !strings.Contains(r.stdout, "pong") {
+	if r.code != 0 || !strings.Contains(r.stdout, "CREDS-HITS=0") || !strings.Contains(r.stdout, "VIEW-HITS=0") || !strings.Contains(r.stdout, "HAS-PLACEHOLDER") || !strings.Contains(r.stdout, "pong") {
 		t.Fatalf("Claude Code with its login outside: %s", r)
 	}
 	mu.Lock()

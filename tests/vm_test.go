@@ -383,7 +383,13 @@ func hostAgent(t *testing.T, home string) (sock, fingerprint string) {
 // connection to the host fails), which lets an allowed destination
 // through and refuses another by name; the SSH agent is the supervisor's
 // filter; nix-build builds in the guest's own store with the guest's own
-// daemon; Claude Code runs; the environment is the allowlist. And from
+// daemon; Claude Code runs; the environment is the allowlist. Secrets
+// stay outside: the API key and a secret bound to a TLS server on the
+// host's loopback are placeholders inside, the bound server receives the
+// real value and another allowed one the placeholder unchanged, no real
+// value is in any environment or file the guest can read (Claude Code's
+// login included: a placeholder copy), the CA is trusted by the
+// variables and Chromium's policy. And from
 // the host: the API key is neither on a command line nor readable by
 // others, the build is not in the host's store, no Nix gateway served the
 // guest; the command's exit status comes back, and the guest's Nix store,
@@ -421,8 +427,35 @@ derivation { name = "built-in-the-guest-`+strconv.FormatInt(time.Now().UnixNano(
 	defer srv2.Close()
 	port2 := l2.Addr().(*net.TCPAddr).Port
 
+	// Secrets stay outside: a secret bound to one TLS server on the host's
+	// loopback (named by address), another allowed server it is not bound
+	// to, the API key, and a Claude Code login.
+	bound, other := newRecordingTLS(t), newRecordingTLS(t)
+	conf := fmt.Sprintf("[secrets.TEST_TOKEN]\nenv = \"CSB_TEST_TOKEN\"\nhosts = [%q]\n", bound.addr())
+	if err := os.WriteFile(filepath.Join(p, "claude-sandbox.toml"), []byte(conf), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	const loginAccess, loginRefresh = "sk-ant-oat01-REALACCESSabcdefghijklmnopqrstuvwxyz0123456789", "sk-ant-ort01-REALREFRESHabcdefghijklmnopqrstuvwxyz0123456789"
+	creds := fmt.Sprintf(`{"claudeAiOauth":{"accessToken":%q,"refreshToken":%q,"expiresAt":4102444800000,"scopes":["user:inference"]}}`, loginAccess, loginRefresh)
+	os.WriteFile(filepath.Join(home, ".claude", ".credentials.json"), []byte(creds), 0o600)
+	secretEnv := []string{"CSB_TEST_TOKEN=" + realToken, "SSL_CERT_FILE=" + hostRoots(t, bound.srv)}
+	if r := run(t, vmOpts(home, secretEnv...), "trust", p); r.code != 0 {
+		t.Fatalf("trust: %s", r)
+	}
+
 	script := fmt.Sprintf(`
-echo "uid=$(id -u) pwd=$PWD home=$HOME backend=$CLAUDE_SANDBOX_BACKEND key=${ANTHROPIC_API_KEY:-unset} aws=${AWS_SECRET_ACCESS_KEY:-unset}"
+echo "uid=$(id -u) pwd=$PWD home=$HOME backend=$CLAUDE_SANDBOX_BACKEND aws=${AWS_SECRET_ACCESS_KEY:-unset}"
+echo "key=${ANTHROPIC_API_KEY:-unset}"
+echo "token=${TEST_TOKEN:-unset}"
+echo "bound=$(curl -sS -m 30 -H "Authorization: Bearer $TEST_TOKEN" https://%[3]s/bound)"
+echo "other=$(curl -sS -m 30 -H "Authorization: Bearer $TEST_TOKEN" https://%[4]s/other)"
+echo "env-hits=$(env | grep -c -e REALVALUE -e sk-test-vm-key -e REALACCESS)"
+echo "proc-hits=$(cat /proc/[0-9]*/environ 2>/dev/null | tr '\0' '\n' | grep -c -e REALVALUE -e sk-test-vm-key -e REALACCESS)"
+echo "file-hits=[$(grep -rsl --exclude=claude-sandbox-agent -e REALVALUE -e sk-test-vm-key -e REALACCESS -e REALREFRESH "$HOME" /etc /run /tmp "$PWD" /mnt/claude-sandbox/meta /mnt/claude-sandbox/claude 2>/dev/null | tr '\n' ' ')]"
+grep -q sk-ant-oat01- "$HOME/.claude/.credentials.json" && echo login-placeholder=ok
+echo "trust=$SSL_CERT_FILE $NODE_EXTRA_CA_CERTS"
+test -s /run/claude-sandbox/trust/ca-bundle.crt && echo trust-bundle=ok
+echo "chromium=$(ls /etc/chromium/policies/managed | tr '\n' ' ')"
 echo written-in-vm > "$PWD/from-vm.txt" && echo project-write=ok
 grep -q example "$HOME/.ssh/config" && echo ssh-read=ok
 echo "ssh-dir=$(ls "$HOME/.ssh" | tr '\n' ' ')"
@@ -453,16 +486,17 @@ out=$(NIX_REMOTE=daemon nix-build --option substituters '' --no-out-link t.nix) 
 echo "invocation=${INVOCATION_ID:-unset}"
 claude --version
 exit 42
-`, port, port2)
-	bg := startBackground(t, vmOpts(home, "ANTHROPIC_API_KEY=sk-test-vm-key", "AWS_SECRET_ACCESS_KEY=aws-secret", "SSH_AUTH_SOCK="+agentSock),
-		"--backend", "vm", "--accel", "tcg", "--allow", fmt.Sprintf("127.0.0.1:%d", port), "exec", p, "--", "bash", "-c", script)
+`, port, port2, bound.addr(), other.addr())
+	bg := startBackground(t, vmOpts(home, append(secretEnv, "ANTHROPIC_API_KEY=sk-test-vm-key", "AWS_SECRET_ACCESS_KEY=aws-secret", "SSH_AUTH_SOCK="+agentSock)...),
+		"--backend", "vm", "--accel", "tcg", "--allow", fmt.Sprintf("127.0.0.1:%d", port), "--allow", bound.addr(), "--allow", other.addr(),
+		"exec", p, "--", "bash", "-c", script)
 	rec := vmRecord(t, bg, p)
 
 	// While it runs: nothing secret where other host users could look.
 	qemu := qemuOf(t, rec.PID)
 	for _, pid := range []int{rec.PID, qemu} {
 		cmdline, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
-		if strings.Contains(string(cmdline), "sk-test-vm-key") {
+		if strings.Contains(string(cmdline), "sk-test-vm-key") || strings.Contains(string(cmdline), realToken) {
 			t.Errorf("the API key is on a command line (pid %d)", pid)
 		}
 	}
@@ -471,7 +505,8 @@ exit 42
 		t.Errorf("metadata share %s: %v, want mode 0700", meta, err)
 	}
 	filepath.WalkDir(meta, func(path string, d fs.DirEntry, err error) error {
-		if err != nil || d.IsDir() || d.Name() == "claude-sandbox-agent" {
+		// The CA's certificates are public (the directory is not).
+		if err != nil || d.IsDir() || d.Name() == "claude-sandbox-agent" || strings.Contains(path, "/trust/") || strings.Contains(path, "/chromium/") {
 			return nil
 		}
 		if info, err := d.Info(); err == nil && info.Mode().Perm()&0o077 != 0 {
@@ -486,7 +521,10 @@ exit 42
 		t.Fatalf("exit status %d, want the command's 42; output:\n%s", code, out)
 	}
 	want := []string{
-		fmt.Sprintf("uid=%d pwd=%s home=%s backend=vm key=sk-test-vm-key aws=unset", os.Getuid(), p, home),
+		fmt.Sprintf("uid=%d pwd=%s home=%s backend=vm aws=unset", os.Getuid(), p, home),
+		"env-hits=0\n", "proc-hits=0\n", "file-hits=[]\n", "login-placeholder=ok",
+		"trust=/run/claude-sandbox/trust/ca-bundle.crt /run/claude-sandbox/trust/claude-sandbox-ca.crt\n", "trust-bundle=ok",
+		"claude-sandbox-ca.json",
 		"project-write=ok", "ssh-read=ok", "ssh-dir=config id_vmtest.pub known_hosts \n", "ssh-write=refused", "gitconfig=ok",
 		"claude-dir=ok", "meta-write=refused", "host-store-write=refused", "git-config-write=refused", "git-hooks-write=refused",
 		"claude-settings-write=refused", "claude-hooks-create=refused", "mcp-create=refused", "project-settings-create=refused", "history-write=ok",
@@ -506,6 +544,34 @@ exit 42
 		if !strings.Contains(out, w) {
 			t.Errorf("missing %q in the guest's output:\n%s", w, out)
 		}
+	}
+	// Inside, the API key and the bound secret are placeholders shaped
+	// like their values; the bound host received the real value, the
+	// other one the placeholder unchanged.
+	inside := map[string]string{}
+	for _, l := range strings.Split(out, "\n") {
+		if k, v, ok := strings.Cut(l, "="); ok && (k == "key" || k == "token") {
+			inside[k] = strings.TrimSpace(v)
+		}
+	}
+	if k := inside["key"]; k == "" || k == "unset" || strings.Contains(k, "sk-test-vm-key") {
+		t.Errorf("ANTHROPIC_API_KEY inside is %q, want a placeholder", k)
+	}
+	ph := inside["token"]
+	if ph == "" || ph == realToken || !strings.HasPrefix(ph, "ghp_") || len(ph) != len(realToken) {
+		t.Errorf("TEST_TOKEN inside is %q, want a placeholder shaped like the value", ph)
+	}
+	if got := bound.received(); len(got) != 1 || got[0] != "Bearer "+realToken {
+		t.Errorf("the bound host received %q, want the real value", got)
+	}
+	if got := other.received(); len(got) != 1 || got[0] != "Bearer "+ph {
+		t.Errorf("another allowed host received %q, want the placeholder unchanged", got)
+	}
+	if !strings.Contains(out, "bound=GOT:Bearer "+ph) || strings.Contains(out, realToken) || strings.Contains(out, "sk-test-vm-key") {
+		t.Errorf("the guest saw a real value, or not the bound host's answer:\n%s", out)
+	}
+	if data, _ := os.ReadFile(filepath.Join(home, ".claude", ".credentials.json")); string(data) != creds {
+		t.Errorf("the host's Claude Code login changed: %s", data)
 	}
 	if strings.Contains(out, "Linux version") || strings.Contains(out, "Power down") {
 		t.Errorf("boot or shutdown noise reached the command's output:\n%s", out)

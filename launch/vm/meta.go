@@ -16,14 +16,17 @@ import (
 
 // The metadata share: how the host tells the guest about the run. It is
 // a read-only 9p share of a directory in the run directory (0700, files
-// 0600, the calling user's: the environment carries ANTHROPIC_API_KEY,
-// which must never be readable by other host users and never appears on
-// QEMU's command line):
+// 0600, the calling user's: what the guest is told of the user — its
+// secrets as placeholders only, the real values staying with the
+// supervisor — is not for other host users, nor for QEMU's command line):
 //
 //	run.json               the agent's configuration (agent.Config)
 //	claude-sandbox-agent   this binary, which the guest runs as its agent
 //	claude.json gitconfig  copies of the host files (never bound)
 //	ssh/                   copies of ~/.ssh's config, known_hosts and *.pub
+//	trust/ chromium/       the sandbox CA's trust files and Chromium policy,
+//	                       written by the supervisor before the guest boots
+//	claude-credentials.json  Claude Code's login with placeholders (idem)
 //
 // The guest reads it as data only: nothing in it is sourced or evaluated.
 
@@ -148,6 +151,7 @@ func (p *vmPlan) agentConfig(env []string) *agent.Config {
 	if p.SSHAgent != "" {
 		c.SSHAgent = sshAgentInside(p.UID)
 	}
+	c.Trust, c.Login = p.Trust, p.Login
 	return c
 }
 
@@ -167,6 +171,9 @@ func (p *vmPlan) writeMeta(env []string) error {
 		if err != nil {
 			return err
 		}
+		if cp.name == "claude.json" && p.ClaudeJSON != nil {
+			data, ok = p.ClaudeJSON, true
+		}
 		if ok {
 			if err := writePrivate(filepath.Join(dir, cp.name), data); err != nil {
 				return err
@@ -178,15 +185,29 @@ func (p *vmPlan) writeMeta(env []string) error {
 		return err
 	}
 	c.SSH = ok
+	// Filled by the supervisor before it starts the guest (the CA is its
+	// own); they must exist when it does.
+	if p.Trust {
+		for _, d := range []string{agent.TrustDir, agent.ChromiumDir} {
+			if err := os.Mkdir(filepath.Join(dir, d), 0o700); err != nil {
+				return err
+			}
+		}
+	}
+	if len(p.Login) > 0 {
+		if err := writePrivate(filepath.Join(dir, agent.LoginFile), nil); err != nil {
+			return err
+		}
+	}
 	if err := agent.WriteConfig(dir, c); err != nil {
 		return err
 	}
 	return placeAgent(filepath.Join(dir, agent.Binary))
 }
 
-// copySSH copies what the guest may see of ~/.ssh: config, known_hosts
-// and public keys. Private keys stay on the host; git over SSH signs
-// through the filtered agent.
+// copySSH copies what the guest may see of ~/.ssh, the core's selection
+// (launch.SSHVisible: config, known_hosts and public keys). Private keys
+// stay on the host; git over SSH signs through the filtered agent.
 func copySSH(from, to string) (bool, error) {
 	entries, err := os.ReadDir(from)
 	if errors.Is(err, os.ErrNotExist) {
@@ -200,7 +221,7 @@ func copySSH(from, to string) (bool, error) {
 	}
 	for _, e := range entries {
 		name := e.Name()
-		if name != "config" && name != "known_hosts" && !strings.HasSuffix(name, ".pub") {
+		if !launch.SSHVisible(name) {
 			continue
 		}
 		data, ok, err := copyIfPresent(filepath.Join(from, name))

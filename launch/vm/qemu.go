@@ -15,6 +15,7 @@ import (
 	"github.com/claude-sandbox/claude-sandbox/launch/vm/agent"
 	"github.com/claude-sandbox/claude-sandbox/launch/vm/vmhost"
 	"github.com/claude-sandbox/claude-sandbox/manifest"
+	"github.com/claude-sandbox/claude-sandbox/supervisor/control"
 )
 
 // File names inside a VM's run directory (launch.RunDir). QEMU runs with
@@ -70,6 +71,18 @@ type vmPlan struct {
 	Network  bool
 	Egress   *launch.Egress
 	SSHAgent string
+
+	// Secrets stay outside (the core's plan resolved them): Trust says the
+	// supervisor writes the CA's trust files into the metadata share,
+	// Login are the guest paths of Claude Code's credentials file the
+	// guest agent hides under the placeholder copy, ClaudeJSON replaces
+	// the copy of ~/.claude.json (the approval of the API key carried over
+	// to its placeholder), and secretServices completes the supervisor's
+	// spec (the broker, the SSH agent's keys).
+	Trust          bool
+	Login          []string
+	ClaudeJSON     []byte
+	secretServices func(*control.Spec)
 
 	// Protected are mounts inside the shared directories the guest makes
 	// read-only (or mount points), Prepare what the host must have first.
@@ -224,7 +237,7 @@ func hostShares(m *manifest.Manifest, rt *launch.Runtime, stateDir, runDir strin
 }
 
 // qemuArgs builds QEMU's command line. Nothing secret is on it: the
-// sandbox's environment and the API key travel in the metadata share.
+// sandbox's environment travels in the metadata share.
 func qemuArgs(m *manifest.Manifest, p *vmPlan) []string {
 	vm := m.VM
 	machine, cpu := launch.HostArch().Machine+",accel=tcg", "max"

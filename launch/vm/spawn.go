@@ -104,6 +104,9 @@ func startSupervised(ctx context.Context, vp *vmPlan, p *launch.Plan, rec *launc
 	if vp.SSHAgent != "" {
 		spec.SSHAgent = &control.SSHAgentSpec{Upstream: vp.SSHAgent}
 	}
+	if vp.secretServices != nil {
+		vp.secretServices(&spec)
+	}
 	data, err := json.Marshal(spec)
 	if err != nil {
 		return nil, err

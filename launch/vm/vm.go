@@ -25,6 +25,7 @@ import (
 
 	"github.com/claude-sandbox/claude-sandbox/internal/proc"
 	"github.com/claude-sandbox/claude-sandbox/launch"
+	"github.com/claude-sandbox/claude-sandbox/launch/vm/agent"
 	"github.com/claude-sandbox/claude-sandbox/launch/vm/vmhost"
 	"github.com/claude-sandbox/claude-sandbox/manifest"
 	"github.com/claude-sandbox/claude-sandbox/supervisor/control"
@@ -46,6 +47,7 @@ func (Backend) Traits() launch.Traits {
 	return launch.Traits{
 		NetworkInClosure:          true,
 		SessionsThroughSupervisor: true,
+		SecretBroker:              true,
 		Protects:                  true,
 		Persistence:               "What persists after the VM ends: the project directory, ~/.claude, ~/.local (kept per project) and the guest's Nix store (nix-build, nix profile: kept per project). Everything else in the guest is discarded.",
 	}
@@ -66,7 +68,7 @@ func (Backend) Plan(p *launch.Plan, m *manifest.Manifest, rt *launch.Runtime) er
 	if err != nil {
 		return err
 	}
-	env = launch.MergeEnv(env, vp.extraEnv())
+	env = launch.MergeEnv(env, vp.extraEnv(), vp.planSecrets(p, rt))
 	p.Env, p.Mounts, p.Detail = env, append(vp.Shares, vp.Protected...), vp
 	p.Protected = vp.ProtectedList
 	// The guest builds with a Nix daemon of its own, on its own store: the
@@ -77,8 +79,44 @@ func (Backend) Plan(p *launch.Plan, m *manifest.Manifest, rt *launch.Runtime) er
 	return nil
 }
 
+// planSecrets places what the core's plan made of the launch's secrets
+// (nothing unless SecretBroker is among the traits): the supervisor
+// writes the trust files and Claude Code's login with placeholders into
+// the metadata share, which is all of the run directory the guest sees,
+// and the guest agent binds them where every backend has them. It
+// returns the variables the sandbox gets: the placeholders and the trust
+// variables.
+func (vp *vmPlan) planSecrets(p *launch.Plan, rt *launch.Runtime) map[string]string {
+	meta := filepath.Join(vp.RunDir, vmMetaDir)
+	login := launch.ClaudeLoginMounts(p, rt, rt.Home)
+	if p.TrustDir != "" {
+		p.TrustDir, p.ChromiumPolicies = filepath.Join(meta, agent.TrustDir), filepath.Join(meta, agent.ChromiumDir)
+		vp.Trust = true
+	}
+	if len(login) > 0 {
+		p.ClaudeLogin = filepath.Join(meta, agent.LoginFile)
+		rel, err := filepath.Rel(rt.Home, login[0].Dest)
+		if err == nil && !strings.HasPrefix(rel, "..") {
+			// The home's file, the core's read-only view of the host's
+			// ~/.claude, and the share it comes from: the agent skips those
+			// the guest does not have.
+			vp.Login = []string{filepath.Join(vp.Home, rel), filepath.Join(launch.ClaudeHostView, filepath.Base(login[0].Dest))}
+			if dir, err := filepath.EvalSymlinks(filepath.Dir(login[0].Dest)); err == nil && vp.Present["claude"] && vp.Sources["claude"] == dir {
+				vp.Login = append(vp.Login, filepath.Join(agent.Mnt, "claude", filepath.Base(login[0].Dest)))
+			}
+		}
+	}
+	claudeJSON := filepath.Join(rt.Home, ".claude.json")
+	if m := launch.ApproveKeyPlaceholder(p, rt.Home, []launch.Mount{{Kind: launch.File, Source: claudeJSON, Dest: claudeJSON}}); m[0].Data != nil {
+		vp.ClaudeJSON = m[0].Data
+	}
+	vp.secretServices = func(s *control.Spec) { launch.SecretServices(s, p, rt) }
+	_, env := launch.SecretMounts(p)
+	return env
+}
+
 // qemuEnv is QEMU's whole environment: it needs nothing from the user's,
-// and the sandbox's (API key included) goes through the metadata share.
+// and the sandbox's goes through the metadata share.
 func qemuEnv() []string { return []string{"PATH=/usr/bin:/bin", "LC_ALL=C"} }
 
 // Start hands the planned VM to a new supervisor and runs the launch's

@@ -14,6 +14,8 @@ import (
 	"github.com/claude-sandbox/claude-sandbox/launch/internal/launchtest"
 	"github.com/claude-sandbox/claude-sandbox/launch/vm/agent"
 	"github.com/claude-sandbox/claude-sandbox/manifest"
+	"github.com/claude-sandbox/claude-sandbox/secrets"
+	"github.com/claude-sandbox/claude-sandbox/supervisor/control"
 )
 
 var (
@@ -333,5 +335,55 @@ func TestGuestProtectionRendersTheCoresMounts(t *testing.T) {
 	}
 	if _, err := p.guestProtection([]launch.Mount{{Kind: launch.ROBind, Source: "/etc/hosts", Dest: pr + "/x"}}); err == nil {
 		t.Error("a source on no share was accepted")
+	}
+}
+
+// TestSecretsStayOutsideTheGuest: with a network, the guest's environment
+// holds the API key's placeholder and the trust variables, never the
+// value; the trust files and Claude Code's login copy are planned in the
+// metadata share (all the guest sees of the run directory), and the agent
+// is told to bind them; the supervisor's spec carries the sealed value,
+// the trust directory and the login.
+func TestSecretsStayOutsideTheGuest(t *testing.T) {
+	m, rt := vmManifest(true), vmRuntime(t, true)
+	m.VM.Shares = append(m.VM.Shares, manifest.VMShare{Tag: "csb-claude", Source: "claude", Target: "/mnt/claude-sandbox/claude"})
+	rt.Secrets = secrets.BuiltIns(false)
+	cred := filepath.Join(rt.Home, ".claude", ".credentials.json")
+	os.MkdirAll(filepath.Dir(cred), 0o700)
+	os.WriteFile(cred, []byte(`{"claudeAiOauth":{"accessToken":"sk-ant-oat01-a","refreshToken":"sk-ant-ort01-r"}}`), 0o600)
+	l := &launch.Launch{Backend: Backend{}, Runtime: rt, Manifest: m, Closure: launchtest.Store + "closure"}
+	p, err := l.Plan()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Invocation.Close()
+	vp := p.Detail.(*vmPlan)
+	key := ""
+	for _, kv := range p.Env {
+		if v, ok := strings.CutPrefix(kv, "ANTHROPIC_API_KEY="); ok {
+			key = v
+		}
+		if strings.Contains(kv, "sk-secret-123") {
+			t.Errorf("the real value is in the guest's environment: %s", kv)
+		}
+	}
+	if key == "" || !slices.Contains(p.Env, "SSL_CERT_FILE="+agent.TrustInside+"/ca-bundle.crt") {
+		t.Errorf("want a placeholder and the trust variables: %q", p.Env)
+	}
+	meta := filepath.Join(vp.RunDir, vmMetaDir)
+	if p.TrustDir != filepath.Join(meta, agent.TrustDir) || p.ClaudeLogin != filepath.Join(meta, agent.LoginFile) || p.ChromiumPolicies != filepath.Join(meta, agent.ChromiumDir) {
+		t.Errorf("trust %q, login %q, chromium %q: want them in the metadata share %s", p.TrustDir, p.ClaudeLogin, p.ChromiumPolicies, meta)
+	}
+	c := vp.agentConfig(p.Env)
+	if !c.Trust || !slices.Contains(c.Login, filepath.Join(vp.Home, ".claude", ".credentials.json")) || !slices.Contains(c.Login, launch.ClaudeHostView+"/.credentials.json") || !slices.Contains(c.Login, agent.Mnt+"/claude/.credentials.json") {
+		t.Errorf("agent: trust %t, login %q", c.Trust, c.Login)
+	}
+	var spec control.Spec
+	spec.Net = &control.NetSpec{Mode: launch.NetAllowlist}
+	spec.SSHAgent = &control.SSHAgentSpec{}
+	vp.secretServices(&spec)
+	b := spec.Broker
+	if b == nil || len(b.Secrets) != 1 || b.Secrets[0].Value != "sk-secret-123" || b.Secrets[0].Placeholder != key || b.TrustDir != p.TrustDir || b.Login == nil || b.Login.SandboxFile != p.ClaudeLogin {
+		t.Errorf("the supervisor's broker spec: %+v", b)
 	}
 }

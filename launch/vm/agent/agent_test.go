@@ -204,6 +204,7 @@ func TestConfigRefusesWhatMustNotReachAMount(t *testing.T) {
 		"relative protected": func(c *Config) { c.Protect = []Protect{{Kind: ProtectReadOnly, Path: "p/.git/hooks"}} },
 		"unknown protection": func(c *Config) { c.Protect = []Protect{{Kind: "overlay", Path: "/p/.git"}} },
 		"link to nothing":    func(c *Config) { c.Protect = []Protect{{Kind: ProtectSymlink, Path: "/p/x"}} },
+		"relative login":     func(c *Config) { c.Login = []string{"home/.claude/.credentials.json"} },
 	} {
 		c := good
 		mutate(&c)

@@ -36,6 +36,19 @@ const (
 	ConfigFile = "run.json"
 	// SSHDir holds the copies of ~/.ssh the guest may see.
 	SSHDir = "ssh"
+	// TrustDir, in the metadata share, holds the files that make the
+	// guest's clients trust the sandbox's CA (written by the supervisor
+	// before the guest boots); TrustInside is where the guest finds them
+	// (launch.TrustDirInside, every backend's place).
+	TrustDir    = "trust"
+	TrustInside = "/run/claude-sandbox/trust"
+	// ChromiumDir, in the metadata share, holds Chromium's policy that
+	// trusts the CA; ChromiumPolicies is where Chromium reads it.
+	ChromiumDir      = "chromium"
+	ChromiumPolicies = "/etc/chromium/policies/managed"
+	// LoginFile, in the metadata share, is Claude Code's login with
+	// placeholders for its tokens (the supervisor writes it).
+	LoginFile = "claude-credentials.json"
 	// PortName is the virtio-serial port the supervisor listens behind.
 	PortName = "org.claude-sandbox.agent"
 )
@@ -49,7 +62,7 @@ const (
 )
 
 // Config is what the launcher tells the agent about this run (run.json in
-// the metadata share, 0600: the environment carries the API key).
+// the metadata share, 0600: the user's environment, secrets as placeholders).
 type Config struct {
 	User    string `json:"user"`
 	UID     int    `json:"uid"`
@@ -84,6 +97,13 @@ type Config struct {
 	// SSHAgent is the socket the filtering SSH agent is offered on ("":
 	// none).
 	SSHAgent string `json:"sshAgent,omitempty"`
+	// Trust: the metadata share's TrustDir is TrustInside, read-only, and
+	// Chromium's managed policies gain ChromiumDir's.
+	Trust bool `json:"trust,omitempty"`
+	// Login are the paths (Claude Code's credentials file, in the home and
+	// on the share it comes from) over which a guest copy of LoginFile is
+	// bound: the host's file, with its real tokens, is never visible.
+	Login []string `json:"login,omitempty"`
 }
 
 // Bind places a share directory in the home.
@@ -172,6 +192,11 @@ func (c *Config) check() error {
 	for _, cp := range c.Copies {
 		if !abs(cp.Target) || strings.ContainsAny(cp.Name, "/\x00") {
 			return fmt.Errorf("bad copy %q → %q", cp.Name, cp.Target)
+		}
+	}
+	for _, p := range c.Login {
+		if !abs(p) {
+			return fmt.Errorf("bad login path %q", p)
 		}
 	}
 	for _, p := range c.Protect {

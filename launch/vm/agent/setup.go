@@ -67,6 +67,9 @@ func setup(c *Config) error {
 			return fmt.Errorf("protecting %s: %w", p.Path, err)
 		}
 	}
+	if err := secretsOutside(c); err != nil {
+		return err
+	}
 	if d := filepath.Join(c.Home, ".config"); isDir(d) {
 		owned = append(owned, d)
 	}
@@ -102,6 +105,59 @@ func setup(c *Config) error {
 	// The serial console is the boot log only, but kernel chatter there
 	// costs emulated time: emergencies only from now on.
 	_ = os.WriteFile("/proc/sys/kernel/printk", []byte("1\n"), 0o644)
+	return nil
+}
+
+// secretsOutside places what the host's supervisor made for the sandbox's
+// secrets: the CA's trust files, Chromium's policy trusting it, and Claude
+// Code's login with placeholders — a copy of the guest's own (the share is
+// read-only; a refresh Claude Code writes stays in the guest) bound over
+// the host's credentials file wherever the guest could read it.
+func secretsOutside(c *Config) error {
+	if c.Trust {
+		if err := os.MkdirAll(TrustInside, 0o755); err != nil {
+			return err
+		}
+		if err := bind(filepath.Join(MetaDir, TrustDir), TrustInside, true); err != nil {
+			return err
+		}
+		policies, _ := filepath.Glob(filepath.Join(MetaDir, ChromiumDir, "*.json"))
+		for _, p := range policies {
+			dst := filepath.Join(ChromiumPolicies, filepath.Base(p))
+			if err := os.MkdirAll(ChromiumPolicies, 0o755); err != nil {
+				return err
+			}
+			if err := copyFile(p, dst); err != nil {
+				return err
+			}
+			if err := os.Chmod(dst, 0o644); err != nil {
+				return err
+			}
+		}
+	}
+	if len(c.Login) == 0 {
+		return nil
+	}
+	copied := filepath.Join(filepath.Dir(TrustInside), "claude-credentials.json")
+	if err := os.MkdirAll(filepath.Dir(copied), 0o755); err != nil {
+		return err
+	}
+	if err := copyFile(filepath.Join(MetaDir, LoginFile), copied); err != nil {
+		return fmt.Errorf("copying Claude Code's login: %w", err)
+	}
+	if c.UID != 0 {
+		if err := os.Lchown(copied, c.UID, c.GID); err != nil {
+			return err
+		}
+	}
+	for _, p := range c.Login {
+		if _, err := os.Stat(p); err != nil {
+			continue // not on this path: nothing to hide
+		}
+		if err := bind(copied, p, false); err != nil {
+			return err
+		}
+	}
 	return nil
 }
 
