@@ -10,6 +10,7 @@ import (
 
 	"github.com/rs/zerolog"
 
+	"github.com/claude-sandbox/claude-sandbox/internal/nsenter"
 	"github.com/claude-sandbox/claude-sandbox/internal/proc"
 	"github.com/claude-sandbox/claude-sandbox/manifest"
 	"github.com/claude-sandbox/claude-sandbox/supervisor/control"
@@ -223,7 +224,25 @@ func (l *Launch) startSupervised(ctx context.Context, spawner Spawner, p *Plan, 
 			started.Release()
 		}
 	}()
-	svPID, first, err := spawnSupervisor(p, l.Runtime, rec, doors, started, lifeW, started.RunAs)
+	// The sandbox is up before its supervisor starts, so that the
+	// supervisor is handed every door at once (the proxy's socket is made
+	// on the sandbox's own loopback, which exists once the sandbox is up)
+	// and this launch need not wait for it to start: connections wait in
+	// the doors' queues. Until the supervisor holds the lifetime pipe,
+	// this launch does, and its death ends the sandbox.
+	if err := started.Ready(ctx); err != nil {
+		lifeW.Close()
+		return err
+	}
+	var proxy *os.File
+	if l.Runtime.Egress != nil {
+		if proxy, err = nsenter.ListenLoopback(started.InitPID, ProxyPort); err != nil {
+			lifeW.Close()
+			return fmt.Errorf("the sandbox's proxy port: %w", err)
+		}
+		defer proxy.Close()
+	}
+	svPID, first, waitForIt, err := spawnSupervisor(p, l.Runtime, rec, doors, started, lifeW, proxy, started.RunAs)
 	// From here the supervisor alone holds the sandbox's lifetime: if it
 	// could not start, the keeper reads end of file and the sandbox ends.
 	lifeW.Close()
@@ -245,11 +264,8 @@ func (l *Launch) startSupervised(ctx context.Context, spawner Spawner, p *Plan, 
 	if err != nil {
 		return fmt.Errorf("registering the sandbox: %w", err)
 	}
-	if err := started.Ready(ctx); err != nil {
-		return err
-	}
-	if l.Runtime.Egress != nil {
-		if err := openProxyDoor(first, started.InitPID); err != nil {
+	if waitForIt {
+		if err := supervisorReady(ctx, first); err != nil {
 			return err
 		}
 	}

@@ -12,7 +12,6 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/claude-sandbox/claude-sandbox/internal/nsenter"
 	"github.com/claude-sandbox/claude-sandbox/internal/proc"
 	"github.com/claude-sandbox/claude-sandbox/internal/sockpath"
 	"github.com/claude-sandbox/claude-sandbox/supervisor/control"
@@ -199,15 +198,19 @@ type Started struct {
 // the first session (this launch's, whose end of the socket pair is
 // returned). It does not wait for the supervisor to be up: the doors
 // queue what reaches them meanwhile.
-func spawnSupervisor(p *Plan, rt *Runtime, rec *Record, doors *Doors, s *Started, lifetime *os.File, runAs *control.RunAs) (pid int, first *control.Conn, err error) {
+//
+// waitForIt says the command must not start before the supervisor is up:
+// it writes files the sandbox reads at once (the secrets broker's trust
+// files), which supervisorReady waits for.
+func spawnSupervisor(p *Plan, rt *Runtime, rec *Record, doors *Doors, s *Started, lifetime, proxy *os.File, runAs *control.RunAs) (pid int, first *control.Conn, waitForIt bool, err error) {
 
 	bin, err := FindSupervisor(rt.lookupEnv)
 	if err != nil {
-		return 0, nil, err
+		return 0, nil, false, err
 	}
 	pair, err := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
 	if err != nil {
-		return 0, nil, err
+		return 0, nil, false, err
 	}
 	ours := os.NewFile(uintptr(pair[0]), "session")
 	theirs := os.NewFile(uintptr(pair[1]), "session")
@@ -221,7 +224,7 @@ func spawnSupervisor(p *Plan, rt *Runtime, rec *Record, doors *Doors, s *Started
 	ctlFile, err := doors.Control.File()
 	if err != nil {
 		ours.Close()
-		return 0, nil, err
+		return 0, nil, false, err
 	}
 	defer ctlFile.Close()
 	spec := control.Spec{
@@ -245,7 +248,7 @@ func spawnSupervisor(p *Plan, rt *Runtime, rec *Record, doors *Doors, s *Started
 		nixFile, err := doors.Nix.File()
 		if err != nil {
 			ours.Close()
-			return 0, nil, err
+			return 0, nil, false, err
 		}
 		defer nixFile.Close()
 		spec.Nix = &control.NixSpec{
@@ -257,15 +260,16 @@ func spawnSupervisor(p *Plan, rt *Runtime, rec *Record, doors *Doors, s *Started
 		}
 	}
 	if e := rt.Egress; e != nil {
-		// Its listener comes later: a socket on the sandbox's own loopback,
-		// made once the sandbox is up (OpenProxyDoor).
 		spec.Net = &control.NetSpec{Mode: e.Mode, Allow: e.Allow, Deny: e.Deny, Upstream: e.Upstream, NoProxy: e.NoProxy}
+		if proxy != nil {
+			spec.Net.ListenerFDs = []int{add(proxy)}
+		}
 	}
 	if doors.SSH != nil {
 		sshFile, err := doors.SSH.File()
 		if err != nil {
 			ours.Close()
-			return 0, nil, err
+			return 0, nil, false, err
 		}
 		defer sshFile.Close()
 		spec.SSHAgent = &control.SSHAgentSpec{ListenerFD: add(sshFile), Upstream: p.SSHUpstream}
@@ -274,19 +278,19 @@ func spawnSupervisor(p *Plan, rt *Runtime, rec *Record, doors *Doors, s *Started
 	specData, err := json.Marshal(spec)
 	if err != nil {
 		ours.Close()
-		return 0, nil, err
+		return 0, nil, false, err
 	}
 	specR, specW, err := os.Pipe()
 	if err != nil {
 		ours.Close()
-		return 0, nil, err
+		return 0, nil, false, err
 	}
 	defer specR.Close()
 	log, err := os.OpenFile(filepath.Join(p.RunDir, supervisorLog), os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
 	if err != nil {
 		ours.Close()
 		specW.Close()
-		return 0, nil, err
+		return 0, nil, false, err
 	}
 	defer log.Close()
 	cmd := &exec.Cmd{
@@ -302,16 +306,16 @@ func spawnSupervisor(p *Plan, rt *Runtime, rec *Record, doors *Doors, s *Started
 	if err := cmd.Start(); err != nil {
 		ours.Close()
 		specW.Close()
-		return 0, nil, fmt.Errorf("starting %s: %w", SupervisorName, err)
+		return 0, nil, false, fmt.Errorf("starting %s: %w", SupervisorName, err)
 	}
 	// Reaped by whoever inherits it when this launch ends; never waited for here.
 	go func() { _, _ = specW.Write(specData); specW.Close() }()
 	c, err := net.FileConn(ours)
 	ours.Close()
 	if err != nil {
-		return 0, nil, err
+		return 0, nil, false, err
 	}
-	return cmd.Process.Pid, control.NewConn(c), nil
+	return cmd.Process.Pid, control.NewConn(c), spec.Broker != nil, nil
 }
 
 // SecretServices fills in what a supervisor's spec needs of the launch's
@@ -336,30 +340,19 @@ func SecretServices(spec *control.Spec, p *Plan, rt *Runtime) {
 	}
 }
 
-// openProxyDoor makes the proxy's socket on the sandbox's own loopback
-// (127.0.0.1:ProxyPort, in the network namespace of target) and hands it to
-// the supervisor on the first session's connection. It runs before the
-// first session's command starts, so that nothing inside ever finds the
-// proxy port closed. The supervisor's answer is read before the command
-// starts: a door it could not open is this launch's error, and no reply
-// is left unread on the session's connection.
-func openProxyDoor(first *control.Conn, target int) error {
-	f, err := nsenter.ListenLoopback(target, ProxyPort)
-	if err != nil {
-		return fmt.Errorf("the sandbox's proxy port: %w", err)
-	}
-	defer f.Close()
-	if err := first.SendFile(control.Request{Op: control.OpDoor, Service: "net"}, f); err != nil {
-		return fmt.Errorf("handing the proxy port to the supervisor: %w", err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+// supervisorReady waits until the supervisor answers on the first
+// session's connection: it answers once everything it made before serving
+// (the trust files) is in place. A supervisor that could not start is this
+// launch's error.
+func supervisorReady(ctx context.Context, first *control.Conn) error {
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
-	var reply control.Reply
-	if err := first.Receive(ctx, &reply); err != nil {
-		return fmt.Errorf("handing the proxy port to the supervisor: %w", err)
+	reply, err := first.Call(ctx, control.Request{Op: control.OpReady})
+	if err != nil {
+		return fmt.Errorf("%s did not start: %w (its log: claude-sandbox log --json)", SupervisorName, err)
 	}
 	if !reply.OK {
-		return fmt.Errorf("the supervisor could not serve the sandbox's proxy port: %s", reply.Reason)
+		return fmt.Errorf("%s: %s", SupervisorName, reply.Reason)
 	}
 	return nil
 }

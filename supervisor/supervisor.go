@@ -321,8 +321,9 @@ func (s *Supervisor) holdFirstSession(c *control.Conn) {
 		reply := control.Reply{OK: true}
 		door := s.Doors[req.Service]
 		switch {
+		case req.Op == control.OpReady:
 		case req.Op != control.OpDoor:
-			reply = control.Reply{Reason: "a session sends nothing but doors"}
+			reply = control.Reply{Reason: "a session sends nothing but doors, ready and leave"}
 		case f == nil:
 			reply = control.Reply{Reason: "a door without its socket"}
 		case door == nil:

@@ -45,6 +45,9 @@ const (
 	// if it was the last session, until the sandbox is gone and its
 	// registry record removed, so a finished launch leaves nothing behind.
 	OpLeave = "leave"
+	// OpReady, on the first session, is answered once the supervisor
+	// serves: what it makes before serving (the trust files) exists.
+	OpReady = "ready"
 )
 
 // Request is one line from a launcher.
