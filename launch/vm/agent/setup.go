@@ -24,8 +24,11 @@ func setup(c *Config) error {
 	if err := addUser(c); err != nil {
 		return fmt.Errorf("creating the user: %w", err)
 	}
+	// The directories above the project and the bind targets are the
+	// guest's own, on its memory root: the user must be able to walk
+	// them (0755), as on the host; home itself is the user's (below).
 	for _, d := range []string{c.Home, filepath.Join(c.Home, ".local"), c.Project} {
-		if err := os.MkdirAll(d, 0o700); err != nil {
+		if err := os.MkdirAll(d, 0o755); err != nil {
 			return err
 		}
 	}
@@ -35,7 +38,7 @@ func setup(c *Config) error {
 		if err := os.MkdirAll(src, 0o700); err != nil {
 			return err
 		}
-		if err := os.MkdirAll(b.Target, 0o700); err != nil {
+		if err := os.MkdirAll(b.Target, 0o755); err != nil {
 			return err
 		}
 		if err := bind(src, b.Target, false); err != nil {
@@ -87,6 +90,7 @@ func setup(c *Config) error {
 			_ = os.Lchown(p, c.UID, c.GID)
 		}
 	}
+	_ = os.Chmod(c.Home, 0o700)
 	// What shebangs expect (environment.binsh and environment.usrbinenv on
 	// NixOS); the loader of prebuilt binaries is the system's own.
 	for _, l := range [][2]string{{c.Shell, "/bin/sh"}, {c.Shell, "/bin/bash"}, {c.UsrBinEnv, "/usr/bin/env"}} {
