@@ -433,7 +433,10 @@ func TestFlakeTemplatesCheck(t *testing.T) {
   // flakeSupport // trivial // {`)
 	})
 	check := "checks." + flakeSystem + ".templates"
-	r := nixRun(context.Background(), "build", "--json", "--no-link", "--override-input", "nixpkgs", "path:"+large, h.ref(check))
+	// Without the evaluation cache: Nix 2.8 remembers a failed evaluation
+	// of the same flake content and later reports the attribute as
+	// "unexpectedly missing" (seen once in the unprivileged pass).
+	r := nixRun(context.Background(), "build", "--json", "--no-link", "--option", "eval-cache", "false", "--override-input", "nixpkgs", "path:"+large, h.ref(check))
 	var built []struct{ Outputs map[string]string }
 	if r.code != 0 || json.Unmarshal([]byte(r.stdout), &built) != nil || len(built) != 1 {
 		t.Fatalf("nix build %s: %s", check, r)
