@@ -214,10 +214,16 @@ func (a *agent) offerTCP(addr, kind string) error {
 
 // offerUnix listens on a Unix socket (the user's own) inside the guest.
 func (a *agent) offerUnix(path, kind string) error {
-	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+	// The directories above the socket's own (/run/user) are walked by
+	// the user; the socket's directory is the user's alone.
+	dir := filepath.Dir(path)
+	if err := os.MkdirAll(filepath.Dir(dir), 0o755); err != nil {
 		return err
 	}
-	_ = os.Lchown(filepath.Dir(path), a.cfg.UID, a.cfg.GID)
+	if err := os.Mkdir(dir, 0o700); err != nil && !os.IsExist(err) {
+		return err
+	}
+	_ = os.Lchown(dir, a.cfg.UID, a.cfg.GID)
 	_ = os.Remove(path)
 	ln, err := net.Listen("unix", path)
 	if err != nil {
