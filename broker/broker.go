@@ -292,7 +292,7 @@ func (ic *interception) handle(w http.ResponseWriter, r *http.Request, rp *httpu
 		msg := fmt.Sprintf("claude-sandbox refused %s %s: the rule %q allows only %s.", r.Method, ic.target, v.Rule, strings.Join(v.MethodsOnly, ", "))
 		b.log.Log(sessionlog.Entry{Service: "net", Decision: sessionlog.Refuse, Op: r.Method, Target: ic.target, Rule: v.Rule, Reason: msg})
 		w.Header().Set("X-Claude-Sandbox-Refused", msg)
-		plainError(w, http.StatusForbidden, msg)
+		egress.PlainError(w, http.StatusForbidden, msg)
 		return
 	}
 	if ic.login && b.opts.Login.isRefresh(ic.host, ic.port, r) {
@@ -301,7 +301,7 @@ func (ic *interception) handle(w http.ResponseWriter, r *http.Request, rp *httpu
 	}
 	if ic.inj.Bodies() && r.Body != nil && r.Body != http.NoBody {
 		if err := ic.substituteBody(r); err != nil {
-			plainError(w, http.StatusBadRequest, "claude-sandbox: reading the request body: "+err.Error())
+			egress.PlainError(w, http.StatusBadRequest, "claude-sandbox: reading the request body: "+err.Error())
 			return
 		}
 	}
@@ -512,29 +512,8 @@ func (ic *interception) upstreamError(w http.ResponseWriter, r *http.Request, er
 	}
 	msg := "claude-sandbox could not reach " + ic.target + ": " + reason
 	ic.b.log.Log(sessionlog.Entry{Service: "secret", Decision: sessionlog.Note, Op: r.Method, Target: ic.target, Reason: msg})
-	w.Header().Set("X-Claude-Sandbox-Failed", headerValue(msg))
-	plainError(w, http.StatusBadGateway, msg)
-}
-
-func plainError(w http.ResponseWriter, code int, msg string) {
-	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
-	w.Header().Set("X-Content-Type-Options", "nosniff")
-	w.WriteHeader(code)
-	io.WriteString(w, msg+"\n")
-}
-
-// headerValue keeps a header to printable ASCII on one line.
-func headerValue(s string) string {
-	b := []byte(s)
-	for i, c := range b {
-		if c < 0x20 || c > 0x7e {
-			b[i] = '?'
-		}
-	}
-	if len(b) > 1024 {
-		b = append(b[:1021], "..."...)
-	}
-	return string(b)
+	w.Header().Set("X-Claude-Sandbox-Failed", egress.HeaderValue(msg))
+	egress.PlainError(w, http.StatusBadGateway, msg)
 }
 
 // batchConn gathers the TLS records of one large write into one write

@@ -18,6 +18,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/claude-sandbox/claude-sandbox/egress"
 	"github.com/claude-sandbox/claude-sandbox/internal/atomicfile"
 	"github.com/claude-sandbox/claude-sandbox/internal/streamreplace"
 	"github.com/claude-sandbox/claude-sandbox/secrets"
@@ -403,7 +404,7 @@ func (l *ClaudeLogin) serveRefresh(w http.ResponseWriter, r *http.Request, ic *i
 	body, err := io.ReadAll(io.LimitReader(r.Body, maxTokenBody+1))
 	r.Body.Close()
 	if err != nil || len(body) > maxTokenBody {
-		plainError(w, http.StatusBadRequest, "claude-sandbox: a token request must be under 64 KiB")
+		egress.PlainError(w, http.StatusBadRequest, "claude-sandbox: a token request must be under 64 KiB")
 		return
 	}
 	var req map[string]any

@@ -129,7 +129,7 @@ func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 func (s *Server) serveConnect(w http.ResponseWriter, r *http.Request) {
 	host, port, err := splitHostPort(r.Host, 0)
 	if err != nil {
-		plainError(w, http.StatusBadRequest, "claude-sandbox: CONNECT needs host:port, not "+quoteForText(r.Host)+".")
+		PlainError(w, http.StatusBadRequest, "claude-sandbox: CONNECT needs host:port, not "+quoteForText(r.Host)+".")
 		return
 	}
 	rt := s.check(r.Context(), "CONNECT", Destination{Host: host, Port: port}, s.opts.Upstream.forTunnel)
@@ -139,7 +139,7 @@ func (s *Server) serveConnect(w http.ResponseWriter, r *http.Request) {
 	}
 	hj, ok := w.(http.Hijacker)
 	if !ok {
-		plainError(w, http.StatusInternalServerError, "claude-sandbox: cannot take the connection over")
+		PlainError(w, http.StatusInternalServerError, "claude-sandbox: cannot take the connection over")
 		return
 	}
 	s.tunnel("CONNECT", rt, func(err error) *conn {
@@ -181,13 +181,13 @@ func (s *Server) serveForward(w http.ResponseWriter, r *http.Request) {
 	case "http":
 		authority = r.URL.Host
 	default:
-		plainError(w, http.StatusBadRequest, "claude-sandbox: the proxy forwards plain http:// requests; "+
+		PlainError(w, http.StatusBadRequest, "claude-sandbox: the proxy forwards plain http:// requests; "+
 			r.URL.Scheme+":// goes through CONNECT (set HTTPS_PROXY, or ALL_PROXY for other protocols).")
 		return
 	}
 	host, port, err := splitHostPort(authority, 80)
 	if err != nil || host == "" {
-		plainError(w, http.StatusBadRequest, "claude-sandbox: no destination host in the request (absolute URL or Host header).")
+		PlainError(w, http.StatusBadRequest, "claude-sandbox: no destination host in the request (absolute URL or Host header).")
 		return
 	}
 	rt := s.check(r.Context(), r.Method, Destination{Host: host, Port: port, Method: r.Method}, s.opts.Upstream.forHTTP)
@@ -214,34 +214,36 @@ func (s *Server) forwardError(w http.ResponseWriter, r *http.Request, err error)
 func (s *Server) refuseHTTP(w http.ResponseWriter, op string, v Verdict) {
 	if v.Failed {
 		msg := "claude-sandbox could not connect to " + v.Target + ": " + v.Reason
-		w.Header().Set("X-Claude-Sandbox-Failed", headerValue(msg))
-		plainError(w, http.StatusBadGateway, msg)
+		w.Header().Set("X-Claude-Sandbox-Failed", HeaderValue(msg))
+		PlainError(w, http.StatusBadGateway, msg)
 		return
 	}
 	h := w.Header()
-	h.Set("X-Claude-Sandbox-Refused", headerValue(v.Target+": "+v.Reason))
+	h.Set("X-Claude-Sandbox-Refused", HeaderValue(v.Target+": "+v.Reason))
 	if v.Fix != "" {
-		h.Set("X-Claude-Sandbox-Fix", headerValue(s.opts.Advice(FixLine(v.Fix))))
+		h.Set("X-Claude-Sandbox-Fix", HeaderValue(s.opts.Advice(FixLine(v.Fix))))
 	}
-	plainError(w, http.StatusForbidden, s.refusalText(op, v))
+	PlainError(w, http.StatusForbidden, s.refusalText(op, v))
 }
 
 func (s *Server) badGateway(w http.ResponseWriter, v Verdict, err error) {
 	msg := "claude-sandbox could not connect to " + v.Target + ": " + dialError(err) + "."
-	w.Header().Set("X-Claude-Sandbox-Failed", headerValue(msg))
-	plainError(w, http.StatusBadGateway, msg)
+	w.Header().Set("X-Claude-Sandbox-Failed", HeaderValue(msg))
+	PlainError(w, http.StatusBadGateway, msg)
 }
 
-func plainError(w http.ResponseWriter, code int, msg string) {
+// PlainError answers with a plain-text message, for people and scripts
+// alike (the interceptor of a bound host answers the same way).
+func PlainError(w http.ResponseWriter, code int, msg string) {
 	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 	w.Header().Set("X-Content-Type-Options", "nosniff")
 	w.WriteHeader(code)
 	io.WriteString(w, msg+"\n")
 }
 
-// headerValue keeps a header to printable ASCII on one line: the text
+// HeaderValue keeps a header to printable ASCII on one line: the text
 // carries names the client chose.
-func headerValue(s string) string {
+func HeaderValue(s string) string {
 	b := []byte(s)
 	for i, c := range b {
 		if c < 0x20 || c > 0x7e {
@@ -258,7 +260,7 @@ func quoteForText(s string) string {
 	if len(s) > 256 {
 		s = s[:256]
 	}
-	return `"` + headerValue(s) + `"`
+	return `"` + HeaderValue(s) + `"`
 }
 
 // splitHostPort reads host[:port]; defaultPort 0 means the port is

@@ -102,20 +102,20 @@ func OpenDoors(p *Plan, rt *Runtime) (*Doors, error) {
 	}
 	d := &Doors{RunDir: p.RunDir}
 	var err error
-	if d.Control, err = listenUnix(filepath.Join(p.RunDir, control.SocketName), 0o600); err != nil {
+	if d.Control, err = ListenUnix(filepath.Join(p.RunDir, control.SocketName), 0o600); err != nil {
 		d.Close()
 		return nil, err
 	}
 	if p.NixGateway != "" {
 		// World-connectable: the sandbox's user is this user, but inside a
 		// container the socket is reached by the uid the payload runs as.
-		if d.Nix, err = listenUnix(p.NixGateway, 0o666); err != nil {
+		if d.Nix, err = ListenUnix(p.NixGateway, 0o666); err != nil {
 			d.Close()
 			return nil, err
 		}
 	}
 	if p.SSHAgent != "" {
-		if d.SSH, err = listenUnix(p.SSHAgent, 0o666); err != nil {
+		if d.SSH, err = ListenUnix(p.SSHAgent, 0o666); err != nil {
 			d.Close()
 			return nil, err
 		}
@@ -141,7 +141,10 @@ func OpenDoors(p *Plan, rt *Runtime) (*Doors, error) {
 	return d, nil
 }
 
-func listenUnix(path string, mode os.FileMode) (*net.UnixListener, error) {
+// ListenUnix makes a listening socket at path (however long the path),
+// with mode, for a supervisor to serve: this process closing its copy
+// leaves the socket in place.
+func ListenUnix(path string, mode os.FileMode) (*net.UnixListener, error) {
 	addr, dir, err := sockpath.Short(path)
 	if err != nil {
 		return nil, err

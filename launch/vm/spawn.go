@@ -4,15 +4,12 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"syscall"
 
 	"github.com/claude-sandbox/claude-sandbox/internal/proc"
-	"github.com/claude-sandbox/claude-sandbox/internal/sockpath"
 	"github.com/claude-sandbox/claude-sandbox/launch"
 	"github.com/claude-sandbox/claude-sandbox/launch/vm/vmhost"
 	"github.com/claude-sandbox/claude-sandbox/supervisor/control"
@@ -71,7 +68,7 @@ func startSupervised(ctx context.Context, vp *vmPlan, p *launch.Plan, rec *launc
 		return nil, &launch.VMStartError{Reason: "writing the metadata share: " + err.Error()}
 	}
 	sock := filepath.Join(vp.RunDir, control.SocketName)
-	ln, err := listenUnix(sock)
+	ln, err := launch.ListenUnix(sock, 0o600)
 	if err != nil {
 		return nil, &launch.VMStartError{Reason: err.Error()}
 	}
@@ -166,24 +163,4 @@ func (p *vmPlan) spec() *control.VMSpec {
 		s.Virtiofsd = []string{p.Virtiofs, "--socket-path=" + vmhost.Virtiofsd, "-o", "source=" + p.Project, "-o", "cache=auto"}
 	}
 	return s
-}
-
-func listenUnix(path string) (*net.UnixListener, error) {
-	addr, dir, err := sockpath.Short(path)
-	if err != nil {
-		return nil, err
-	}
-	defer dir.Close()
-	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: addr, Net: "unix"})
-	if err != nil {
-		return nil, fmt.Errorf("creating %s: %w", path, err)
-	}
-	// The supervisor serves it from now on: closing this copy must not
-	// unlink it.
-	ln.SetUnlinkOnClose(false)
-	if err := os.Chmod(path, 0o600); err != nil {
-		ln.Close()
-		return nil, err
-	}
-	return ln, nil
 }
