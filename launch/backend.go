@@ -77,6 +77,10 @@ type Traits struct {
 	// by the mounts of ProjectProtection and ClaudeHome), so the session
 	// notice may tell Claude what is read-only.
 	Protects bool
+	// ListensOnJoin: Enter makes a first session's Session.Listen socket
+	// as it joins the sandbox, before the command starts (one fork for
+	// both); otherwise the core makes it beforehand.
+	ListensOnJoin bool
 	// Persistence is what the session notice tells Claude Code outlives the
 	// sandbox besides the project and ~/.claude; "" tells nothing more.
 	Persistence string

@@ -213,10 +213,21 @@ func (l *Launch) startSupervised(ctx context.Context, spawner Spawner, p *Plan, 
 	if err != nil {
 		return err
 	}
+	// The supervisor starts first, so that its start-up (a second Go
+	// program's) overlaps the sandbox's rather than following it: a short
+	// session's end waits for the supervisor to be up. It holds the
+	// lifetime pipe from its start: if it dies, the keeper reads end of
+	// file and the sandbox ends.
+	sv, err := startSupervisor(p, l.Runtime, rec, doors, lifeW)
+	lifeW.Close()
+	if err != nil {
+		lifeR.Close()
+		return err
+	}
 	started, err := spawner.Spawn(ctx, p, lifeR)
 	lifeR.Close()
 	if err != nil {
-		lifeW.Close()
+		sv.Abandon()
 		return err
 	}
 	defer func() {
@@ -224,53 +235,67 @@ func (l *Launch) startSupervised(ctx context.Context, spawner Spawner, p *Plan, 
 			started.Release()
 		}
 	}()
-	// The sandbox is up before its supervisor starts, so that the
-	// supervisor is handed every door at once (the proxy's socket is made
-	// on the sandbox's own loopback, which exists once the sandbox is up)
-	// and this launch need not wait for it to start: connections wait in
-	// the doors' queues. Until the supervisor holds the lifetime pipe,
-	// this launch does, and its death ends the sandbox.
-	if err := started.Ready(ctx); err != nil {
-		lifeW.Close()
-		return err
-	}
-	var proxy *os.File
-	if l.Runtime.Egress != nil {
-		if proxy, err = nsenter.ListenLoopback(started.InitPID, ProxyPort); err != nil {
-			lifeW.Close()
-			return fmt.Errorf("the sandbox's proxy port: %w", err)
-		}
-		defer proxy.Close()
-	}
-	svPID, first, waitForIt, err := spawnSupervisor(p, l.Runtime, rec, doors, started, lifeW, proxy, started.RunAs)
-	// From here the supervisor alone holds the sandbox's lifetime: if it
-	// could not start, the keeper reads end of file and the sandbox ends.
-	lifeW.Close()
+	waitForIt, err := sv.Adopt(started)
 	if err != nil {
 		return err
 	}
 	handedOver = true
-	defer first.Close()
+	first := sv.first
+	s := &Session{Record: rec, Target: started.InitPID, TargetStart: started.InitStart, Conn: first, Env: p.Env}
+	// Closed last: a launch returns once the sandbox it was the last
+	// session of is gone, whatever failed before.
+	defer s.Close()
 	if u := started.RunAs; u != nil {
 		// The supervisor, once it is this user, removes its sockets there.
 		_ = os.Lchown(p.RunDir, u.UID, u.GID)
 	}
 	// The record names the supervisor from now on: it lives as long as
 	// the sandbox, and removes the record when the sandbox ends.
-	rec.PID = svPID
-	if rec.PIDStart, err = proc.StartTime(svPID); err == nil {
+	rec.PID = sv.pid
+	if rec.PIDStart, err = proc.StartTime(sv.pid); err == nil {
 		err = Register(p.StateDir, rec)
 	}
 	if err != nil {
 		return fmt.Errorf("registering the sandbox: %w", err)
 	}
-	if waitForIt {
-		if err := supervisorReady(ctx, first); err != nil {
-			return err
+	var handOver func(*os.File) error
+	if l.Runtime.Egress != nil {
+		// The proxy's socket, on the sandbox's own loopback (there once
+		// the sandbox is up), goes to the supervisor without waiting for
+		// it: connections wait in the socket's queue until it serves them.
+		handOver = func(proxy *os.File) error {
+			if err := first.Post(control.Request{Op: control.OpDoor, Service: "net"}, proxy); err != nil {
+				return fmt.Errorf("handing the proxy's port to %s: %w", SupervisorName, err)
+			}
+			return nil
+		}
+		if l.Backend.Traits().ListensOnJoin {
+			s.Listen = &Listen{Port: ProxyPort, Take: handOver}
+			handOver = nil
 		}
 	}
-	s := &Session{Record: rec, Target: started.InitPID, TargetStart: started.InitStart, Conn: first, Env: p.Env}
-	defer s.Close()
+	// Enter prepares what it can while the sandbox still sets up, and
+	// waits for it just before joining.
+	s.ready = func(ctx context.Context) error {
+		if err := started.Ready(ctx); err != nil {
+			return err
+		}
+		if handOver != nil {
+			proxy, err := nsenter.ListenLoopback(started.InitPID, ProxyPort)
+			if err != nil {
+				return fmt.Errorf("the sandbox's proxy port: %w", err)
+			}
+			err = handOver(proxy)
+			proxy.Close()
+			if err != nil {
+				return err
+			}
+		}
+		if waitForIt {
+			return supervisorReady(ctx, first)
+		}
+		return nil
+	}
 	err = l.Backend.Enter(ctx, s, l.Runtime, p.Command)
 	if e := l.Runtime.Egress; e != nil && e.Mode == NetLearn {
 		l.reportLearned(ctx, rec)

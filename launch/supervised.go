@@ -184,6 +184,7 @@ func (d *Doors) Remove() { _ = os.RemoveAll(d.RunDir) }
 // Started is a sandbox a backend started for its supervisor to own.
 type Started struct {
 	Outer     *os.File // pidfd of the sandbox process
+	OuterPID  int
 	Init      *os.File // pidfd of its init, the process sessions join
 	InitPID   int
 	InitStart uint64
@@ -196,28 +197,37 @@ type Started struct {
 	Release func()
 }
 
-// spawnSupervisor starts the sandbox's supervisor, detached from this
-// process's terminal and session, handing it the doors, the sandbox and
-// the first session (this launch's, whose end of the socket pair is
-// returned). It does not wait for the supervisor to be up: the doors
-// queue what reaches them meanwhile.
-//
-// waitForIt says the command must not start before the supervisor is up:
-// it writes files the sandbox reads at once (the secrets broker's trust
-// files), which supervisorReady waits for.
-func spawnSupervisor(p *Plan, rt *Runtime, rec *Record, doors *Doors, s *Started, lifetime, proxy *os.File, runAs *control.RunAs) (pid int, first *control.Conn, waitForIt bool, err error) {
+// pendingSupervisor is a sandbox's supervisor started before the sandbox
+// (so that its start-up overlaps the sandbox's): it has its descriptors
+// and waits for its spec, which Adopt completes and hands over once the
+// sandbox's processes are known. Until then this launch owns the
+// sandbox; a supervisor never handed its spec ends without touching it.
+type pendingSupervisor struct {
+	pid   int
+	first *control.Conn // this launch's session, registered at birth
+	spec  control.Spec
+	specW *os.File
+}
 
+// startSupervisor starts the sandbox's supervisor, detached from this
+// process's terminal and session, with the doors, the lifetime pipe, the
+// placeholders and the first session (this launch's) as descriptors.
+func startSupervisor(p *Plan, rt *Runtime, rec *Record, doors *Doors, lifetime *os.File) (*pendingSupervisor, error) {
 	bin, err := FindSupervisor(rt.lookupEnv)
 	if err != nil {
-		return 0, nil, false, err
+		return nil, err
 	}
 	pair, err := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
 	if err != nil {
-		return 0, nil, false, err
+		return nil, err
 	}
 	ours := os.NewFile(uintptr(pair[0]), "session")
 	theirs := os.NewFile(uintptr(pair[1]), "session")
 	defer theirs.Close()
+	fail := func(err error) (*pendingSupervisor, error) {
+		ours.Close()
+		return nil, err
+	}
 
 	files := []*os.File{}
 	add := func(f *os.File) int {
@@ -226,21 +236,16 @@ func spawnSupervisor(p *Plan, rt *Runtime, rec *Record, doors *Doors, s *Started
 	}
 	ctlFile, err := doors.Control.File()
 	if err != nil {
-		ours.Close()
-		return 0, nil, false, err
+		return fail(err)
 	}
 	defer ctlFile.Close()
 	spec := control.Spec{
 		ID: rec.ID, Project: p.Project, Backend: p.Backend, StateDir: p.StateDir, RunDir: p.RunDir,
 		LogPath: SessionLog(p.StateDir), Record: recordPath(p.StateDir, rec.ID),
-		RunAs: runAs,
 	}
 	spec.ControlFD = add(ctlFile)
 	spec.FirstSessionFD = add(theirs)
-	spec.Adopted = &control.AdoptedSpec{InitPID: s.InitPID}
-	spec.Adopted.OuterFD = add(s.Outer)
-	spec.Adopted.InitFD = add(s.Init)
-	spec.Adopted.LifetimeFD = add(lifetime)
+	spec.Adopted = &control.AdoptedSpec{LifetimeFD: add(lifetime)}
 	for _, h := range p.held {
 		spec.Placeholders = append(spec.Placeholders, control.PlaceholderSpec{Path: h.Path, FD: add(h.File), Recorded: h.Recorded})
 	}
@@ -250,8 +255,7 @@ func spawnSupervisor(p *Plan, rt *Runtime, rec *Record, doors *Doors, s *Started
 	if doors.Nix != nil {
 		nixFile, err := doors.Nix.File()
 		if err != nil {
-			ours.Close()
-			return 0, nil, false, err
+			return fail(err)
 		}
 		defer nixFile.Close()
 		spec.Nix = &control.NixSpec{
@@ -264,36 +268,25 @@ func spawnSupervisor(p *Plan, rt *Runtime, rec *Record, doors *Doors, s *Started
 	}
 	if e := rt.Egress; e != nil {
 		spec.Net = &control.NetSpec{Mode: e.Mode, Allow: e.Allow, Deny: e.Deny, Upstream: e.Upstream, NoProxy: e.NoProxy}
-		if proxy != nil {
-			spec.Net.ListenerFDs = []int{add(proxy)}
-		}
 	}
 	if doors.SSH != nil {
 		sshFile, err := doors.SSH.File()
 		if err != nil {
-			ours.Close()
-			return 0, nil, false, err
+			return fail(err)
 		}
 		defer sshFile.Close()
 		spec.SSHAgent = &control.SSHAgentSpec{ListenerFD: add(sshFile), Upstream: p.SSHUpstream}
 	}
 	SecretServices(&spec, p, rt)
-	specData, err := json.Marshal(spec)
-	if err != nil {
-		ours.Close()
-		return 0, nil, false, err
-	}
 	specR, specW, err := os.Pipe()
 	if err != nil {
-		ours.Close()
-		return 0, nil, false, err
+		return fail(err)
 	}
 	defer specR.Close()
 	log, err := os.OpenFile(filepath.Join(p.RunDir, supervisorLog), os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
 	if err != nil {
-		ours.Close()
 		specW.Close()
-		return 0, nil, false, err
+		return fail(err)
 	}
 	defer log.Close()
 	cmd := &exec.Cmd{
@@ -307,18 +300,49 @@ func spawnSupervisor(p *Plan, rt *Runtime, rec *Record, doors *Doors, s *Started
 		cmd.Env[0] = "PATH=" + v
 	}
 	if err := cmd.Start(); err != nil {
-		ours.Close()
 		specW.Close()
-		return 0, nil, false, fmt.Errorf("starting %s: %w", SupervisorName, err)
+		return fail(fmt.Errorf("starting %s: %w", SupervisorName, err))
 	}
 	// Reaped by whoever inherits it when this launch ends; never waited for here.
-	go func() { _, _ = specW.Write(specData); specW.Close() }()
 	c, err := net.FileConn(ours)
 	ours.Close()
 	if err != nil {
-		return 0, nil, false, err
+		specW.Close()
+		return nil, err
 	}
-	return cmd.Process.Pid, control.NewConn(c), spec.Broker != nil, nil
+	return &pendingSupervisor{pid: cmd.Process.Pid, first: control.NewConn(c), spec: spec, specW: specW}, nil
+}
+
+// Adopt hands the started sandbox to the supervisor: its spec, completed
+// with the sandbox's processes and the user to become. It says whether
+// the command must wait for the supervisor to be up (supervisorReady):
+// it writes files the sandbox reads at once (the secrets broker's trust
+// files).
+func (sv *pendingSupervisor) Adopt(s *Started) (waitForIt bool, err error) {
+	a := sv.spec.Adopted
+	a.InitPID, a.InitStart = s.InitPID, s.InitStart
+	a.OuterPID = s.OuterPID
+	a.OuterStart, _ = proc.StartTime(s.OuterPID)
+	sv.spec.RunAs = s.RunAs
+	data, err := json.Marshal(sv.spec)
+	if err != nil {
+		sv.Abandon()
+		return false, err
+	}
+	w := sv.specW
+	sv.specW = nil
+	// The supervisor may still be starting; the pipe holds the spec.
+	go func() { _, _ = w.Write(data); w.Close() }()
+	return sv.spec.Broker != nil, nil
+}
+
+// Abandon tells a supervisor that was never handed its sandbox to end.
+func (sv *pendingSupervisor) Abandon() {
+	if sv.specW != nil {
+		sv.specW.Close()
+		sv.specW = nil
+	}
+	sv.first.Close()
 }
 
 // SecretServices fills in what a supervisor's spec needs of the launch's
@@ -397,6 +421,29 @@ type Session struct {
 	// Env is the session's environment when the launch decided it (the
 	// sandbox's first session); a later one takes the sandbox's own.
 	Env []string
+	// Listen, for a backend that ListensOnJoin, asks for a TCP socket on
+	// the sandbox's loopback, made before the command starts.
+	Listen *Listen
+	// ready, when set (a sandbox's first session, entered while the
+	// sandbox still sets up), says when the sandbox can be joined.
+	ready func(context.Context) error
+}
+
+// Ready waits until the session's sandbox can be joined: a backend's
+// Enter prepares everything else first, then waits here just before it
+// joins.
+func (s *Session) Ready(ctx context.Context) error {
+	if s.ready == nil {
+		return nil
+	}
+	return s.ready(ctx)
+}
+
+// Listen is a socket a session's join makes on the sandbox's loopback
+// (127.0.0.1:Port), handed to Take as soon as it exists.
+type Listen struct {
+	Port int
+	Take func(*os.File) error
 }
 
 // Close ends the session's registration, waiting (boundedly) until a

@@ -12,11 +12,11 @@ import (
 	"github.com/claude-sandbox/claude-sandbox/internal/proc"
 )
 
-// Adopted is a sandbox whose process a launcher started before this
-// supervisor existed (bubblewrap: so that no launch waits for a second Go
-// program's start-up), handed over as descriptors: pidfds of the sandbox
-// process and of its init (pid 1 of the sandbox's pid namespace, the
-// process sessions join), and the write end of the keeper's lifetime pipe.
+// Adopted is a sandbox whose process a launcher started itself (while
+// this supervisor started: so that no launch waits for a second Go
+// program's start-up), handed over as pidfds of the sandbox process and
+// of its init (pid 1 of the sandbox's pid namespace, the process sessions
+// join), and the write end of the keeper's lifetime pipe.
 // The keeper inside reads that pipe until end of file: closing it (or this
 // process dying) lets the sandbox end.
 type Adopted struct {
@@ -28,9 +28,34 @@ type Adopted struct {
 	done chan struct{}
 }
 
+// Adopt takes handles on a sandbox's processes, by pid and start time,
+// and watches it. A sandbox that has already ended (its init gone) is
+// adopted as ended: the supervisor tidies up after it like after any.
+func Adopt(outerPID int, outerStart uint64, initPID int, initStart uint64, lifetime *os.File) (*Adopted, error) {
+	a := &Adopted{Outer: -1, Init: -1, InitPID: initPID, Lifetime: lifetime}
+	outer, err := proc.Open(outerPID, outerStart)
+	if err == nil {
+		a.Outer = outer.Fd()
+	} else if !errors.Is(err, proc.ErrExited) {
+		return nil, fmt.Errorf("the sandbox process: %w", err)
+	}
+	init, err := proc.Open(initPID, initStart)
+	if err == nil {
+		a.Init = init.Fd()
+	} else if !errors.Is(err, proc.ErrExited) {
+		return nil, fmt.Errorf("the sandbox's init: %w", err)
+	}
+	a.Watch()
+	return a, nil
+}
+
 // Watch starts watching the sandbox process; call it once before use.
 func (a *Adopted) Watch() {
 	a.done = make(chan struct{})
+	if a.Init < 0 {
+		close(a.done)
+		return
+	}
 	go func() {
 		defer close(a.done)
 		// The init outlives bwrap's own process only while something
@@ -81,6 +106,9 @@ func (a *Adopted) Stop(ctx context.Context, graceful bool, grace time.Duration) 
 		a.Lifetime.Close()
 		a.Lifetime = nil
 	}
+	if a.Init < 0 {
+		return nil // ended before it was adopted
+	}
 	_ = unix.PidfdSendSignal(a.Init, unix.SIGKILL, nil, 0)
 	wait := 5 * time.Second
 	if d, ok := ctx.Deadline(); ok {
@@ -91,6 +119,8 @@ func (a *Adopted) Stop(ctx context.Context, graceful bool, grace time.Duration) 
 	}
 	// bwrap's own process ends with its init; it is the launcher's child,
 	// reaped by whoever inherited it.
-	proc.WaitPidfd(a.Outer, 2*time.Second)
+	if a.Outer >= 0 {
+		proc.WaitPidfd(a.Outer, 2*time.Second)
+	}
 	return nil
 }

@@ -67,18 +67,50 @@ func startBwrap(t *testing.T) *Adopted {
 		t.Fatalf("reading bwrap's info: %v", err)
 	}
 	infoR.Close()
-	outer, err := unix.PidfdOpen(cmd.Process.Pid, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	init, err := unix.PidfdOpen(info.ChildPID, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
 	go func() { _ = cmd.Wait() }() // the launcher's role: reap bwrap
-	a := &Adopted{Outer: outer, Init: init, InitPID: info.ChildPID, Lifetime: lifeW}
-	a.Watch()
+	outerStart, err := proc.StartTime(cmd.Process.Pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	initStart, err := proc.StartTime(info.ChildPID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, err := Adopt(cmd.Process.Pid, outerStart, info.ChildPID, initStart, lifeW)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a.Outer < 0 || a.Init < 0 {
+		t.Fatalf("Adopt found a running sandbox ended: %+v", a)
+	}
 	return a
+}
+
+// A sandbox that ended before its supervisor took it (bwrap failed a
+// moment after it started) is adopted as ended: nothing to wait for.
+func TestAdoptEndedSandbox(t *testing.T) {
+	sleeper := exec.Command("sleep", "60")
+	if err := sleeper.Start(); err != nil {
+		t.Fatal(err)
+	}
+	start, err := proc.StartTime(sleeper.Process.Pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sleeper.Process.Kill()
+	sleeper.Wait()
+	a, err := Adopt(sleeper.Process.Pid, start, sleeper.Process.Pid, start, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-a.Done():
+	default:
+		t.Fatal("an ended sandbox was adopted as running")
+	}
+	if err := a.Stop(context.Background(), true, time.Second); err != nil {
+		t.Fatalf("Stop of an ended sandbox: %v", err)
+	}
 }
 
 func TestAdoptedStopEndsEveryProcess(t *testing.T) {

@@ -78,19 +78,10 @@ func FromSpec(ctx context.Context, spec control.Spec, fds Inherited, log session
 		if err != nil {
 			return nil, fmt.Errorf("the lifetime pipe: %w", err)
 		}
-		outer, err := fds(a.OuterFD)
+		ad, err := Adopt(a.OuterPID, a.OuterStart, a.InitPID, a.InitStart, life)
 		if err != nil {
-			return nil, fmt.Errorf("the sandbox process: %w", err)
+			return nil, err
 		}
-		init, err := fds(a.InitFD)
-		if err != nil {
-			return nil, fmt.Errorf("the sandbox's init: %w", err)
-		}
-		ad := &Adopted{Outer: int(outer.Fd()), Init: int(init.Fd()), InitPID: a.InitPID, Lifetime: life}
-		// The pidfds live as long as this process; keep their *os.File
-		// from being collected (and closed) under the raw numbers.
-		keep = append(keep, outer, init)
-		ad.Watch()
 		s.Sandbox = ad
 	case spec.VM != nil:
 		v, err := vmhost.Start(ctx, *spec.VM, counter)
@@ -237,9 +228,6 @@ func newLogin(spec control.LoginSpec, runAs *control.RunAs) (*broker.ClaudeLogin
 	}
 	return login, nil
 }
-
-// keep holds descriptors whose numbers are used raw for the process's life.
-var keep []*os.File
 
 func listener(fds Inherited, fd int, what string) (net.Listener, error) {
 	f, err := fds(fd)

@@ -62,10 +62,7 @@ func ListenLoopback(target, port int) (*os.File, error) {
 	files = append(files, ours, theirs)
 	l.reply = theirs.Fd()
 
-	l.addr = unix.RawSockaddrInet4{Family: unix.AF_INET, Addr: [4]byte{127, 0, 0, 1}}
-	// sin_port is in network byte order.
-	p := (*[2]byte)(unsafe.Pointer(&l.addr.Port))
-	p[0], p[1] = byte(port>>8), byte(port)
+	l.addr = loopbackAddr(port)
 	l.one = 1
 	l.cmsg = unix.UnixRights(0)
 	l.iov = unix.Iovec{Base: &l.payload[0]}
@@ -208,4 +205,13 @@ func listenFailed(l *nsListen, step uint32, e syscall.Errno) {
 	for {
 		syscall.RawSyscall(syscall.SYS_EXIT_GROUP, 1, 0, 0)
 	}
+}
+
+// loopbackAddr is 127.0.0.1:port for bind(2).
+func loopbackAddr(port int) unix.RawSockaddrInet4 {
+	a := unix.RawSockaddrInet4{Family: unix.AF_INET, Addr: [4]byte{127, 0, 0, 1}}
+	// sin_port is in network byte order.
+	p := (*[2]byte)(unsafe.Pointer(&a.Port))
+	p[0], p[1] = byte(port>>8), byte(port)
+	return a
 }

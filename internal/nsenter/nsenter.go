@@ -77,6 +77,13 @@ type nsEnter struct {
 	capHdr   [2]uint32 // _LINUX_CAPABILITY_VERSION_3, this thread
 	capData  [6]uint32 // effective, permitted, inheritable ×2: all zero
 
+	// listen: make a TCP socket listening on laddr in the joined network
+	// namespace; the intermediate shares this process's descriptor table
+	// (CLONE_FILES), so the socket is this process's, its number reported.
+	listen bool
+	laddr  unix.RawSockaddrInet4
+	one    int32
+
 	pipe    uintptr       // write end: reports to the parent
 	mask    unix.Sigset_t // the signal mask to exec with
 	dfl     [4]uint64     // a zero struct sigaction: SIG_DFL, no flags, empty mask
@@ -92,7 +99,11 @@ const (
 	stepFork         = 103
 	stepExec         = 104
 	stepCapabilities = 105
+	stepSocket       = 106
+	stepBind         = 107
+	stepListen       = 108
 	msgForked        = 200
+	msgListening     = 201
 )
 
 // The steps an Error names that callers tell apart.
@@ -109,7 +120,11 @@ const (
 //go:nocheckptr
 //go:nosplit
 func forkEnter(j *nsEnter) (pid uintptr, errno syscall.Errno) {
-	r1, _, e := syscall.RawSyscall6(syscall.SYS_CLONE, uintptr(syscall.SIGCHLD), 0, 0, 0, 0, 0)
+	flags := uintptr(syscall.SIGCHLD)
+	if j.listen {
+		flags |= syscall.CLONE_FILES
+	}
+	r1, _, e := syscall.RawSyscall6(syscall.SYS_CLONE, flags, 0, 0, 0, 0, 0)
 	if e != 0 || r1 != 0 {
 		return r1, e
 	}
@@ -117,6 +132,20 @@ func forkEnter(j *nsEnter) (pid uintptr, errno syscall.Errno) {
 	for i := 0; i < j.nns; i++ {
 		if _, _, e = syscall.RawSyscall(unix.SYS_SETNS, j.nsFD[i], j.nsFlag[i], 0); e != 0 {
 			report(j, uint32(i), uint32(e), 0)
+		}
+	}
+	if j.listen {
+		fd, _, e := syscall.RawSyscall(syscall.SYS_SOCKET, unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+		if e != 0 {
+			report(j, stepSocket, uint32(e), 0)
+		}
+		tell(j, msgListening, uint32(fd), 0)
+		syscall.RawSyscall6(syscall.SYS_SETSOCKOPT, fd, unix.SOL_SOCKET, unix.SO_REUSEADDR, uintptr(unsafe.Pointer(&j.one)), 4, 0)
+		if _, _, e = syscall.RawSyscall(syscall.SYS_BIND, fd, uintptr(unsafe.Pointer(&j.laddr)), unsafe.Sizeof(j.laddr)); e != 0 {
+			report(j, stepBind, uint32(e), 0)
+		}
+		if _, _, e = syscall.RawSyscall(syscall.SYS_LISTEN, fd, 512, 0); e != 0 {
+			report(j, stepListen, uint32(e), 0)
 		}
 	}
 	if j.fprog != nil || j.dropCaps {
@@ -176,6 +205,16 @@ func forkEnter(j *nsEnter) (pid uintptr, errno syscall.Errno) {
 	return 0, 0 // not reached
 }
 
+// tell writes a message to the parent.
+//
+//go:norace
+//go:nocheckptr
+//go:nosplit
+func tell(j *nsEnter, a, b, c uint32) {
+	j.message[0], j.message[1], j.message[2] = a, b, c
+	syscall.RawSyscall(syscall.SYS_WRITE, j.pipe, uintptr(unsafe.Pointer(&j.message[0])), unsafe.Sizeof(j.message))
+}
+
 // report writes a message to the parent and exits.
 //
 //go:norace
@@ -216,6 +255,11 @@ type Options struct {
 	// no_new_privs): for a root caller, whose command would otherwise keep
 	// all of root's in the sandbox it joins.
 	DropCapabilities bool
+	// ListenPort, when not zero, asks for a TCP socket listening on
+	// 127.0.0.1:ListenPort in the joined network namespace, made before
+	// the command starts (Process.Listener): what ListenLoopback makes,
+	// without a fork of its own.
+	ListenPort int
 }
 
 // Process is a command started inside the namespaces. It is this
@@ -223,6 +267,8 @@ type Options struct {
 type Process struct {
 	Pid int
 	Dir int // the index in Options.Dirs of the directory it started in
+	// Listener is the socket Options.ListenPort asked for (nil if none).
+	Listener *os.File
 }
 
 // Start starts o.Argv inside the namespaces of process o.Target.
@@ -239,6 +285,13 @@ func Start(o Options) (*Process, error) {
 	}
 	target := o.Target
 	j := &nsEnter{dropCaps: o.DropCapabilities}
+	if o.ListenPort != 0 {
+		if o.ListenPort < 0 || o.ListenPort > 65535 {
+			return nil, &Error{Step: stepName(stepSocket), Err: fmt.Errorf("port %d out of range", o.ListenPort)}
+		}
+		j.listen, j.one = true, 1
+		j.laddr = loopbackAddr(o.ListenPort)
+	}
 	j.capHdr[0] = unix.LINUX_CAPABILITY_VERSION_3
 	var files []*os.File
 	defer func() {
@@ -372,7 +425,6 @@ func Start(o Options) (*Process, error) {
 	_ = unix.PthreadSigmask(unix.SIG_SETMASK, &j.mask, nil)
 	syscall.ForkLock.Unlock()
 	runtime.UnlockOSThread()
-	wr.Close()
 	runtime.KeepAlive(j)
 	runtime.KeepAlive(keep)
 	runtime.KeepAlive(argvp)
@@ -380,14 +432,23 @@ func Start(o Options) (*Process, error) {
 	runtime.KeepAlive(prog)
 	runtime.KeepAlive(files)
 	if errno != 0 {
+		wr.Close()
 		return nil, &Error{Step: "fork", Err: errno}
 	}
 	var ws unix.WaitStatus
-	_, _ = unix.Wait4(int(pid), &ws, 0, nil) // the intermediate exits at once
+	for {
+		// The intermediate exits at once. Only then is the pipe's write
+		// end closed here: it may share this process's descriptors.
+		if _, err := unix.Wait4(int(pid), &ws, 0, nil); err != unix.EINTR {
+			break
+		}
+	}
+	wr.Close()
 
 	// Read until every writer is gone: the intermediate's report, then EOF
 	// when the command's exec closed its copy, or the command's failure.
 	var got *Process
+	var listener *os.File
 	var failure error
 	buf := make([]byte, 12)
 	for {
@@ -400,13 +461,17 @@ func Start(o Options) (*Process, error) {
 		c := *(*uint32)(unsafe.Pointer(&buf[8]))
 		switch {
 		case a == msgForked:
-			got = &Process{Pid: int(b), Dir: int(c)}
+			got = &Process{Pid: int(b), Dir: int(c), Listener: listener}
+		case a == msgListening:
+			listener = os.NewFile(uintptr(b), fmt.Sprintf("127.0.0.1:%d in the sandbox", o.ListenPort))
 		case int(a) < j.nns:
 			failure = &Error{Step: "joining its " + j.nsName[a] + " namespace", Err: syscall.Errno(b)}
 		case a == stepNoNewPrivs, a == stepSeccomp:
 			failure = &Error{Step: "installing its seccomp filter", Err: syscall.Errno(b)}
 		case a == stepCapabilities:
 			failure = &Error{Step: "dropping capabilities", Err: syscall.Errno(b)}
+		case a == stepSocket, a == stepBind, a == stepListen:
+			failure = &Error{Step: stepName(a), Err: syscall.Errno(b)}
 		case a == stepChdir:
 			failure = &Error{Step: "changing directory", Err: syscall.Errno(b)}
 		case a == stepFork:
@@ -416,12 +481,18 @@ func Start(o Options) (*Process, error) {
 		}
 	}
 	if failure != nil {
+		if listener != nil {
+			listener.Close()
+		}
 		if got != nil {
 			_, _ = unix.Wait4(got.Pid, &ws, 0, nil)
 		}
 		return nil, failure
 	}
 	if got == nil {
+		if listener != nil {
+			listener.Close()
+		}
 		return nil, &Error{Step: "fork", Err: fmt.Errorf("the helper process ended with %v", ws)}
 	}
 	return got, nil
@@ -450,4 +521,15 @@ func execvpCandidates(name, path string) []string {
 		}
 	}
 	return out
+}
+
+// stepName names a step of making the listening socket.
+func stepName(step uint32) string {
+	switch step {
+	case stepBind:
+		return "binding 127.0.0.1"
+	case stepListen:
+		return "listen"
+	}
+	return "socket"
 }

@@ -1,7 +1,10 @@
 package nsenter
 
 import (
+	"bufio"
 	"errors"
+	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -81,5 +84,60 @@ func TestStartJoinsAMountNamespace(t *testing.T) {
 	var e *Error
 	if !errors.As(err, &e) || e.Step != StepExec || !errors.Is(err, unix.ENOENT) {
 		t.Errorf("a missing command: %v", err)
+	}
+}
+
+// TestStartListens joins a process with user, mount and network
+// namespaces of its own, as unprivileged bwrap makes them, asking for a
+// socket on that namespace's loopback: the command, started after it,
+// reaches it there at once, and the socket is not on this namespace's
+// loopback.
+func TestStartListens(t *testing.T) {
+	testenv.RequireProgram(t, "unshare")
+	holder := exec.Command("unshare", "--user", "--map-root-user", "--mount", "--net", "sh", "-c", "ip link set lo up 2>/dev/null || true; echo up; exec sleep 30")
+	out, _ := holder.StdoutPipe()
+	if err := holder.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { holder.Process.Kill(); holder.Wait() }()
+	if line, _ := bufio.NewReader(out).ReadString('\n'); strings.TrimSpace(line) != "up" {
+		t.Skip("unshare --user --mount --net did not start namespaces here (no user namespaces?)")
+	}
+	port := 30000 + time.Now().Nanosecond()%20000
+	p, err := Start(Options{
+		Target: holder.Process.Pid,
+		// No wait: the socket exists before the command starts.
+		Argv:       []string{"bash", "-c", fmt.Sprintf(`exec 3<>/dev/tcp/127.0.0.1/%d && echo hello-from-inside >&3`, port)},
+		Env:        []string{"PATH=/usr/bin:/bin"},
+		Path:       "/usr/bin:/bin",
+		ListenPort: port,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p.Listener == nil {
+		t.Fatal("no listener returned")
+	}
+	ln, err := net.FileListener(p.Listener)
+	p.Listener.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	var ws unix.WaitStatus
+	if _, err := unix.Wait4(p.Pid, &ws, 0, nil); err != nil || ws.ExitStatus() != 0 {
+		t.Fatalf("the command inside could not connect: %v, status %d", err, ws.ExitStatus())
+	}
+	c, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if line, _ := bufio.NewReader(c).ReadString('\n'); strings.TrimSpace(line) != "hello-from-inside" {
+		t.Fatalf("read %q", line)
+	}
+	if c, err := net.DialTimeout("tcp", "127.0.0.1:"+strconv.Itoa(port), 200*time.Millisecond); err == nil {
+		c.Close()
+		t.Fatal("the socket listens on this namespace's loopback, not the target's")
 	}
 }

@@ -265,6 +265,10 @@ func Open(pid int, start uint64) (*Process, error) {
 	return &Process{PID: pid, fd: fd}, nil
 }
 
+// Fd is the process's pidfd, open as long as this process runs (a handle
+// kept for the life of its holder).
+func (p *Process) Fd() int { return p.fd }
+
 // Signal sends sig to the process.
 func (p *Process) Signal(sig unix.Signal) error {
 	return unix.PidfdSendSignal(p.fd, sig, nil, 0)

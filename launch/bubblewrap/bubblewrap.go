@@ -35,6 +35,7 @@ func (Backend) Traits() launch.Traits {
 		Tmux:           true,
 		SecretBroker:   true,
 		Protects:       true,
+		ListensOnJoin:  true,
 		Persistence:    "What persists after the sandbox ends: the project directory, Claude Code's transcripts, history and login in ~/.claude, ~/.local and /tmp (both kept per project). Everything else in the home directory is discarded.",
 	}
 }

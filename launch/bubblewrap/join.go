@@ -145,8 +145,15 @@ func (Backend) Enter(ctx context.Context, s *launch.Session, rt *launch.Runtime,
 	}
 	defer sandbox.Close()
 
+	if err := s.Ready(ctx); err != nil {
+		return err
+	}
+	port := 0
+	if s.Listen != nil {
+		port = s.Listen.Port
+	}
 	e, err := nsenter.Start(nsenter.Options{
-		Target: target, Argv: argv, Env: env, Path: launch.EnvValue(env, "PATH"),
+		Target: target, Argv: argv, Env: env, Path: launch.EnvValue(env, "PATH"), ListenPort: port,
 		Dirs: []string{cwd, launch.EnvValue(env, "HOME"), "/"}, Filter: seccomp.TerminalFilter(),
 		// Joined by root, a session would keep root's capabilities (bwrap
 		// run by root makes no user namespace): enough to unmount what
@@ -159,6 +166,16 @@ func (Backend) Enter(ctx context.Context, s *launch.Session, rt *launch.Runtime,
 			return &launch.NotRunningError{Project: rec.Project}
 		}
 		return enterError(err)
+	}
+	if e.Listener != nil {
+		err := s.Listen.Take(e.Listener)
+		e.Listener.Close()
+		if err != nil {
+			_ = unix.Kill(e.Pid, unix.SIGKILL)
+			var ws unix.WaitStatus
+			_, _ = unix.Wait4(e.Pid, &ws, 0, nil)
+			return err
+		}
 	}
 	if e.Dir > 0 {
 		fmt.Fprintf(os.Stderr, "claude-sandbox: %s is not visible in that sandbox; starting in %s\n", cwd, map[int]string{1: "$HOME", 2: "/"}[e.Dir])

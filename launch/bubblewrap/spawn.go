@@ -109,7 +109,7 @@ func (Backend) Spawn(ctx context.Context, p *launch.Plan, lifetime *os.File) (*l
 		return nil, startFailure(p.RunDir, err)
 	}
 	initStart, _ := proc.StartTime(initPID)
-	s := &launch.Started{Outer: outer, Init: init, InitPID: initPID, InitStart: initStart}
+	s := &launch.Started{Outer: outer, OuterPID: pid, Init: init, InitPID: initPID, InitStart: initStart}
 	s.Ready = func(ctx context.Context) error {
 		if err := waitSetUp(ctx, blockW, outer); err != nil {
 			return startFailure(p.RunDir, err)

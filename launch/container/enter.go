@@ -33,6 +33,9 @@ func (Backend) Enter(ctx context.Context, s *launch.Session, rt *launch.Runtime,
 	if rt.EffectiveUID() != 0 {
 		return &launch.NotRootError{Backend: Name}
 	}
+	if err := s.Ready(ctx); err != nil {
+		return err
+	}
 	rec := s.Record
 	init := s.Target
 	if init == 0 {

@@ -87,7 +87,7 @@ func (Backend) Spawn(ctx context.Context, p *launch.Plan, lifetime *os.File) (*l
 	}
 	start, _ := proc.StartTime(init)
 	s := &launch.Started{
-		Outer: outer, Init: initFD, InitPID: init, InitStart: start,
+		Outer: outer, OuterPID: cmd.Process.Pid, Init: initFD, InitPID: init, InitStart: start,
 		Ready:   func(context.Context) error { return nil },
 		Release: func() { outer.Close(); initFD.Close() },
 	}

@@ -121,6 +121,9 @@ type Conn struct {
 	c   net.Conn
 	r   *bufio.Reader
 	dir *os.File // keeps a /proc/self/fd socket address valid
+	// posted counts requests sent by Post whose replies are still to be
+	// read: the next Call reads them first.
+	posted int
 }
 
 // NewConn wraps an already connected socket (the first session's end of
@@ -285,14 +288,47 @@ func (c *Conn) ReceiveWithFile(v any) (*os.File, error) {
 	return f, nil
 }
 
-// Call sends a request and reads its reply.
+// Post sends a request (with f, when not nil, attached) without waiting
+// for its reply: the supervisor answers requests in order, and the next
+// Call reads the replies owed first.
+func (c *Conn) Post(req Request, f *os.File) error {
+	var err error
+	if f != nil {
+		err = c.SendFile(req, f)
+	} else {
+		err = c.Send(req)
+	}
+	if err == nil {
+		c.posted++
+	}
+	return err
+}
+
+// Call sends a request and reads its reply, after those owed to earlier
+// Posts: a posted request that was refused is the reply returned, once
+// this request's own has been read.
 func (c *Conn) Call(ctx context.Context, req Request) (Reply, error) {
 	var r Reply
 	if err := c.Send(req); err != nil {
 		return r, err
 	}
-	err := c.Receive(ctx, &r)
-	return r, err
+	var refused *Reply
+	for ; c.posted > 0; c.posted-- {
+		var owed Reply
+		if err := c.Receive(ctx, &owed); err != nil {
+			return r, err
+		}
+		if !owed.OK && refused == nil {
+			refused = &owed
+		}
+	}
+	if err := c.Receive(ctx, &r); err != nil {
+		return r, err
+	}
+	if refused != nil {
+		return *refused, nil
+	}
+	return r, nil
 }
 
 // Join registers a session with the supervisor at path. On success the

@@ -79,12 +79,16 @@ type LoginSpec struct {
 	TokenHosts  []string `json:"tokenHosts,omitempty"` // nil: Claude Code's token hosts
 }
 
-// AdoptedSpec hands over a sandbox process the launcher started itself.
+// AdoptedSpec hands over a sandbox process the launcher started itself,
+// by pid and start time (the supervisor is started before the sandbox,
+// so that its own start-up overlaps the sandbox's: it takes its handles
+// on the processes itself).
 type AdoptedSpec struct {
-	OuterFD    int `json:"outerFd"`    // pidfd of the sandbox process (bwrap)
-	InitFD     int `json:"initFd"`     // pidfd of the sandbox's init
-	InitPID    int `json:"initPid"`    // the init's pid: where sessions join
-	LifetimeFD int `json:"lifetimeFd"` // write end of the keeper's lifetime pipe
+	OuterPID   int    `json:"outerPid"`   // the sandbox process (bwrap)
+	OuterStart uint64 `json:"outerStart"` // its start time (proc.StartTime)
+	InitPID    int    `json:"initPid"`    // the sandbox's init: where sessions join
+	InitStart  uint64 `json:"initStart"`
+	LifetimeFD int    `json:"lifetimeFd"` // write end of the keeper's lifetime pipe
 }
 
 // PlaceholderSpec is one held placeholder.
