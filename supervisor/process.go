@@ -80,6 +80,18 @@ func (a *Adopted) Ready(context.Context) (int, uint64, error) {
 
 func (a *Adopted) Done() <-chan struct{} { return a.done }
 
+// Kill ends the sandbox without waiting: its keeper's pipe closes and its
+// init is killed, which takes every process in it along.
+func (a *Adopted) Kill() {
+	if a.Lifetime != nil {
+		a.Lifetime.Close()
+		a.Lifetime = nil
+	}
+	if a.Init >= 0 {
+		_ = unix.PidfdSendSignal(a.Init, unix.SIGKILL, nil, 0)
+	}
+}
+
 // Stop ends the sandbox. Graceful: every process in it but its init and
 // keeper is sent SIGHUP and SIGTERM (what a closing terminal and a polite
 // request send) and given grace; then the keeper's pipe closes and the

@@ -45,6 +45,13 @@ type Execer interface {
 	Fault() *control.Fault
 }
 
+// Killer is a sandbox that can be ended without waiting (Stop then waits
+// for the end): the last session's leave kills it first, so that the
+// kernel tears it down while the record is removed.
+type Killer interface {
+	Kill()
+}
+
 // Describer is a sandbox that says a few words about its own state for
 // `ps` (a VM: its run state, accelerator, Nix store size).
 type Describer interface {
@@ -96,6 +103,11 @@ type Supervisor struct {
 	started  time.Time
 	endReq   chan bool // true: graceful
 	ended    chan struct{}
+
+	endOnce      sync.Once
+	result       error // what Run returns, set before ended closes
+	stopServices context.CancelFunc
+	services     sync.WaitGroup
 }
 
 // Run serves until the sandbox has ended, and returns why it ended.
@@ -114,11 +126,11 @@ func (s *Supervisor) Run(ctx context.Context) error {
 	s.ended = make(chan struct{})
 
 	svcCtx, stopServices := context.WithCancel(context.Background())
-	var wg sync.WaitGroup
+	s.stopServices = stopServices
 	for _, svc := range s.Services {
-		wg.Add(1)
+		s.services.Add(1)
 		go func(svc Service) {
-			defer wg.Done()
+			defer s.services.Done()
 			if err := svc.Serve(svcCtx); err != nil && svcCtx.Err() == nil {
 				// A door that fails stays shut: the sandbox loses it, never gains the host's.
 				s.Log.Log(sessionlog.Entry{Service: svc.Name(), Decision: sessionlog.Note, Reason: "service stopped: " + err.Error()})
@@ -140,6 +152,9 @@ func (s *Supervisor) Run(ctx context.Context) error {
 	graceful := false
 	for reason == nil {
 		select {
+		case <-s.ended:
+			// The last session's leave finished it.
+			return s.result
 		case <-ctx.Done():
 			reason, graceful = ctx.Err(), true
 		case <-s.Sandbox.Done():
@@ -158,26 +173,40 @@ func (s *Supervisor) Run(ctx context.Context) error {
 			s.mu.Unlock()
 		}
 	}
-	s.mu.Lock()
-	s.ending = true
-	s.mu.Unlock()
-	if s.OnEnd != nil {
-		s.OnEnd()
-	}
-	_ = s.Control.Close()
-	stopCtx, cancel := context.WithTimeout(context.Background(), s.StopGrace+10*time.Second)
-	err := s.Sandbox.Stop(stopCtx, graceful, s.StopGrace)
-	cancel()
-	stopServices()
-	wg.Wait()
-	if err == nil && !errors.Is(reason, errNoSessions) && !errors.Is(reason, errStopped) && !errors.Is(reason, errSandboxEnded) {
-		err = reason
-	}
-	if s.AfterEnd != nil {
-		s.AfterEnd(err)
-	}
-	close(s.ended)
-	return err
+	s.finish(reason, graceful)
+	return s.result
+}
+
+// finish ends the sandbox, once, for the first reason given (Run's, or
+// the last session's leave, which finishes it itself rather than wait
+// for Run to be scheduled): the record goes, the sandbox is stopped, the
+// services end, AfterEnd runs, and ended closes.
+func (s *Supervisor) finish(reason error, graceful bool) {
+	s.endOnce.Do(func() {
+		s.mu.Lock()
+		s.ending = true
+		s.mu.Unlock()
+		if k, ok := s.Sandbox.(Killer); ok && !graceful {
+			k.Kill()
+		}
+		if s.OnEnd != nil {
+			s.OnEnd()
+		}
+		_ = s.Control.Close()
+		stopCtx, cancel := context.WithTimeout(context.Background(), s.StopGrace+10*time.Second)
+		err := s.Sandbox.Stop(stopCtx, graceful, s.StopGrace)
+		cancel()
+		s.stopServices()
+		s.services.Wait()
+		if err == nil && !errors.Is(reason, errNoSessions) && !errors.Is(reason, errStopped) && !errors.Is(reason, errSandboxEnded) {
+			err = reason
+		}
+		if s.AfterEnd != nil {
+			s.AfterEnd(err)
+		}
+		s.result = err
+		close(s.ended)
+	})
 }
 
 var (
@@ -363,25 +392,29 @@ func (s *Supervisor) holdSession(c *control.Conn, what string) {
 	}
 }
 
-// leaveWait bounds how long a leaving session is kept waiting for the
-// sandbox to be gone.
-const leaveWait = 30 * time.Second
-
 // leave ends a session that said so, and answers once what it leaves
 // behind is settled: at once if other sessions remain, after the sandbox
 // has ended if it was the last.
 func (s *Supervisor) leave(c *control.Conn) {
-	if s.sessionEnded() {
-		select {
-		case <-s.ended:
-		case <-time.After(leaveWait):
-		}
+	if s.countOut() {
+		// Bounded by the sandbox's own stop (finish's deadline).
+		s.finish(errNoSessions, false)
 	}
 	_ = c.Send(control.Reply{OK: true})
 }
 
-// sessionEnded counts a session out and says whether it was the last.
+// sessionEnded counts a session out and says whether it was the last;
+// after the last, Run ends the sandbox.
 func (s *Supervisor) sessionEnded() bool {
+	last := s.countOut()
+	if last {
+		s.requestEnd(false)
+	}
+	return last
+}
+
+// countOut counts a session out and says whether it was the last.
+func (s *Supervisor) countOut() bool {
 	s.mu.Lock()
 	s.sessions--
 	last := s.sessions <= 0
@@ -391,9 +424,6 @@ func (s *Supervisor) sessionEnded() bool {
 		s.ending = true
 	}
 	s.mu.Unlock()
-	if last {
-		s.requestEnd(false)
-	}
 	return last
 }
 
