@@ -114,10 +114,8 @@ func ParseRule(text string) (Rule, error) {
 	if err != nil {
 		return bad(`write a host name such as "api.anthropic.com"`, "%s", err)
 	}
-	if r.wildcard {
-		if suffix, icann := publicsuffix.PublicSuffix(name); suffix == name && (icann || !strings.Contains(name, ".")) {
-			return bad(`name a domain someone owns: "*.example.com", not "*.com"`, "*.%s would match every domain under the public suffix %q", name, name)
-		}
+	if r.wildcard && IsPublicSuffix(name) {
+		return bad(`name a domain someone owns: "*.example.com", not "*.com"`, "*.%s would match every domain under the public suffix %q", name, name)
 	}
 	r.name = name
 	return r, nil
@@ -419,4 +417,12 @@ func (r Rule) matchPort(p uint16) bool {
 // matchMethod: method "" is a tunnel, whose requests the proxy cannot see.
 func (r Rule) matchMethod(method string) bool {
 	return r.methods == nil || (method != "" && slices.Contains(r.methods, method))
+}
+
+// IsPublicSuffix says whether a lower-case name is a public suffix (com,
+// co.uk, a private suffix without a dot such as localhost): "*." before
+// it would name every domain below it, owned by anyone.
+func IsPublicSuffix(name string) bool {
+	suffix, icann := publicsuffix.PublicSuffix(name)
+	return suffix == name && (icann || !strings.Contains(name, "."))
 }

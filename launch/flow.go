@@ -67,7 +67,7 @@ func (l *Launch) Check() error {
 	if err := l.Backend.Check(rt); err != nil {
 		return err
 	}
-	return CheckRules(rt.Egress, l.CacheDir, rt.Getenv)
+	return CheckRules(rt.Egress, rt.Secrets, l.CacheDir, rt.Getenv)
 }
 
 // Plan decides the start. It writes nothing anywhere; the plan's

@@ -14,6 +14,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/claude-sandbox/claude-sandbox/secrets"
 	"github.com/claude-sandbox/claude-sandbox/supervisor/control"
 )
 
@@ -201,14 +202,30 @@ func (e *RuleError) Hint() string {
 
 // CheckRules has the supervisor program parse a launch's rules before the
 // sandbox starts, so that a mistyped rule is an error now rather than a
-// proxy that will not start. A rule set once found good is remembered in
+// proxy that will not start; and look at its secrets' wildcard hosts,
+// which must not cover a public suffix. A rule set once found good is remembered in
 // cacheDir by its digest: a launch with the same rules asks nothing.
-func CheckRules(e *Egress, cacheDir string, getenv func(string) (string, bool)) error {
-	if e == nil || len(e.Allow)+len(e.Deny) == 0 {
+func CheckRules(e *Egress, bindings []secrets.Binding, cacheDir string, getenv func(string) (string, bool)) error {
+	if e == nil {
+		return nil // no proxy: no rules, and no secret leaves
+	}
+	var hosts []control.Rule
+	for _, b := range bindings {
+		for _, p := range b.Hosts {
+			if _, wildcard := p.WildcardDomain(); wildcard {
+				source := "secrets." + b.Name + ".hosts"
+				if b.Path != "" {
+					source = fmt.Sprintf("%s:%d (%s)", b.Path, b.Line, source)
+				}
+				hosts = append(hosts, control.Rule{Text: p.Text, Source: source})
+			}
+		}
+	}
+	if len(e.Allow)+len(e.Deny)+len(hosts) == 0 {
 		return nil
 	}
 	h := sha256.New()
-	for _, list := range [][]control.Rule{e.Allow, e.Deny} {
+	for _, list := range [][]control.Rule{e.Allow, e.Deny, hosts} {
 		for _, r := range list {
 			fmt.Fprintf(h, "%s\x00", r.Text)
 		}
@@ -222,7 +239,7 @@ func CheckRules(e *Egress, cacheDir string, getenv func(string) (string, bool)) 
 	if err != nil {
 		return err
 	}
-	in, _ := json.Marshal(control.NetSpec{Allow: e.Allow, Deny: e.Deny})
+	in, _ := json.Marshal(control.RulesCheck{Allow: e.Allow, Deny: e.Deny, SecretHosts: hosts})
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, bin, "check-rules")

@@ -5,8 +5,6 @@ import (
 	"net/netip"
 	"strconv"
 	"strings"
-
-	"golang.org/x/net/publicsuffix"
 )
 
 // HostPattern is one entry of a secret's hosts: a host name, a "*." and a
@@ -25,7 +23,10 @@ type HostPattern struct {
 // defaultPort is the port of a pattern without one.
 const defaultPort = 443
 
-// ParseHost parses one hosts entry.
+// ParseHost parses one hosts entry. A wildcard over a public suffix
+// ("*.co.uk") parses: the public suffix list lives with the proxy's rules
+// (egress, which the launcher does not link), and a launch asks it there
+// (launch.CheckRules, WildcardDomain).
 func ParseHost(text string) (HostPattern, error) {
 	p := HostPattern{Text: strings.TrimSpace(text), port: defaultPort}
 	s := p.Text
@@ -73,11 +74,6 @@ func ParseHost(text string) (HostPattern, error) {
 	name := strings.ToLower(strings.TrimSuffix(host, "."))
 	if err := checkName(name); err != nil {
 		return p, fmt.Errorf("%q: %v", text, err)
-	}
-	if p.wildcard {
-		if suffix, icann := publicsuffix.PublicSuffix(name); suffix == name && (icann || !strings.Contains(name, ".")) {
-			return p, fmt.Errorf("%q would send the secret to every domain under the public suffix %q; name a domain someone owns", text, name)
-		}
 	}
 	p.name = name
 	return p, nil
@@ -164,3 +160,6 @@ func (p HostPattern) covers(q HostPattern) bool {
 	}
 	return p.name == q.name
 }
+
+// WildcardDomain is the domain a "*." pattern covers the names below.
+func (p HostPattern) WildcardDomain() (string, bool) { return p.name, p.wildcard }

@@ -346,3 +346,21 @@ claude --version && claude -p ping --max-turns 1`,
 		t.Errorf("the host's credentials changed: %s", after)
 	}
 }
+
+// A secret's wildcard host over a public suffix would send it to every
+// domain under it: a launch refuses it before anything starts, naming the
+// file, the line and the key (the launcher does not link the public
+// suffix list; it asks the supervisor program, as for the network rules).
+func TestSecretOverAPublicSuffixIsRefused(t *testing.T) {
+	requireSandboxHost(t)
+	p := project(t)
+	o := runOpts{env: []string{"XDG_CONFIG_HOME=" + cfgHome(t, "[secrets.X]\nhosts = [\"*.co.uk\"]\nenv = \"X\"\n"), "X=some-token"}}
+	r := run(t, o, "exec", p, "--", "true")
+	if r.code != 80 || !strings.Contains(r.stderr, "public suffix") || !strings.Contains(r.stderr, "config.toml:1 (secrets.X.hosts)") {
+		t.Fatalf("a secret for *.co.uk: want exit 80 naming the file and key: %s", r)
+	}
+	o.env[0] = "XDG_CONFIG_HOME=" + cfgHome(t, "[secrets.X]\nhosts = [\"*.example.co.uk\"]\nenv = \"X\"\n")
+	if r := run(t, o, "exec", p, "--", "true"); r.code != 0 {
+		t.Fatalf("a secret for *.example.co.uk: %s", r)
+	}
+}

@@ -20,6 +20,7 @@ import (
 	"github.com/claude-sandbox/claude-sandbox/internal/placeholder"
 	"github.com/claude-sandbox/claude-sandbox/nixdaemon"
 	"github.com/claude-sandbox/claude-sandbox/nixgate"
+	"github.com/claude-sandbox/claude-sandbox/secrets"
 	"github.com/claude-sandbox/claude-sandbox/sessionlog"
 	"github.com/claude-sandbox/claude-sandbox/supervisor"
 	"github.com/claude-sandbox/claude-sandbox/supervisor/control"
@@ -187,7 +188,7 @@ func probeNix(args []string) int {
 // standard input and prints {} or the first bad rule, where it was
 // written, what is wrong and how to write it.
 func checkRules() int {
-	var spec control.NetSpec
+	var spec control.RulesCheck
 	if err := json.NewDecoder(io.LimitReader(os.Stdin, maxSpec)).Decode(&spec); err != nil {
 		return fail("check-rules: %v", err)
 	}
@@ -207,8 +208,30 @@ func checkRules() int {
 			break
 		}
 	}
+	for _, h := range spec.SecretHosts {
+		if out.Error != "" {
+			break
+		}
+		if err := checkSecretHost(h.Text); err != nil {
+			out.Rule, out.Source, out.Error = h.Text, h.Source, err.Error()
+			out.Hint = `name a domain someone owns: "*.example.com", not "*.com"`
+		}
+	}
 	if err := json.NewEncoder(os.Stdout).Encode(out); err != nil {
 		return 1
 	}
 	return 0
+}
+
+// checkSecretHost refuses a secret's host that would send it to every
+// domain under a public suffix ("*.co.uk").
+func checkSecretHost(text string) error {
+	p, err := secrets.ParseHost(text)
+	if err != nil {
+		return err
+	}
+	if d, wildcard := p.WildcardDomain(); wildcard && egress.IsPublicSuffix(d) {
+		return fmt.Errorf("would send the secret to every domain under the public suffix %q", d)
+	}
+	return nil
 }

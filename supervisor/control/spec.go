@@ -126,6 +126,16 @@ type NetSpec struct {
 }
 
 // Rule is one allow or deny rule as written, and where.
+// RulesCheck is what `claude-sandbox-supervisor check-rules` reads: a
+// launch's rules, and its secrets' wildcard hosts, which must not cover a
+// public suffix (the list lives with the proxy's rules, which only the
+// supervisor links).
+type RulesCheck struct {
+	Allow       []Rule `json:"allow,omitempty"`
+	Deny        []Rule `json:"deny,omitempty"`
+	SecretHosts []Rule `json:"secretHosts,omitempty"`
+}
+
 type Rule struct {
 	Text   string `json:"text"`
 	Source string `json:"source,omitempty"` // e.g. claude-sandbox.toml:7
