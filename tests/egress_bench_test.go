@@ -3,6 +3,7 @@ package tests
 import (
 	"net"
 	"net/http"
+	"os"
 	"os/exec"
 	"sort"
 	"strconv"
@@ -26,6 +27,12 @@ import (
 //     and what the proxy adds (median).
 //
 //     go test ./tests -run '^$' -bench Egress -benchtime 10x
+//
+// CLAUDE_SANDBOX_BENCH_BASELINE_SUPERVISOR names another
+// claude-sandbox-supervisor (an earlier commit's, built with
+// `go build -o DIR/ ./cmd/claude-sandbox-supervisor`): each iteration then
+// runs the sandbox's probes with it too, alternating which goes first, and
+// its figures are reported beside this one's as base-*.
 func BenchmarkEgress(b *testing.B) {
 	requireSandboxHost(b)
 	curl, err := exec.LookPath("curl")
@@ -64,8 +71,14 @@ c http://` + addr + `/one`
 	// The first of each warms the page cache and the supervisor's binary.
 	run(b, runOpts{}, "exec", p, "--allow", addr, "--", "sh", "-c", probes)
 
+	baseline := os.Getenv("CLAUDE_SANDBOX_BENCH_BASELINE_SUPERVISOR")
+	baseOpts := runOpts{env: []string{"CLAUDE_SANDBOX_SUPERVISOR=" + baseline}}
+	if baseline != "" {
+		run(b, baseOpts, "exec", p, "--allow", addr, "--", "sh", "-c", probes)
+	}
+
 	type sample struct{ viaHTTP, viaTunnel, direct, setupIn, setupDirect float64 }
-	var samples []sample
+	var samples, baseSamples []sample
 	parse := func(out string) [][2]float64 {
 		var rows [][2]float64
 		for _, line := range strings.Split(strings.TrimSpace(out), "\n") {
@@ -79,25 +92,43 @@ c http://` + addr + `/one`
 		}
 		return rows
 	}
+	inside := func(o runOpts) [][2]float64 {
+		r := run(b, o, "exec", p, "--allow", addr, "--", "sh", "-c", probes)
+		rows := parse(r.stdout)
+		if r.code != 0 || len(rows) != 3 || rows[0][0] == 0 || rows[1][0] == 0 {
+			b.Fatalf("the probes did not all run inside: %q (%s)", r.stdout, r)
+		}
+		return rows
+	}
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
-		r := run(b, runOpts{}, "exec", p, "--allow", addr, "--", "sh", "-c", probes)
-		inside := parse(r.stdout)
+		var in, base [][2]float64
+		switch {
+		case baseline == "":
+			in = inside(runOpts{})
+		case i%2 == 0:
+			in, base = inside(runOpts{}), inside(baseOpts)
+		default:
+			base, in = inside(baseOpts), inside(runOpts{})
+		}
 		out, err := exec.Command("sh", "-c", hostProbes).Output()
 		if err != nil {
 			b.Fatalf("curl on the host: %v", err)
 		}
 		host := parse(string(out))
-		if r.code != 0 || len(inside) != 3 || len(host) != 3 || inside[0][0] == 0 || inside[1][0] == 0 {
-			b.Fatalf("the probes did not all run: inside %q (%s), host %q", r.stdout, r, out)
+		if len(host) != 3 || host[0][0] == 0 {
+			b.Fatalf("the probes did not all run on the host: %q", out)
 		}
-		samples = append(samples, sample{
-			viaHTTP: inside[0][0], viaTunnel: inside[1][0], direct: host[0][0],
-			setupIn: inside[2][1], setupDirect: host[2][1],
-		})
+		mk := func(in [][2]float64) sample {
+			return sample{viaHTTP: in[0][0], viaTunnel: in[1][0], direct: host[0][0], setupIn: in[2][1], setupDirect: host[2][1]}
+		}
+		samples = append(samples, mk(in))
+		if base != nil {
+			baseSamples = append(baseSamples, mk(base))
+		}
 	}
 	b.StopTimer()
-	med := func(f func(sample) float64) float64 {
+	med := func(samples []sample, f func(sample) float64) float64 {
 		v := make([]float64, len(samples))
 		for i, s := range samples {
 			v[i] = f(s)
@@ -106,13 +137,19 @@ c http://` + addr + `/one`
 		return v[len(v)/2]
 	}
 	const mb = 1e6
-	b.ReportMetric(med(func(s sample) float64 { return s.direct })/mb, "direct-MB/s")
-	b.ReportMetric(med(func(s sample) float64 { return s.viaHTTP })/mb, "proxy-http-MB/s")
-	b.ReportMetric(med(func(s sample) float64 { return s.viaTunnel })/mb, "proxy-connect-MB/s")
-	b.ReportMetric(med(func(s sample) float64 { return s.viaHTTP / s.direct }), "http-x-direct")
-	b.ReportMetric(med(func(s sample) float64 { return s.viaTunnel / s.direct }), "connect-x-direct")
-	b.ReportMetric(med(func(s sample) float64 { return s.setupDirect * 1000 }), "setup-direct-ms")
-	b.ReportMetric(med(func(s sample) float64 { return s.setupIn * 1000 }), "setup-inside-ms")
-	b.ReportMetric(med(func(s sample) float64 { return (s.setupIn - s.setupDirect) * 1000 }), "setup-added-ms")
+	report := func(prefix string, samples []sample) {
+		b.ReportMetric(med(samples, func(s sample) float64 { return s.viaHTTP })/mb, prefix+"proxy-http-MB/s")
+		b.ReportMetric(med(samples, func(s sample) float64 { return s.viaTunnel })/mb, prefix+"proxy-connect-MB/s")
+		b.ReportMetric(med(samples, func(s sample) float64 { return s.viaHTTP / s.direct }), prefix+"http-x-direct")
+		b.ReportMetric(med(samples, func(s sample) float64 { return s.viaTunnel / s.direct }), prefix+"connect-x-direct")
+		b.ReportMetric(med(samples, func(s sample) float64 { return s.setupIn * 1000 }), prefix+"setup-inside-ms")
+		b.ReportMetric(med(samples, func(s sample) float64 { return (s.setupIn - s.setupDirect) * 1000 }), prefix+"setup-added-ms")
+	}
+	b.ReportMetric(med(samples, func(s sample) float64 { return s.direct })/mb, "direct-MB/s")
+	b.ReportMetric(med(samples, func(s sample) float64 { return s.setupDirect * 1000 }), "setup-direct-ms")
+	report("", samples)
+	if baseSamples != nil {
+		report("base-", baseSamples)
+	}
 	b.ReportMetric(0, "ns/op")
 }
