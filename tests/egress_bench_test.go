@@ -16,15 +16,17 @@ import (
 // sandbox, whose only way out is its supervisor's proxy, and the same curl
 // on the host, directly, against one server on the host's loopback (named
 // by address in an allow rule). Each iteration is one sandbox running the
-// three requests and the host running the same three, so pairs see the
-// same machine load; curl's own timers exclude the launch.
+// requests and the host running the same ones, so pairs see the same
+// machine load; curl's own timers exclude the launch.
 //
 //   - bulk: 256 MiB over plain HTTP (the proxy forwards the request) and
 //     through a CONNECT tunnel (what every https:// request takes), in
 //     MB/s, and each as a fraction of the direct download;
 //
-//   - set-up: a one-byte answer's time to first byte, inside and direct,
-//     and what the proxy adds (median).
+//   - set-up: a one-byte answer's time to first byte from a new
+//     connection, inside and direct, and what the proxy adds: plain HTTP
+//     (setup-*) and through a new CONNECT tunnel (connect-setup-*); each
+//     iteration's figure is the median of setupRounds requests.
 //
 //     go test ./tests -run '^$' -bench Egress -benchtime 10x
 //
@@ -63,10 +65,11 @@ func BenchmarkEgress(b *testing.B) {
 	p := project(b)
 
 	// speed_download is bytes per second; time_starttransfer seconds.
+	const setupRounds = 7
 	probes := `c() { curl -s -o /dev/null -w '%{speed_download} %{time_starttransfer}\n' "$@" || echo "0 0"; }
 c http://` + addr + `/bulk
 c -p http://` + addr + `/bulk
-c http://` + addr + `/one`
+for i in $(seq ` + strconv.Itoa(setupRounds) + `); do c http://` + addr + `/one; c -p http://` + addr + `/one; done`
 	hostProbes := strings.ReplaceAll(probes, "curl -s", curl+" -s --noproxy '*'")
 	// The first of each warms the page cache and the supervisor's binary.
 	run(b, runOpts{}, "exec", p, "--allow", addr, "--", "sh", "-c", probes)
@@ -77,8 +80,13 @@ c http://` + addr + `/one`
 		run(b, baseOpts, "exec", p, "--allow", addr, "--", "sh", "-c", probes)
 	}
 
-	type sample struct{ viaHTTP, viaTunnel, direct, setupIn, setupDirect float64 }
+	type sample struct {
+		viaHTTP, viaTunnel, direct                               float64
+		setupIn, setupDirect, connectSetupIn, connectSetupDirect float64
+	}
 	var samples, baseSamples []sample
+	// parse reads the probes' lines: the two downloads, then the set-up
+	// rounds, plain and CONNECT in turn.
 	parse := func(out string) [][2]float64 {
 		var rows [][2]float64
 		for _, line := range strings.Split(strings.TrimSpace(out), "\n") {
@@ -90,12 +98,25 @@ c http://` + addr + `/one`
 			first, _ := strconv.ParseFloat(f[1], 64)
 			rows = append(rows, [2]float64{speed, first})
 		}
+		if len(rows) != 2+2*setupRounds || rows[0][0] == 0 || rows[1][0] == 0 {
+			return nil
+		}
 		return rows
+	}
+	// setup is the median time to first byte of every other set-up round
+	// from the first'th.
+	setup := func(rows [][2]float64, first int) float64 {
+		var v []float64
+		for i := 2 + first; i < len(rows); i += 2 {
+			v = append(v, rows[i][1])
+		}
+		sort.Float64s(v)
+		return v[len(v)/2]
 	}
 	inside := func(o runOpts) [][2]float64 {
 		r := run(b, o, "exec", p, "--allow", addr, "--", "sh", "-c", probes)
 		rows := parse(r.stdout)
-		if r.code != 0 || len(rows) != 3 || rows[0][0] == 0 || rows[1][0] == 0 {
+		if r.code != 0 || rows == nil {
 			b.Fatalf("the probes did not all run inside: %q (%s)", r.stdout, r)
 		}
 		return rows
@@ -116,11 +137,13 @@ c http://` + addr + `/one`
 			b.Fatalf("curl on the host: %v", err)
 		}
 		host := parse(string(out))
-		if len(host) != 3 || host[0][0] == 0 {
+		if host == nil {
 			b.Fatalf("the probes did not all run on the host: %q", out)
 		}
 		mk := func(in [][2]float64) sample {
-			return sample{viaHTTP: in[0][0], viaTunnel: in[1][0], direct: host[0][0], setupIn: in[2][1], setupDirect: host[2][1]}
+			return sample{viaHTTP: in[0][0], viaTunnel: in[1][0], direct: host[0][0],
+				setupIn: setup(in, 0), setupDirect: setup(host, 0),
+				connectSetupIn: setup(in, 1), connectSetupDirect: setup(host, 1)}
 		}
 		samples = append(samples, mk(in))
 		if base != nil {
@@ -144,6 +167,8 @@ c http://` + addr + `/one`
 		b.ReportMetric(med(samples, func(s sample) float64 { return s.viaTunnel / s.direct }), prefix+"connect-x-direct")
 		b.ReportMetric(med(samples, func(s sample) float64 { return s.setupIn * 1000 }), prefix+"setup-inside-ms")
 		b.ReportMetric(med(samples, func(s sample) float64 { return (s.setupIn - s.setupDirect) * 1000 }), prefix+"setup-added-ms")
+		b.ReportMetric(med(samples, func(s sample) float64 { return s.connectSetupIn * 1000 }), prefix+"connect-setup-inside-ms")
+		b.ReportMetric(med(samples, func(s sample) float64 { return (s.connectSetupIn - s.connectSetupDirect) * 1000 }), prefix+"connect-setup-added-ms")
 	}
 	b.ReportMetric(med(samples, func(s sample) float64 { return s.direct })/mb, "direct-MB/s")
 	b.ReportMetric(med(samples, func(s sample) float64 { return s.setupDirect * 1000 }), "setup-direct-ms")
