@@ -389,7 +389,7 @@ func (s *Server) check(ctx context.Context, op string, d Destination, upstreamFo
 	}
 	if lookup {
 		// The timeout bounds the name's lookup. An address is not looked
-		// up, and its request is spared the timer (about 10 µs here).
+		// up, and its request is spared the timer.
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, s.t.Resolve)
 		defer cancel()
