@@ -81,6 +81,16 @@ func TestListenLoopback(t *testing.T) {
 			case <-time.After(5 * time.Second):
 				t.Fatal("no connection from inside reached the socket")
 			}
+			// The loopback inside takes large packets (loopbackGSO).
+			if ip, err := exec.LookPath("ip"); err == nil {
+				b, err := exec.Command(nsenter, append(args, "--", ip, "-d", "link", "show", "lo")...).CombinedOutput()
+				if err != nil {
+					t.Fatalf("ip link inside: %v\n%s", err, b)
+				}
+				if want := fmt.Sprintf("gso_max_size %d ", loopbackGSO); !strings.Contains(string(b), want) {
+					t.Errorf("the sandbox's lo: want %q in\n%s", want, b)
+				}
+			}
 		})
 	}
 }
