@@ -102,6 +102,10 @@ type Server struct {
 	conns     map[*conn]struct{}
 	wg        sync.WaitGroup
 
+	// buffers are lent to forwarded response bodies and to tunnels'
+	// downloads (see bodyBuffer, copyBursts).
+	buffers bufferPool
+
 	httpStart sync.Once
 	httpQueue *connQueue
 	httpSrv   *http.Server
@@ -129,6 +133,7 @@ func New(opts Options) (*Server, error) {
 		resolver:  opts.Resolver,
 		listeners: map[net.Listener]struct{}{},
 		conns:     map[*conn]struct{}{},
+		buffers:   newBufferPool(),
 	}
 	if s.log == nil {
 		s.log = sessionlog.Discard
@@ -505,7 +510,7 @@ func (s *Server) tunnel(op string, rt route, ready func(err error) *conn) {
 		up.Close()
 		return
 	}
-	splice(client, up, s.t.Idle)
+	splice(client, up, s.t.Idle, s.buffers)
 }
 
 // refusal is a policy's refusal passed to ready.

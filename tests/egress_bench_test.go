@@ -30,11 +30,11 @@ import (
 //
 //     go test ./tests -run '^$' -bench Egress -benchtime 10x
 //
-// CLAUDE_SANDBOX_BENCH_BASELINE_SUPERVISOR names another
-// claude-sandbox-supervisor (an earlier commit's, built with
-// `go build -o DIR/ ./cmd/claude-sandbox-supervisor`): each iteration then
-// runs the sandbox's probes with it too, alternating which goes first, and
-// its figures are reported beside this one's as base-*.
+// CLAUDE_SANDBOX_BENCH_BASELINE names another claude-sandbox (an earlier
+// commit's, built with `go build -o DIR/ ./cmd/...`, its supervisor beside
+// it): each iteration then runs the sandbox's probes with it too,
+// alternating which goes first, and its figures are reported beside this
+// one's as base-*.
 func BenchmarkEgress(b *testing.B) {
 	requireSandboxHost(b)
 	curl, err := exec.LookPath("curl")
@@ -74,8 +74,8 @@ for i in $(seq ` + strconv.Itoa(setupRounds) + `); do c http://` + addr + `/one;
 	// The first of each warms the page cache and the supervisor's binary.
 	run(b, runOpts{}, "exec", p, "--allow", addr, "--", "sh", "-c", probes)
 
-	baseline := os.Getenv("CLAUDE_SANDBOX_BENCH_BASELINE_SUPERVISOR")
-	baseOpts := runOpts{env: []string{"CLAUDE_SANDBOX_SUPERVISOR=" + baseline}}
+	baseline := os.Getenv("CLAUDE_SANDBOX_BENCH_BASELINE")
+	baseOpts := runOpts{bin: baseline}
 	if baseline != "" {
 		run(b, baseOpts, "exec", p, "--allow", addr, "--", "sh", "-c", probes)
 	}
