@@ -842,9 +842,9 @@ func TestTunnelHalfCloseAndEarlyBytes(t *testing.T) {
 	}
 }
 
-// A tunnel's download holds a buffer only while bytes wait: once the
-// source is quiet the buffer is back in the pool, and at the source's
-// end the copy reports everything moved and no error.
+// A tunnel's download borrows a large buffer only for a bulk burst, and
+// gives it back once the source is quiet; at the source's end the copy
+// reports everything moved and no error.
 func TestCopyBurstsLendsBufferOnlyWhileBusy(t *testing.T) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -872,22 +872,34 @@ func TestCopyBurstsLendsBufferOnlyWhileBusy(t *testing.T) {
 		n, err := copyBursts(writerFunc(func(p []byte) (int, error) { got.Add(int64(len(p))); return len(p), nil }), near, buffers)
 		done <- result{n, err}
 	}()
+	// A small message is read without a buffer from the pool.
+	if _, err := far.Write([]byte("hello")); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for got.Load() < 5 && time.Now().Before(deadline) {
+		time.Sleep(time.Millisecond)
+	}
+	time.Sleep(20 * time.Millisecond)
+	if got.Load() != 5 || len(buffers) != 0 {
+		t.Fatalf("after a small message: copied %d of 5 bytes, %d buffers in the pool (want none lent)", got.Load(), len(buffers))
+	}
 	const size = 3 << 20
 	if _, err := far.Write(make([]byte, size)); err != nil {
 		t.Fatal(err)
 	}
-	deadline := time.Now().Add(5 * time.Second)
-	for (got.Load() < size || len(buffers) != 1) && time.Now().Before(deadline) {
+	deadline = time.Now().Add(5 * time.Second)
+	for (got.Load() < 5+size || len(buffers) != 1) && time.Now().Before(deadline) {
 		time.Sleep(10 * time.Millisecond)
 	}
-	if got.Load() != size || len(buffers) != 1 {
-		t.Fatalf("copied %d of %d bytes; %d buffers back in the pool, want 1", got.Load(), size, len(buffers))
+	if got.Load() != 5+size || len(buffers) != 1 {
+		t.Fatalf("copied %d of %d bytes; %d buffers back in the pool, want 1", got.Load(), 5+size, len(buffers))
 	}
 	far.Close()
 	select {
 	case r := <-done:
-		if r.n != size || r.err != nil {
-			t.Errorf("copyBursts = %d, %v; want %d, nil", r.n, r.err, size)
+		if r.n != 5+size || r.err != nil {
+			t.Errorf("copyBursts = %d, %v; want %d, nil", r.n, r.err, 5+size)
 		}
 	case <-time.After(5 * time.Second):
 		t.Fatal("copyBursts did not return at the source's end")
