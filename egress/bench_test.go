@@ -20,7 +20,8 @@ import (
 //
 // Throughput: 16 MiB asked for and read, in turn through the proxy and
 // directly; MB/s through the proxy beside direct-MB/s, and x-direct the
-// median ratio. Setup: connect, ask,
+// median ratio (ThroughputHTTP: the same for a plain-HTTP download the
+// proxy forwards, over loopback TCP). Setup: connect, ask,
 // and get one byte back (median-µs is the number to compare; the proxy
 // adds the Unix socket, the request, the policy check and its own TCP
 // connection).
@@ -216,4 +217,74 @@ func BenchmarkSetup(b *testing.B) {
 			b.ReportMetric(float64(times[len(times)/2].Nanoseconds())/1e3, "median-µs")
 		})
 	}
+}
+
+// BenchmarkThroughputHTTP downloads 16 MiB by plain HTTP on a kept-alive
+// connection through the proxy's TCP listener, then on one straight to
+// the server, in turn (see BenchmarkThroughput).
+func BenchmarkThroughputHTTP(b *testing.B) {
+	body := make([]byte, bulk)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Length", strconv.Itoa(len(body)))
+		w.Write(body)
+	})}
+	go srv.Serve(ln)
+	b.Cleanup(func() { srv.Close() })
+	dest := ln.Addr().String()
+	_, port, _ := net.SplitHostPort(dest)
+	_, proxyAddr := benchProxy(b, port)
+
+	type client struct {
+		c   net.Conn
+		br  *bufio.Reader
+		req string
+	}
+	open := func(addr, target string) *client {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.Cleanup(func() { c.Close() })
+		return &client{c: c, br: bufio.NewReaderSize(c, 64<<10),
+			req: "GET " + target + " HTTP/1.1\r\nHost: origin.test:" + port + "\r\n\r\n"}
+	}
+	via := open(proxyAddr, "http://origin.test:"+port+"/bulk")
+	direct := open(dest, "/bulk")
+	buf := make([]byte, bulk)
+	fetch := func(cl *client) time.Duration {
+		start := time.Now()
+		if _, err := io.WriteString(cl.c, cl.req); err != nil {
+			b.Fatal(err)
+		}
+		resp, err := http.ReadResponse(cl.br, nil)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if _, err := io.ReadFull(resp.Body, buf); err != nil || resp.StatusCode != 200 {
+			b.Fatalf("%s: %v", resp.Status, err)
+		}
+		resp.Body.Close()
+		return time.Since(start)
+	}
+	fetch(via)
+	fetch(direct)
+	var straight time.Duration
+	ratios := make([]float64, 0, b.N)
+	b.SetBytes(bulk)
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		p := fetch(via)
+		b.StopTimer()
+		s := fetch(direct)
+		b.StartTimer()
+		straight += s
+		ratios = append(ratios, s.Seconds()/p.Seconds())
+	}
+	slices.Sort(ratios)
+	b.ReportMetric(float64(b.N)*bulk/1e6/straight.Seconds(), "direct-MB/s")
+	b.ReportMetric(ratios[len(ratios)/2], "x-direct")
 }

@@ -7,7 +7,10 @@ import (
 	"os"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // clock is when bytes last moved on a connection, or on either side of
@@ -185,20 +188,20 @@ func isTimeout(err error) bool {
 // tunnelSendBuffer is the send buffer asked for a tunnel's Unix socket.
 const tunnelSendBuffer = 4 << 20
 
-// splice copies a tunnel both ways until both directions end, with the
-// kernel's splice(2) where the two sockets allow it (a Unix socket and
-// TCP, or TCP and TCP: io.Copy finds it through the connections'
-// ReadFrom and WriteTo), so bulk data does not pass through this
-// process. A direction that reaches the end of its input half-closes its
-// output; an error in either, the idle limit, or the server closing ends
-// both.
+// splice copies a tunnel both ways until both directions end. Bytes from
+// the client go to the destination by the kernel's splice(2) (io.Copy
+// finds it through the connections' ReadFrom and WriteTo), so they do not
+// pass through this process; the download into a client's TCP socket is
+// copied in bursts instead (see copyBursts). A direction that reaches the
+// end of its input half-closes its output; an error in either, the idle
+// limit, or the server closing ends both.
 //
 // The idle limit cannot be kept by a wrapper here (it would hide the
 // sockets from splice): each direction's read deadline instead expires
 // every idle/4, and each expiry reports whether bytes moved. The tunnel
 // ends when none moved either way for idle. Write deadlines stay unset: a
-// splice interrupted while writing would lose what it holds.
-func splice(client *conn, up net.Conn, idle time.Duration) {
+// copy interrupted while writing would lose what it holds.
+func splice(client *conn, up net.Conn, idle time.Duration, buffers bufferPool) {
 	clk := client.clock
 	var once sync.Once
 	closeAll := func() {
@@ -237,25 +240,31 @@ func splice(client *conn, up net.Conn, idle time.Duration) {
 		// becomes 0.85-0.95x). The kernel caps it at net.core.wmem_max.
 		_ = uc.SetWriteBuffer(tunnelSendBuffer)
 	}
+	down := io.Copy
+	if _, ok := clientRaw.(*net.TCPConn); ok {
+		down = func(dst io.Writer, src io.Reader) (int64, error) {
+			return copyBursts(dst, src, buffers)
+		}
+	}
 	clk.touch()
 
 	period := max(idle/4, time.Millisecond)
 	otherDone := make(chan struct{})
 	go func() {
 		defer close(otherDone)
-		pump(clientRaw, upRaw, clk, idle, period, closeAll, nil)
+		pump(clientRaw, upRaw, down, clk, idle, period, closeAll, nil)
 	}()
-	pump(upRaw, clientRaw, clk, idle, period, closeAll, otherDone)
+	pump(upRaw, clientRaw, io.Copy, clk, idle, period, closeAll, otherDone)
 	<-otherDone
 }
 
-// pump copies src to dst (see splice). After its own end of input it
-// watches the other direction (done closes when that one ends), which
+// pump copies src to dst with cp (see splice). After its own end of input
+// it watches the other direction (done closes when that one ends), which
 // may be stuck writing to a peer that does not read.
-func pump(dst, src net.Conn, clk *clock, idle, period time.Duration, closeAll func(), done <-chan struct{}) {
+func pump(dst, src net.Conn, cp func(io.Writer, io.Reader) (int64, error), clk *clock, idle, period time.Duration, closeAll func(), done <-chan struct{}) {
 	for {
 		_ = src.SetReadDeadline(time.Now().Add(period))
-		n, err := io.Copy(dst, src)
+		n, err := cp(dst, src)
 		if n > 0 {
 			clk.touch()
 		}
@@ -283,6 +292,96 @@ func pump(dst, src net.Conn, clk *clock, idle, period time.Duration, closeAll fu
 		default:
 			closeAll()
 			return
+		}
+	}
+}
+
+// copyBursts copies src to dst like io.Copy, in bursts: it waits for
+// bytes holding no buffer, reads them into a small one, and moves to a
+// buffer from buffers, given back when the burst ends, only when the
+// small one fills (a bulk transfer; a quiet tunnel or one of small
+// messages never holds one). It is for a download into a client's TCP
+// socket on the sandbox's loopback, which takes large packets (nsenter's
+// loopbackGSO): a write from a 1 MiB buffer makes them, splice(2) passes
+// on the first hop's pieces and makes smaller ones. Measured with curl in
+// a network namespace of its own, the proxy outside: 0.56-0.69x of a
+// direct download by splice, 0.73-0.82x this way (with 64 KiB packets
+// both are about 0.6x). src's read deadline applies as in io.Copy.
+func copyBursts(dst io.Writer, src io.Reader, buffers bufferPool) (int64, error) {
+	sc, ok := src.(syscall.Conn)
+	if !ok {
+		return io.Copy(dst, src)
+	}
+	rc, err := sc.SyscallConn()
+	if err != nil {
+		return io.Copy(dst, src)
+	}
+	small := make([]byte, smallBurst)
+	var written int64
+	for {
+		// Wait, holding nothing, until src has bytes, its end, or an error.
+		var peek [1]byte
+		if err := rc.Read(func(fd uintptr) bool {
+			_, _, err := unix.Recvfrom(int(fd), peek[:], unix.MSG_PEEK|unix.MSG_DONTWAIT)
+			return err != unix.EAGAIN
+		}); err != nil {
+			return written, err
+		}
+		n, err := burst(dst, rc, small, buffers)
+		written += n
+		if err != errDrained {
+			return written, err
+		}
+	}
+}
+
+// smallBurst is what a burst is read with until it proves to be bulk.
+const smallBurst = 32 << 10
+
+// errDrained: the socket has nothing more to read for now.
+var errDrained = errors.New("drained")
+
+// burst copies what src's socket holds to dst, reading without waiting:
+// errDrained when it is empty, nil at its end.
+func burst(dst io.Writer, rc syscall.RawConn, small []byte, buffers bufferPool) (int64, error) {
+	buf := small
+	defer func() {
+		if len(buf) != len(small) {
+			buffers.Put(buf)
+		}
+	}()
+	var written int64
+	for {
+		var n int
+		var rerr error
+		if err := rc.Read(func(fd uintptr) bool {
+			for {
+				n, rerr = unix.Read(int(fd), buf)
+				if rerr != unix.EINTR {
+					return true
+				}
+			}
+		}); err != nil {
+			return written, err
+		}
+		if n > 0 {
+			m, err := dst.Write(buf[:n])
+			written += int64(m)
+			if err != nil {
+				return written, err
+			}
+			if n == len(small) && len(buf) == len(small) {
+				buf = buffers.Get()
+			}
+			continue
+		}
+		switch rerr {
+		case nil:
+			return written, nil // the end
+		case unix.EAGAIN:
+			return written, errDrained
+		default:
+			return written, os.NewSyscallError("read", rerr)
 		}
 	}
 }

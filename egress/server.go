@@ -102,6 +102,10 @@ type Server struct {
 	conns     map[*conn]struct{}
 	wg        sync.WaitGroup
 
+	// buffers are lent to forwarded response bodies and to tunnels'
+	// downloads (see bodyBuffer, copyBursts).
+	buffers bufferPool
+
 	httpStart sync.Once
 	httpQueue *connQueue
 	httpSrv   *http.Server
@@ -129,6 +133,7 @@ func New(opts Options) (*Server, error) {
 		resolver:  opts.Resolver,
 		listeners: map[net.Listener]struct{}{},
 		conns:     map[*conn]struct{}{},
+		buffers:   newBufferPool(),
 	}
 	if s.log == nil {
 		s.log = sessionlog.Discard
@@ -378,15 +383,22 @@ type route struct {
 // check decides a destination for op and records the decision.
 func (s *Server) check(ctx context.Context, op string, d Destination, upstreamFor func(string) *url.URL) route {
 	var proxy *url.URL
+	lookup := true
 	if name, addr, err := normalizeHost(d.Host); err == nil {
 		host := name
 		if name == "" {
 			host = addr.String()
+			lookup = false
 		}
 		proxy = upstreamFor(joinHostPort(host, d.Port))
 	}
-	ctx, cancel := context.WithTimeout(ctx, s.t.Resolve)
-	defer cancel()
+	if lookup {
+		// The timeout bounds the name's lookup. An address is not looked
+		// up, and its request is spared the timer.
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, s.t.Resolve)
+		defer cancel()
+	}
 	v := s.Policy().check(ctx, d, s.resolver, proxy != nil)
 	if v.Allowed || v.MethodsOnly == nil {
 		s.outcome(op, v, proxy)
@@ -498,7 +510,7 @@ func (s *Server) tunnel(op string, rt route, ready func(err error) *conn) {
 		up.Close()
 		return
 	}
-	splice(client, up, s.t.Idle)
+	splice(client, up, s.t.Idle, s.buffers)
 }
 
 // refusal is a policy's refusal passed to ready.

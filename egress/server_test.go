@@ -18,6 +18,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -613,55 +614,66 @@ func TestIdleTunnelEnds(t *testing.T) {
 	}()
 	_, port, _ := net.SplitHostPort(ln.Addr().String())
 	p := startProxy(t, allowOrigin(t, port), loopbackResolver(), func(o *Options) { o.Timeouts.Idle = 500 * time.Millisecond })
-	open := func() net.Conn {
-		c, err := net.Dial("unix", p.sock)
-		if err != nil {
-			t.Fatal(err)
+	// The sandbox's path is TCP (on its own loopback), the other a Unix
+	// socket; their tunnels' downloads are copied differently (copyBursts,
+	// splice).
+	for _, network := range []string{"tcp", "unix"} {
+		addr := p.tcp
+		if network == "unix" {
+			addr = p.sock
 		}
-		fmt.Fprintf(c, "CONNECT origin.test:%s HTTP/1.1\r\nHost: origin.test:%s\r\n\r\n", port, port)
-		br := bufio.NewReader(c)
-		resp, err := http.ReadResponse(br, &http.Request{Method: "CONNECT"})
-		if err != nil || resp.StatusCode != 200 {
-			t.Fatalf("CONNECT: %v %v", resp, err)
-		}
-		return c
-	}
-	// Quiet both ways: closed after about the idle limit.
-	c := open()
-	defer c.Close()
-	c.SetReadDeadline(time.Now().Add(5 * time.Second))
-	start := time.Now()
-	if _, err := io.Copy(io.Discard, c); err != nil {
-		t.Fatal(err)
-	}
-	if d := time.Since(start); d < 450*time.Millisecond || d > 3*time.Second {
-		t.Errorf("idle tunnel ended after %v, want about 500ms", d)
-	}
-	// One direction busy for 2s (the client silent): kept open
-	// past the idle limit, ended when both are quiet.
-	c2 := open()
-	defer c2.Close()
-	c2.Write([]byte{'s'})
-	c2.SetReadDeadline(time.Now().Add(5 * time.Second))
-	start = time.Now()
-	n, _ := io.Copy(io.Discard, c2)
-	if n != 20 {
-		t.Errorf("streamed %d bytes through a tunnel whose client was silent, want 20 (ended after %v)", n, time.Since(start))
-	}
-	// A client that has finished sending and stops reading: the proxy's
-	// write to it blocks, nothing moves, and the tunnel ends all the same.
-	c3 := open()
-	defer c3.Close()
-	c3.Write([]byte{'f'})
-	c3.(*net.UnixConn).CloseWrite()
-	start = time.Now()
-	select {
-	case <-flooded:
-		if d := time.Since(start); d < 450*time.Millisecond {
-			t.Errorf("stalled tunnel ended after %v, before the idle limit", d)
-		}
-	case <-time.After(5 * time.Second):
-		t.Error("a tunnel to a client that stopped reading did not end")
+		t.Run(network, func(t *testing.T) {
+			open := func() net.Conn {
+				c, err := net.Dial(network, addr)
+				if err != nil {
+					t.Fatal(err)
+				}
+				fmt.Fprintf(c, "CONNECT origin.test:%s HTTP/1.1\r\nHost: origin.test:%s\r\n\r\n", port, port)
+				br := bufio.NewReader(c)
+				resp, err := http.ReadResponse(br, &http.Request{Method: "CONNECT"})
+				if err != nil || resp.StatusCode != 200 {
+					t.Fatalf("CONNECT: %v %v", resp, err)
+				}
+				return c
+			}
+			// Quiet both ways: closed after about the idle limit.
+			c := open()
+			defer c.Close()
+			c.SetReadDeadline(time.Now().Add(5 * time.Second))
+			start := time.Now()
+			if _, err := io.Copy(io.Discard, c); err != nil {
+				t.Fatal(err)
+			}
+			if d := time.Since(start); d < 450*time.Millisecond || d > 3*time.Second {
+				t.Errorf("idle tunnel ended after %v, want about 500ms", d)
+			}
+			// One direction busy for 2s (the client silent): kept open
+			// past the idle limit, ended when both are quiet.
+			c2 := open()
+			defer c2.Close()
+			c2.Write([]byte{'s'})
+			c2.SetReadDeadline(time.Now().Add(5 * time.Second))
+			start = time.Now()
+			n, _ := io.Copy(io.Discard, c2)
+			if n != 20 {
+				t.Errorf("streamed %d bytes through a tunnel whose client was silent, want 20 (ended after %v)", n, time.Since(start))
+			}
+			// A client that has finished sending and stops reading: the proxy's
+			// write to it blocks, nothing moves, and the tunnel ends all the same.
+			c3 := open()
+			defer c3.Close()
+			c3.Write([]byte{'f'})
+			c3.(interface{ CloseWrite() error }).CloseWrite()
+			start = time.Now()
+			select {
+			case <-flooded:
+				if d := time.Since(start); d < 450*time.Millisecond {
+					t.Errorf("stalled tunnel ended after %v, before the idle limit", d)
+				}
+			case <-time.After(5 * time.Second):
+				t.Error("a tunnel to a client that stopped reading did not end")
+			}
+		})
 	}
 }
 
@@ -785,41 +797,115 @@ func TestTunnelHalfCloseAndEarlyBytes(t *testing.T) {
 	_, port, _ := net.SplitHostPort(ln.Addr().String())
 	p := startProxy(t, allowOrigin(t, port), loopbackResolver(), nil)
 	payload := strings.Repeat("x", 1<<20)
-	for _, proto := range []string{"CONNECT", "socks5"} {
-		c, err := net.Dial("unix", p.sock)
-		if err != nil {
-			t.Fatal(err)
+	for _, network := range []string{"tcp", "unix"} {
+		addr := p.tcp
+		if network == "unix" {
+			addr = p.sock
 		}
-		c.SetDeadline(time.Now().Add(10 * time.Second))
-		var br *bufio.Reader
-		if proto == "CONNECT" {
-			io.WriteString(c, "CONNECT origin.test:"+port+" HTTP/1.1\r\n\r\nEARLY"+payload)
-			br = bufio.NewReader(c)
-			resp, err := http.ReadResponse(br, &http.Request{Method: "CONNECT"})
-			if err != nil || resp.StatusCode != 200 {
-				t.Fatal(resp, err)
+		for _, proto := range []string{"CONNECT", "socks5"} {
+			c, err := net.Dial(network, addr)
+			if err != nil {
+				t.Fatal(err)
 			}
-		} else {
-			pn, _ := strconv.Atoi(port)
-			req := append([]byte{5, 1, 0, 5, 1, 0, 3, 11}, "origin.test"...)
-			req = binary.BigEndian.AppendUint16(req, uint16(pn))
-			c.Write(req)
-			var reply [12]byte
-			if _, err := io.ReadFull(c, reply[:]); err != nil || reply[3] != 0 {
-				t.Fatal(reply, err)
+			c.SetDeadline(time.Now().Add(10 * time.Second))
+			var br *bufio.Reader
+			if proto == "CONNECT" {
+				io.WriteString(c, "CONNECT origin.test:"+port+" HTTP/1.1\r\n\r\nEARLY"+payload)
+				br = bufio.NewReader(c)
+				resp, err := http.ReadResponse(br, &http.Request{Method: "CONNECT"})
+				if err != nil || resp.StatusCode != 200 {
+					t.Fatal(resp, err)
+				}
+			} else {
+				pn, _ := strconv.Atoi(port)
+				req := append([]byte{5, 1, 0, 5, 1, 0, 3, 11}, "origin.test"...)
+				req = binary.BigEndian.AppendUint16(req, uint16(pn))
+				c.Write(req)
+				var reply [12]byte
+				if _, err := io.ReadFull(c, reply[:]); err != nil || reply[3] != 0 {
+					t.Fatal(reply, err)
+				}
+				io.WriteString(c, "EARLY"+payload)
+				br = bufio.NewReader(c)
 			}
-			io.WriteString(c, "EARLY"+payload)
-			br = bufio.NewReader(c)
+			c.(interface{ CloseWrite() error }).CloseWrite()
+			line, err := br.ReadString('\n')
+			if want := fmt.Sprintf("got %d\n", len(payload)+5); err != nil || line != want {
+				t.Errorf("%s over %s: destination says %q (%v), want %q", proto, network, line, err, want)
+			}
+			n, err := io.Copy(io.Discard, br)
+			if err != nil || n != 1<<20 {
+				t.Errorf("%s over %s: %d bytes after the half-close (%v), want 1 MiB", proto, network, n, err)
+			}
+			c.Close()
 		}
-		c.(*net.UnixConn).CloseWrite()
-		line, err := br.ReadString('\n')
-		if want := fmt.Sprintf("got %d\n", len(payload)+5); err != nil || line != want {
-			t.Errorf("%s: destination says %q (%v), want %q", proto, line, err, want)
-		}
-		n, err := io.Copy(io.Discard, br)
-		if err != nil || n != 1<<20 {
-			t.Errorf("%s: %d bytes after the half-close (%v), want 1 MiB", proto, n, err)
-		}
-		c.Close()
 	}
 }
+
+// A tunnel's download borrows a large buffer only for a bulk burst, and
+// gives it back once the source is quiet; at the source's end the copy
+// reports everything moved and no error.
+func TestCopyBurstsLendsBufferOnlyWhileBusy(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	far, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer far.Close()
+	near, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer near.Close()
+	buffers := newBufferPool()
+	var got atomic.Int64
+	type result struct {
+		n   int64
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		n, err := copyBursts(writerFunc(func(p []byte) (int, error) { got.Add(int64(len(p))); return len(p), nil }), near, buffers)
+		done <- result{n, err}
+	}()
+	// A small message is read without a buffer from the pool.
+	if _, err := far.Write([]byte("hello")); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for got.Load() < 5 && time.Now().Before(deadline) {
+		time.Sleep(time.Millisecond)
+	}
+	time.Sleep(20 * time.Millisecond)
+	if got.Load() != 5 || len(buffers) != 0 {
+		t.Fatalf("after a small message: copied %d of 5 bytes, %d buffers in the pool (want none lent)", got.Load(), len(buffers))
+	}
+	const size = 3 << 20
+	if _, err := far.Write(make([]byte, size)); err != nil {
+		t.Fatal(err)
+	}
+	deadline = time.Now().Add(5 * time.Second)
+	for (got.Load() < 5+size || len(buffers) != 1) && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if got.Load() != 5+size || len(buffers) != 1 {
+		t.Fatalf("copied %d of %d bytes; %d buffers back in the pool, want 1", got.Load(), 5+size, len(buffers))
+	}
+	far.Close()
+	select {
+	case r := <-done:
+		if r.n != 5+size || r.err != nil {
+			t.Errorf("copyBursts = %d, %v; want %d, nil", r.n, r.err, 5+size)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("copyBursts did not return at the source's end")
+	}
+}
+
+type writerFunc func([]byte) (int, error)
+
+func (f writerFunc) Write(p []byte) (int, error) { return f(p) }

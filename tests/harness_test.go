@@ -116,6 +116,8 @@ type runOpts struct {
 	// wrap runs claude-sandbox under this command (its argv prefix): a
 	// private mount namespace in which a host file is replaced, say.
 	wrap []string
+	// bin is the claude-sandbox to run; default the one built for this run.
+	bin string
 }
 
 // run starts claude-sandbox with a small, explicit environment: the host
@@ -147,7 +149,11 @@ func run(t testing.TB, o runOpts, args ...string) result {
 	if command == nil {
 		command = exec.CommandContext
 	}
-	argv := append(append(append([]string{}, o.wrap...), binary), args...)
+	bin := binary
+	if o.bin != "" {
+		bin = o.bin
+	}
+	argv := append(append(append([]string{}, o.wrap...), bin), args...)
 	cmd := command(ctx, argv[0], argv[1:]...)
 	cmd.Env = env
 	var stdout, stderr bytes.Buffer

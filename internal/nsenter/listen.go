@@ -1,6 +1,7 @@
 package nsenter
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"os"
@@ -21,7 +22,8 @@ import (
 // A child made by a raw clone(2) joins the namespace — the user namespace
 // owning it first, where that is not this process's (unprivileged bwrap):
 // joining a user namespace needs a single-threaded caller — creates the
-// socket there, and sends it back over a socket pair (SCM_RIGHTS).
+// socket there, and sends it back over a socket pair (SCM_RIGHTS). The
+// child also lets that loopback carry large packets (loopbackGSO).
 func ListenLoopback(target, port int) (*os.File, error) {
 	if port <= 0 || port > 65535 {
 		return nil, fmt.Errorf("port %d out of range", port)
@@ -64,6 +66,8 @@ func ListenLoopback(target, port int) (*os.File, error) {
 
 	l.addr = loopbackAddr(port)
 	l.one = 1
+	linkMessage(&l.link)
+	l.kernel.Family = unix.AF_NETLINK
 	l.cmsg = unix.UnixRights(0)
 	l.iov = unix.Iovec{Base: &l.payload[0]}
 	l.iov.SetLen(len(l.payload))
@@ -150,6 +154,40 @@ type nsListen struct {
 	payload       [8]byte
 	cmsg          []byte
 	fdSlot        *int32
+	link          [linkMsgLen]byte        // RTM_NEWLINK for lo (see loopbackGSO)
+	kernel        unix.RawSockaddrNetlink // where link goes
+}
+
+// loopbackGSO is the largest packet TCP hands the sandbox's loopback
+// (IPv4 and IPv6 "BIG TCP"; the kernel's default is 64 KiB and its limit
+// for lo 512 KiB). Every byte a sandbox downloads crosses that loopback,
+// from the proxy to the client; in 64 KiB packets the per-packet work
+// (the receiver's TCP processing and wake-up, which loopback does in the
+// sender's context) is most of what the proxy's second hop costs: with
+// 256 KiB, and the proxy writing from large buffers, a tunnel measured
+// 0.61x -> 0.8x of a direct download. IPv6's limit can change since Linux
+// 5.19, IPv4's since 6.3; an older kernel ignores or refuses the request,
+// which is not checked.
+const loopbackGSO = 256 << 10
+
+const linkMsgLen = unix.NLMSG_HDRLEN + unix.SizeofIfInfomsg + 2*8
+
+// linkMessage fills m with the request that sets lo's GSO limits.
+func linkMessage(m *[linkMsgLen]byte) {
+	ne := binary.NativeEndian
+	ne.PutUint32(m[0:], linkMsgLen)
+	ne.PutUint16(m[4:], unix.RTM_NEWLINK)
+	ne.PutUint16(m[6:], unix.NLM_F_REQUEST)
+	info := m[unix.NLMSG_HDRLEN:]
+	info[0] = unix.AF_UNSPEC
+	ne.PutUint32(info[4:], 1) // lo's index in every network namespace
+	attrs := info[unix.SizeofIfInfomsg:]
+	for i, typ := range []uint16{unix.IFLA_GSO_MAX_SIZE, unix.IFLA_GSO_IPV4_MAX_SIZE} {
+		a := attrs[8*i:]
+		ne.PutUint16(a[0:], 8)
+		ne.PutUint16(a[2:], typ)
+		ne.PutUint32(a[4:], loopbackGSO)
+	}
 }
 
 // forkListen forks the child; in it, only raw system calls and writes to
@@ -183,6 +221,13 @@ func forkListen(l *nsListen) (pid uintptr, errno syscall.Errno) {
 	}
 	if _, _, e = syscall.RawSyscall(syscall.SYS_LISTEN, fd, 512, 0); e != 0 {
 		listenFailed(l, 6, e)
+	}
+	// Best effort, unchecked: larger packets on the sandbox's loopback
+	// (see loopbackGSO).
+	if nl, _, e := syscall.RawSyscall(syscall.SYS_SOCKET, unix.AF_NETLINK, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.NETLINK_ROUTE); e == 0 {
+		syscall.RawSyscall6(syscall.SYS_SENDTO, nl, uintptr(unsafe.Pointer(&l.link[0])), uintptr(len(l.link)), 0,
+			uintptr(unsafe.Pointer(&l.kernel)), unsafe.Sizeof(l.kernel))
+		syscall.RawSyscall(syscall.SYS_CLOSE, nl, 0, 0)
 	}
 	*l.fdSlot = int32(fd)
 	if _, _, e = syscall.RawSyscall(syscall.SYS_SENDMSG, l.reply, uintptr(unsafe.Pointer(&l.msg)), 0); e != 0 {

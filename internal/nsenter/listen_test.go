@@ -10,6 +10,8 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/claude-sandbox/claude-sandbox/internal/testenv"
 )
 
@@ -81,6 +83,31 @@ func TestListenLoopback(t *testing.T) {
 			case <-time.After(5 * time.Second):
 				t.Fatal("no connection from inside reached the socket")
 			}
+			// The loopback inside takes large packets (loopbackGSO), where
+			// the kernel lets a device's limit change (5.19 and later).
+			if ip, err := exec.LookPath("ip"); err == nil && kernelAtLeast(5, 19) {
+				b, err := exec.Command(nsenter, append(args, "--", ip, "-d", "link", "show", "lo")...).CombinedOutput()
+				if err != nil {
+					t.Fatalf("ip link inside: %v\n%s", err, b)
+				}
+				if want := fmt.Sprintf("gso_max_size %d ", loopbackGSO); !strings.Contains(string(b), want) {
+					t.Errorf("the sandbox's lo: want %q in\n%s", want, b)
+				}
+			}
 		})
 	}
+}
+
+// kernelAtLeast says whether the running kernel's release is major.minor
+// or later.
+func kernelAtLeast(major, minor int) bool {
+	var u unix.Utsname
+	if unix.Uname(&u) != nil {
+		return false
+	}
+	var ma, mi int
+	if _, err := fmt.Sscanf(unix.ByteSliceToString(u.Release[:]), "%d.%d", &ma, &mi); err != nil {
+		return false
+	}
+	return ma > major || (ma == major && mi >= minor)
 }
