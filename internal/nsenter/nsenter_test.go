@@ -140,4 +140,15 @@ func TestStartListens(t *testing.T) {
 		c.Close()
 		t.Fatal("the socket listens on this namespace's loopback, not the target's")
 	}
+	// The loopback inside takes large packets (loopbackGSO), where the
+	// kernel lets a device's limit change (5.19 and later).
+	if ip, err := exec.LookPath("ip"); err == nil && kernelAtLeast(5, 19) {
+		b, err := exec.Command("nsenter", "--target", strconv.Itoa(holder.Process.Pid), "--user", "--net", "--preserve-credentials", "--", ip, "-d", "link", "show", "lo").CombinedOutput()
+		if err != nil {
+			t.Fatalf("ip link inside: %v\n%s", err, b)
+		}
+		if want := fmt.Sprintf("gso_max_size %d ", loopbackGSO); !strings.Contains(string(b), want) {
+			t.Errorf("the loopback inside: want %q in\n%s", want, b)
+		}
+	}
 }
