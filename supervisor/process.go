@@ -129,6 +129,12 @@ func (a *Adopted) Stop(ctx context.Context, graceful bool, grace time.Duration) 
 	if !proc.WaitPidfd(a.Init, wait) {
 		return errors.New("the sandbox's init did not end")
 	}
+	// Done too, from here: what runs after a stop (the placeholders'
+	// release) asks Done whether the sandbox has ended, and the watcher
+	// may not have been scheduled yet.
+	if a.done != nil {
+		<-a.done
+	}
 	// bwrap's own process ends with its init; it is the launcher's child,
 	// reaped by whoever inherited it.
 	if a.Outer >= 0 {

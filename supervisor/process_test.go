@@ -165,3 +165,33 @@ func TestAdoptedEndsWhenLifetimeCloses(t *testing.T) {
 		t.Fatal("closing the lifetime pipe did not end an idle sandbox")
 	}
 }
+
+// Once Stop has returned, Done is closed: what runs after a stop (the
+// placeholders' release) asks Done whether the sandbox has ended, and
+// must not find it running because the watcher was not yet scheduled.
+func TestAdoptedDoneOnceStopped(t *testing.T) {
+	for i := 0; i < 20; i++ {
+		sleeper := exec.Command("sleep", "60")
+		if err := sleeper.Start(); err != nil {
+			t.Fatal(err)
+		}
+		start, err := proc.StartTime(sleeper.Process.Pid)
+		if err != nil {
+			t.Fatal(err)
+		}
+		a, err := Adopt(sleeper.Process.Pid, start, sleeper.Process.Pid, start, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		a.Kill()
+		if err := a.Stop(context.Background(), false, time.Second); err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case <-a.Done():
+		default:
+			t.Fatal("Stop returned with Done still open")
+		}
+		sleeper.Wait()
+	}
+}

@@ -4,9 +4,11 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"os/signal"
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -21,6 +23,12 @@ import (
 func testAgent(t *testing.T) (*yamux.Session, string) {
 	t.Helper()
 	dir := t.TempDir()
+	// As Main does: a signal the agent catches reaches its commands at its
+	// default; one ignored when this test started (under nohup) would stay
+	// ignored in them, and sh cannot trap a signal ignored on entry.
+	hups := make(chan os.Signal, 1)
+	signal.Notify(hups, syscall.SIGHUP)
+	t.Cleanup(func() { signal.Stop(hups) })
 	a := &agent{cfg: &Config{UID: os.Getuid(), GID: os.Getgid(), Home: dir, Project: dir, User: "u",
 		Env: []string{"PATH=/usr/bin:/bin", "FROM_SANDBOX=yes"}}, idle: make(chan struct{}, 1)}
 	guest, host := net.Pipe()
