@@ -55,8 +55,15 @@ func BenchmarkLaunch(b *testing.B) {
 	if baseline != "" {
 		warmBaseline()
 	}
+	// The same launch without protection (no placeholders, no read-only
+	// mounts): what protection costs, side by side.
+	unprotectedArgs := append([]string{"exec", "--protect=false"}, rig.launchArgs[1:]...)
+	warmUnprotected := func() time.Duration {
+		return rig.timeIt(append(rig.env, "CLAUDE_SANDBOX_NIXPKGS="+rig.storeNixpkgs), nil, binary, unprotectedArgs...)
+	}
+	warmUnprotected()
 	var warm, local, bare, goFloor, eval, base time.Duration
-	var warmSamples, baseSamples []time.Duration
+	var warmSamples, baseSamples, unprotectedSamples []time.Duration
 	evals := 0
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
@@ -68,6 +75,7 @@ func BenchmarkLaunch(b *testing.B) {
 			base += d
 			baseSamples = append(baseSamples, d)
 		}
+		unprotectedSamples = append(unprotectedSamples, warmUnprotected())
 		bare += rig.bareBwrap()
 		goFloor += rig.goExecFloor()
 		local += warmLocalTree()
@@ -86,6 +94,8 @@ func BenchmarkLaunch(b *testing.B) {
 	b.ReportMetric(ms(goFloor, b.N)/ms(bare, b.N), "floor/bare")
 	b.ReportMetric(ms(eval, evals)/ms(warm, b.N), "eval/warm")
 	b.ReportMetric(median(warmSamples), "warm-median-ms")
+	b.ReportMetric(median(unprotectedSamples), "warm-unprotected-median-ms")
+	b.ReportMetric(median(warmSamples)-median(unprotectedSamples), "protection-median-ms")
 	if baseline != "" {
 		b.ReportMetric(ms(base, b.N), "baseline-ms")
 		b.ReportMetric(median(baseSamples), "baseline-median-ms")
