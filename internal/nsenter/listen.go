@@ -191,16 +191,30 @@ func linkMessage(m *[linkMsgLen]byte) {
 }
 
 // forkListen forks the child; in it, only raw system calls and writes to
-// memory prepared beforehand.
+// memory prepared beforehand. The child is a vfork sharing this process's
+// memory where rawVfork can (see forkEnter): a copying fork of a Go
+// process costs it a fault on every page it writes afterwards.
 //
 //go:norace
 //go:nocheckptr
 //go:nosplit
 func forkListen(l *nsListen) (pid uintptr, errno syscall.Errno) {
-	r1, _, e := syscall.RawSyscall6(syscall.SYS_CLONE, uintptr(syscall.SIGCHLD), 0, 0, 0, 0, 0)
+	r1, e := rawVfork(syscall.SYS_CLONE, uintptr(syscall.SIGCHLD)|vforkFlags, 0, 0)
 	if e != 0 || r1 != 0 {
+		// The parent: back at once, using only rawVfork's results.
 		return r1, e
 	}
+	listenChild(l)
+	return 0, 0 // not reached
+}
+
+// listenChild joins the namespaces, makes the socket, sends it and exits.
+//
+//go:norace
+//go:nocheckptr
+//go:nosplit
+func listenChild(l *nsListen) {
+	var e syscall.Errno
 	if l.userFD != 0 {
 		if _, _, e = syscall.RawSyscall(unix.SYS_SETNS, l.userFD, unix.CLONE_NEWUSER, 0); e != 0 {
 			listenFailed(l, 1, e)
