@@ -183,9 +183,9 @@ func (d *Doors) Remove() { _ = os.RemoveAll(d.RunDir) }
 
 // Started is a sandbox a backend started for its supervisor to own.
 type Started struct {
-	Outer     *os.File // pidfd of the sandbox process
+	// The sandbox process (bwrap, nspawn) and its init, the process
+	// sessions join: the supervisor takes its own handles on them.
 	OuterPID  int
-	Init      *os.File // pidfd of its init, the process sessions join
 	InitPID   int
 	InitStart uint64
 	// Ready waits until sessions can join.

@@ -89,14 +89,7 @@ func startBwrap(t *testing.T) *Adopted {
 // A sandbox that ended before its supervisor took it (bwrap failed a
 // moment after it started) is adopted as ended: nothing to wait for.
 func TestAdoptEndedSandbox(t *testing.T) {
-	sleeper := exec.Command("sleep", "60")
-	if err := sleeper.Start(); err != nil {
-		t.Fatal(err)
-	}
-	start, err := proc.StartTime(sleeper.Process.Pid)
-	if err != nil {
-		t.Fatal(err)
-	}
+	sleeper, start := startSleeper(t)
 	sleeper.Process.Kill()
 	sleeper.Wait()
 	a, err := Adopt(sleeper.Process.Pid, start, sleeper.Process.Pid, start, nil)
@@ -171,14 +164,7 @@ func TestAdoptedEndsWhenLifetimeCloses(t *testing.T) {
 // must not find it running because the watcher was not yet scheduled.
 func TestAdoptedDoneOnceStopped(t *testing.T) {
 	for i := 0; i < 20; i++ {
-		sleeper := exec.Command("sleep", "60")
-		if err := sleeper.Start(); err != nil {
-			t.Fatal(err)
-		}
-		start, err := proc.StartTime(sleeper.Process.Pid)
-		if err != nil {
-			t.Fatal(err)
-		}
+		sleeper, start := startSleeper(t)
 		a, err := Adopt(sleeper.Process.Pid, start, sleeper.Process.Pid, start, nil)
 		if err != nil {
 			t.Fatal(err)
@@ -194,4 +180,20 @@ func TestAdoptedDoneOnceStopped(t *testing.T) {
 		}
 		sleeper.Wait()
 	}
+}
+
+// startSleeper starts a process that stands for a sandbox, and its start
+// time.
+func startSleeper(t *testing.T) (*exec.Cmd, uint64) {
+	t.Helper()
+	sleeper := exec.Command("sleep", "60")
+	if err := sleeper.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = sleeper.Process.Kill() })
+	start, err := proc.StartTime(sleeper.Process.Pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return sleeper, start
 }

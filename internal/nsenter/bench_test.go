@@ -1,15 +1,11 @@
 package nsenter
 
 import (
-	"bufio"
 	"os/exec"
-	"strings"
 	"testing"
 	"time"
 
 	"golang.org/x/sys/unix"
-
-	"github.com/claude-sandbox/claude-sandbox/internal/testenv"
 )
 
 // BenchmarkJoin times a session's join (Start into user, mount and
@@ -20,16 +16,7 @@ import (
 //
 //	go test ./internal/nsenter -run '^$' -bench Join -benchtime 200x
 func BenchmarkJoin(b *testing.B) {
-	testenv.RequireProgram(b, "unshare")
-	holder := exec.Command("unshare", "--user", "--map-root-user", "--mount", "--net", "sh", "-c", "echo up; exec sleep 600")
-	out, _ := holder.StdoutPipe()
-	if err := holder.Start(); err != nil {
-		b.Fatal(err)
-	}
-	defer func() { holder.Process.Kill(); holder.Wait() }()
-	if line, _ := bufio.NewReader(out).ReadString('\n'); strings.TrimSpace(line) != "up" {
-		b.Skip("unshare --user --mount --net did not start namespaces here (no user namespaces?)")
-	}
+	holder := userNetNamespaces(b)
 	var join, plain time.Duration
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {

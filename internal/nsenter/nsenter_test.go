@@ -93,16 +93,7 @@ func TestStartJoinsAMountNamespace(t *testing.T) {
 // reaches it there at once, and the socket is not on this namespace's
 // loopback.
 func TestStartListens(t *testing.T) {
-	testenv.RequireProgram(t, "unshare")
-	holder := exec.Command("unshare", "--user", "--map-root-user", "--mount", "--net", "sh", "-c", "ip link set lo up 2>/dev/null || true; echo up; exec sleep 30")
-	out, _ := holder.StdoutPipe()
-	if err := holder.Start(); err != nil {
-		t.Fatal(err)
-	}
-	defer func() { holder.Process.Kill(); holder.Wait() }()
-	if line, _ := bufio.NewReader(out).ReadString('\n'); strings.TrimSpace(line) != "up" {
-		t.Skip("unshare --user --mount --net did not start namespaces here (no user namespaces?)")
-	}
+	holder := userNetNamespaces(t)
 	port := 30000 + time.Now().Nanosecond()%20000
 	p, err := Start(Options{
 		Target: holder.Process.Pid,
@@ -140,6 +131,18 @@ func TestStartListens(t *testing.T) {
 		c.Close()
 		t.Fatal("the socket listens on this namespace's loopback, not the target's")
 	}
+	// The port taken inside (this listener still open): the join fails,
+	// naming the step, and its command never runs.
+	mark := filepath.Join(t.TempDir(), "ran")
+	_, err = Start(Options{Target: holder.Process.Pid, Argv: []string{"touch", mark}, Env: []string{"PATH=/usr/bin:/bin"},
+		Path: "/usr/bin:/bin", ListenPort: port})
+	var e *Error
+	if !errors.As(err, &e) || e.Step != "binding 127.0.0.1" || !errors.Is(err, unix.EADDRINUSE) {
+		t.Errorf("a join onto a taken port: %v, want the bind's EADDRINUSE", err)
+	}
+	if _, err := os.Stat(mark); err == nil {
+		t.Error("the command ran although its join failed")
+	}
 	// The loopback inside takes large packets (loopbackGSO), where the
 	// kernel lets a device's limit change (5.19 and later).
 	if ip, err := exec.LookPath("ip"); err == nil && kernelAtLeast(5, 19) {
@@ -151,4 +154,22 @@ func TestStartListens(t *testing.T) {
 			t.Errorf("the loopback inside: want %q in\n%s", want, b)
 		}
 	}
+}
+
+// userNetNamespaces starts a process with user, mount and network
+// namespaces of its own (its loopback up), as unprivileged bwrap makes
+// them, ended with the test.
+func userNetNamespaces(tb testing.TB) *exec.Cmd {
+	tb.Helper()
+	testenv.RequireProgram(tb, "unshare")
+	holder := exec.Command("unshare", "--user", "--map-root-user", "--mount", "--net", "sh", "-c", "ip link set lo up 2>/dev/null || true; echo up; exec sleep 600")
+	out, _ := holder.StdoutPipe()
+	if err := holder.Start(); err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { holder.Process.Kill(); holder.Wait() })
+	if line, _ := bufio.NewReader(out).ReadString('\n'); strings.TrimSpace(line) != "up" {
+		tb.Skip("unshare --user --mount --net did not start namespaces here (no user namespaces?)")
+	}
+	return holder
 }

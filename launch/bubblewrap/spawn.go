@@ -102,14 +102,13 @@ func (Backend) Spawn(ctx context.Context, p *launch.Plan, lifetime *os.File) (*l
 		_, _ = unix.Wait4(pid, &ws, 0, nil)
 		return nil, startFailure(p.RunDir, err)
 	}
-	init, err := pidfd(initPID)
+	initStart, err := proc.StartTime(initPID)
 	if err != nil {
 		outer.Close()
 		blockW.Close()
 		return nil, startFailure(p.RunDir, err)
 	}
-	initStart, _ := proc.StartTime(initPID)
-	s := &launch.Started{Outer: outer, OuterPID: pid, Init: init, InitPID: initPID, InitStart: initStart}
+	s := &launch.Started{OuterPID: pid, InitPID: initPID, InitStart: initStart}
 	s.Ready = func(ctx context.Context) error {
 		if err := waitSetUp(ctx, blockW, outer); err != nil {
 			return startFailure(p.RunDir, err)
@@ -119,7 +118,6 @@ func (Backend) Spawn(ctx context.Context, p *launch.Plan, lifetime *os.File) (*l
 	s.Release = func() {
 		blockW.Close()
 		outer.Close()
-		init.Close()
 	}
 	return s, nil
 }

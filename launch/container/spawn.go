@@ -12,8 +12,6 @@ import (
 	"syscall"
 	"time"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/claude-sandbox/claude-sandbox/internal/proc"
 	"github.com/claude-sandbox/claude-sandbox/launch"
 	"github.com/claude-sandbox/claude-sandbox/supervisor/control"
@@ -59,13 +57,8 @@ func (Backend) Spawn(ctx context.Context, p *launch.Plan, lifetime *os.File) (*l
 	readyW.Close()
 	// Reaped by whoever inherits it when this launch ends.
 	go func() { _ = cmd.Wait() }()
-	outer, err := pidfdOf(cmd.Process.Pid)
-	if err != nil {
-		return nil, err
-	}
 	fail := func(err error) (*launch.Started, error) {
 		_ = cmd.Process.Kill()
-		outer.Close()
 		return nil, startFailure(logPath, err)
 	}
 	if err := waitReady(ctx, readyR); err != nil {
@@ -81,15 +74,13 @@ func (Backend) Spawn(ctx context.Context, p *launch.Plan, lifetime *os.File) (*l
 	if init == 0 {
 		return fail(errNoContainerProcess)
 	}
-	initFD, err := pidfdOf(init)
+	start, err := proc.StartTime(init)
 	if err != nil {
 		return fail(err)
 	}
-	start, _ := proc.StartTime(init)
 	s := &launch.Started{
-		Outer: outer, OuterPID: cmd.Process.Pid, Init: initFD, InitPID: init, InitStart: start,
-		Ready:   func(context.Context) error { return nil },
-		Release: func() { outer.Close(); initFD.Close() },
+		OuterPID: cmd.Process.Pid, InitPID: init, InitStart: start,
+		Ready: func(context.Context) error { return nil },
 	}
 	if u := d.User; os.Geteuid() == 0 && u.UID != 0 {
 		// The supervisor needs root only to be handed its descriptors: it
@@ -97,14 +88,6 @@ func (Backend) Spawn(ctx context.Context, p *launch.Plan, lifetime *os.File) (*l
 		s.RunAs = &control.RunAs{UID: u.UID, GID: u.GID, Groups: containerGIDInts(u.Groups)}
 	}
 	return s, nil
-}
-
-func pidfdOf(pid int) (*os.File, error) {
-	fd, err := unix.PidfdOpen(pid, 0)
-	if err != nil {
-		return nil, fmt.Errorf("pidfd_open %d: %w", pid, err)
-	}
-	return os.NewFile(uintptr(fd), "pidfd"), nil
 }
 
 // waitReady reads the init's "ready", or end of file when nspawn or the
